@@ -1,0 +1,159 @@
+"""Loading and saving network weights.
+
+``load_weights(net, source)`` accepts, from a path (``.pth``/``.pt`` via
+``torch.load(weights_only=True)``, or ``.safetensors``) or an in-memory state dict:
+
+* a released U-ViT file (no uncertainty heads): the heads keep their fresh initialisation
+  and the report says so;
+* a released AdaDiff file: ``lte_classifer.{i}.lte.*`` (sic) is mapped to ``uem_heads.{i}.proj.*``;
+* this project's own files (``uem_heads.*``), also when saved from a DDP / compiled model.
+
+Anything else fails with a message listing the missing, unexpected and shape-mismatched keys.
+``save_weights`` writes atomically (temporary file + rename) so a crash never leaves a
+truncated file behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+_RELEASED_HEAD = re.compile(r"^lte_classifer\.(\d+)\.lte\.(weight|bias)$")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+HEAD_PREFIX = "uem_heads."
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` found. ``kind`` is 'uvit' (released U-ViT, heads fresh),
+    'adadiff' (released AdaDiff key names) or 'project' (this project's names)."""
+
+    kind: str
+    source: str
+    fresh_heads: list = field(default_factory=list)
+
+    def __str__(self):
+        if self.kind == "uvit":
+            return (f"loaded U-ViT weights from {self.source}; {len(self.fresh_heads)} uncertainty-head tensors "
+                    f"are not in the file and keep their fresh initialisation")
+        return f"loaded {self.kind} weights from {self.source}"
+
+
+class WeightsMismatchError(ValueError):
+    """The state dict does not fit the network (lists the offending keys)."""
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> dict:
+    """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with objects, corrupt file, ...
+        raise ValueError(f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e}). "
+                         f"Expected a plain state dict saved with torch.save(net.state_dict(), path) "
+                         f"or a .safetensors file.") from e
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        kind = type(sd).__name__
+        hint = ""
+        if isinstance(sd, Mapping):
+            nested = [k for k, v in sd.items() if isinstance(v, Mapping)]
+            hint = f" It holds nested dicts {nested[:5]}: pass the one with the network weights." if nested else ""
+        raise ValueError(f"{path} is not a plain state dict of tensors (got {kind}).{hint}")
+    return dict(sd)
+
+
+def convert_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[dict, str]:
+    """Strip wrapper prefixes and map released AdaDiff head names to ours.
+    Returns (state dict, kind) with kind in {'uvit', 'adadiff', 'project'}."""
+    out, kind = {}, None
+    for key, value in sd.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        m = _RELEASED_HEAD.match(key)
+        if m:
+            key, kind = f"{HEAD_PREFIX}{m.group(1)}.proj.{m.group(2)}", "adadiff"
+        elif key.startswith(HEAD_PREFIX) and kind is None:
+            kind = "project"
+        out[key] = value
+    return out, kind or "uvit"
+
+
+def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> LoadReport:
+    """Load weights into ``net`` (see module docstring). Raises ``WeightsMismatchError``."""
+    name = str(source) if not isinstance(source, Mapping) else "<state dict>"
+    sd = read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
+    sd, kind = convert_state_dict(sd)
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
+                  if k in sd and sd[k].shape != own[k].shape]
+    # A plain U-ViT file may lack exactly the heads, all of them; nothing else may be missing.
+    own_heads = [k for k in own if k.startswith(HEAD_PREFIX)]
+    fresh = missing if kind == "uvit" and own_heads and sorted(missing) == sorted(own_heads) else []
+    problems = [k for k in missing if k not in fresh]
+    if problems or unexpected or mismatched:
+        lines = [f"weights from {name} do not fit {type(net).__module__}.{type(net).__name__} "
+                 f"(file looks like: {kind}):"]
+        if problems:
+            lines.append(f"  missing keys ({len(problems)}): {_short(problems)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        for k, got, want in mismatched[:20]:
+            lines.append(f"  shape mismatch {k}: file {got}, model {want}")
+        if len(mismatched) > 20:
+            lines.append(f"  ... and {len(mismatched) - 20} more shape mismatches")
+        lines.append("  Check that the config (config.nnet: img_size, patch_size, embed_dim, depth, num_classes, "
+                     "uem_time_aware, ...) matches the one the weights were trained with.")
+        raise WeightsMismatchError("\n".join(lines))
+    net.load_state_dict(sd, strict=not fresh)
+    report = LoadReport(kind, name, fresh)
+    log.info("%s", report)
+    return report
+
+
+def _short(keys, n=8):
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def atomic_save(obj, path: Union[str, os.PathLike]) -> None:
+    """``torch.save`` (or safetensors for ``.safetensors``) to a temporary file in the same
+    directory, fsync, then rename over ``path``: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+                f.write(save({k: v.detach().contiguous().cpu() for k, v in obj.items()}))
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(net_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], path) -> None:
+    """Save a network's (or a state dict's) weights atomically; format from the suffix."""
+    sd = net_or_state.state_dict() if isinstance(net_or_state, nn.Module) else net_or_state
+    atomic_save({k: v.detach().cpu() for k, v in sd.items()}, path)
