@@ -61,11 +61,12 @@ def bench(net, nnet, batch, device, dtype, repeats, warmup):
     mid = net.depth // 2
     autocast = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
 
-    # Calibrate the 'half' threshold: the median of the middle head's mean certainty.
+    # Calibrate the 'half' threshold: between the two middle values of the middle head's
+    # per-sample mean certainty, so exactly half the batch passes.
     set_heads(net, None)
     with torch.no_grad(), autocast:
-        cert = net.forward_all_exits(x, t).certainties[mid].float().mean(dim=(1, 2, 3))
-    tau_half = cert.median().item()
+        cert = net.forward_all_exits(x, t).certainties[mid].float().mean(dim=(1, 2, 3)).sort().values
+    tau_half = 0.5 * (cert[(batch - 1) // 2] + cert[batch // 2]).item()
     half_heads = {k: v.clone() for k, v in net.uem_heads.state_dict().items()}
     set_heads(net, 30.0)
     mid_heads = {k: v.clone() for k, v in net.uem_heads.state_dict().items()}
@@ -112,10 +113,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     net, nnet = build(args.config, args.device)
+    initial_heads = {k: v.clone() for k, v in net.uem_heads.state_dict().items()}
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# {args.config} on {dev}, {args.dtype}, {net.num_blocks} blocks, torch {torch.__version__}")
     rows = []
     for b in [int(s) for s in args.batch_sizes.split(",")]:
+        net.uem_heads.load_state_dict(initial_heads)
         rows += bench(net, nnet, b, args.device, dtype, args.repeats, args.warmup)
     print(f"{'batch':>5} {'scenario':>8} {'blocks':>6} {'GFLOPs/img':>10} {'ms/call':>9} "
           f"{'ideal':>6} {'measured':>8} {'meas/ideal':>10}")

@@ -157,3 +157,78 @@ def save_weights(net_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], pat
     """Save a network's (or a state dict's) weights atomically; format from the suffix."""
     sd = net_or_state.state_dict() if isinstance(net_or_state, nn.Module) else net_or_state
     atomic_save({k: v.detach().cpu() for k, v in sd.items()}, path)
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+# Layout (released): <root>/<step>.ckpt/{nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth,
+# step.pth} plus this project's config.json. A checkpoint directory is written under a
+# temporary name and renamed into place when complete, so '<step>.ckpt' always means complete.
+_CKPT_DIR = re.compile(r"^(\d+)\.ckpt$")
+
+
+def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[str, object],
+                    texts: Mapping[str, str] = ()) -> Path:
+    """Write ``objects`` (file name -> object for torch.save) and ``texts`` (file name -> str)
+    into ``<root>/<step>.ckpt/`` atomically; returns the directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{step}.ckpt"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".tmp", dir=root))
+    try:
+        for name, obj in objects.items():
+            atomic_save(obj, tmp / name)
+        for name, text in dict(texts).items():
+            (tmp / name).write_text(text)
+        if final.exists():  # re-saving a step: move the old one aside first, then drop it
+            old = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".old", dir=root))
+            os.replace(final, old / "ckpt")
+            os.replace(tmp, final)
+            _rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        _rmtree(tmp)
+        raise
+    return final
+
+
+def list_checkpoints(root: Union[str, os.PathLike]) -> list:
+    """Complete checkpoint directories under ``root``, sorted by step."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Union[str, os.PathLike]):
+    """The complete checkpoint with the highest step, or None."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint_file(ckpt_dir: Union[str, os.PathLike], name: str):
+    """``torch.load(weights_only=True)`` of one file of a checkpoint directory."""
+    path = Path(ckpt_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {name}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rmtree(path: Path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

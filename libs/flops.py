@@ -71,7 +71,9 @@ def uvit_flops(nnet: Mapping) -> UViTFlops:
     patch_dim = p * p * C
     embed = 2.0 * L * patch_dim * D + embed_extra
     uem_in = 2 * D if nnet.get("uem_time_aware", False) else D
-    uem_head = 2.0 * L * uem_in * patch_dim
+    # The per-token heads run on all T tokens and the extras are dropped from their narrow
+    # output (cheaper than copying the wide patch-token slice), so they are counted on T.
+    uem_head = 2.0 * T * uem_in * patch_dim
     conv = 2.0 * C * C * 9 * img * img if nnet.get("conv", True) else 0.0
-    output_head = 2.0 * L * D * patch_dim + conv
+    output_head = 2.0 * T * D * patch_dim + conv
     return UViTFlops(embed=embed, blocks=blocks, uem_head=uem_head, output_head=output_head)

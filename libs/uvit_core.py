@@ -253,12 +253,14 @@ class UViTBackbone(nn.Module):
 
     def output_head(self, x: torch.Tensor) -> torch.Tensor:
         """Shared head: (B, extras + L, D) -> (B, C, H, W)."""
-        x = self.decoder_pred(self.norm(x[:, self.num_extras:]))  # (B, L, p*p*C)
+        # Per-token maps: run them on all tokens and drop the extras from the narrow output,
+        # which avoids copying the wide (B, L, D) slice.
+        x = self.decoder_pred(self.norm(x))[:, self.num_extras:]  # (B, L, p*p*C)
         return self.final_layer(unpatchify(x, self.in_chans))
 
     def certainty(self, i: int, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         """Certainty of head i on block i's (detached) patch tokens: (B, L, p*p*C)."""
-        return self.uem_heads[i](x[:, self.num_extras:].detach(), time_emb.detach())
+        return self.uem_heads[i](x.detach(), time_emb.detach())[:, self.num_extras:]
 
     # ----------------------------------------------------------------------------- forwards
     def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None, **kwargs) -> torch.Tensor:
@@ -283,16 +285,12 @@ class UViTBackbone(nn.Module):
         """Every block's prediction (shared head) and certainty map, for training."""
         cond = self._cond_from_args(args, kwargs)
         h, time_emb = self._embed(x, timesteps, cond)
-        skips, feats, certs = [], [], []
+        skips, preds, certs = [], [], []
         for i in range(self.num_blocks):
             h = self._run_block(i, h, skips)
-            feats.append(h)
-            certs.append(self.certainty(i, h, time_emb))
-        n, b = len(feats), x.shape[0]
-        # One batched pass of the shared head over all N block outputs: (N*B, ...) -> (N, B, C, H, W).
-        preds = self.output_head(torch.cat(feats)).unflatten(0, (n, b))
-        certainties = unpatchify(torch.cat(certs), self.in_chans).unflatten(0, (n, b))
-        return AllExitsOutput(preds, certainties)
+            preds.append(self.output_head(h))  # (B, C, H, W)
+            certs.append(unpatchify(self.certainty(i, h, time_emb), self.in_chans))
+        return AllExitsOutput(torch.stack(preds), torch.stack(certs))  # (N, B, C, H, W) each
 
     def _forward_full(self, x, timesteps, cond):
         h, _ = self._embed(x, timesteps, cond)
@@ -309,7 +307,6 @@ class UViTBackbone(nn.Module):
         active = torch.arange(B, device=x.device)  # original row of each active sample
         passes = torch.zeros(B, dtype=torch.long, device=x.device)  # in-block patience counters
         exit_block = torch.full((B,), self.num_blocks - 1, dtype=torch.long, device=x.device)
-        uem_evals = torch.zeros(B, dtype=torch.long, device=x.device)
         rows, outs = [], []
         skips = []
         half = self.depth // 2
@@ -317,8 +314,7 @@ class UViTBackbone(nn.Module):
             h = self._run_block(i, h, skips)
             if i == self.num_blocks - 1:
                 break  # the last block needs no exit test
-            passed = self.certainty(i, h, time_emb).float().mean(dim=(1, 2)) > tau  # (b,)
-            uem_evals[active] += 1
+            passed = self.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32) > tau  # (b,)
             if i < half:
                 passes = passes + passed.long()
                 passed = passes >= self.in_block_patience
@@ -342,6 +338,8 @@ class UViTBackbone(nn.Module):
         out = torch.cat(outs)
         sample = torch.empty_like(out)
         sample[torch.cat(rows)] = out
+        # Every block up to the exit ran its head, except the last block (no exit test).
+        uem_evals = (exit_block + 1).clamp(max=self.num_blocks - 1)
         return EarlyExitOutput(sample, exit_block, uem_evals)
 
     def _cond_from_args(self, args, kwargs):

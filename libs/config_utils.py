@@ -1,0 +1,53 @@
+"""Config helpers: command-line flags that mirror config fields, and config files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Optional
+
+import ml_collections
+
+
+def set_from_flags(config: ml_collections.ConfigDict, fields: Mapping[str, Optional[object]]) -> None:
+    """Set dotted config fields from flags that were given (None = flag absent).
+
+    A flag that mirrors a config field sets that field and nothing else: the config stays
+    the single source of truth, and is what gets saved with the run.
+    """
+    for dotted, value in fields.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        with node.unlocked() if isinstance(node, ml_collections.ConfigDict) else _null():
+            node[leaf] = value
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def load_config_json(path) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+
+
+def config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two nested mappings."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif (list(va) if isinstance(va, tuple) else va) != (list(vb) if isinstance(vb, tuple) else vb):
+            out.append(f"{prefix}{k}")
+    return out

@@ -1,0 +1,231 @@
+"""The training engine shared by every ``train*.py``.
+
+A run is described entirely by its config (saved as ``<workdir>/config.json``); what differs
+between pixel, latent and text-to-image training is a small ``task`` object (see
+``libs/tasks.py``): the training dataset, the forward-noise process and how a data batch
+becomes ``(x0, cond)``. The loop below is linear:
+
+    set up -> resume or load pretrained -> [batch, loss, step, EMA, log, sample, save] * n
+
+Every random draw is a function of (seed, process rank, step), so a resumed run continues
+exactly as an uninterrupted one would (the data order too, see ``libs/data_order.py``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from libs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_file, load_weights, save_checkpoint
+from libs.config_utils import config_diff, config_to_json, load_config_json
+from libs.data_order import SeededItems, StepBatchSampler, mix_seed
+from libs.nets import build_nnet
+from libs.run_log import MetricsWriter, setup_logger
+from sde import training_losses
+
+_RNG_NOISE, _RNG_BATCH = 1, 2  # streams of per-step randomness
+
+
+class TrainForward(nn.Module):
+    """What the optimiser differentiates (and DDP wraps): the network's full-depth output
+    (plain U-ViT objective) or every block's prediction and certainty (AdaDiff objective)."""
+
+    def __init__(self, net: nn.Module, all_exits: bool):
+        super().__init__()
+        self.net = net
+        self.all_exits = all_exits
+
+    def forward(self, x, t, cond=None):
+        if self.all_exits:
+            out = self.net.forward_all_exits(x, t, cond)
+            return out.preds, out.certainties
+        return self.net(x, t, cond)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, rate: float) -> None:
+    """ema <- rate * ema + (1 - rate) * net over parameters; buffers are copied."""
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - rate)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def warmup_lambda(warmup_steps: int):
+    """Linear warmup then constant (U-ViT's 'customized' schedule)."""
+    return lambda step: min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+
+
+def train(config, task) -> Path:
+    """Run (or resume) training as configured; returns the last checkpoint directory."""
+    tc = config.train
+    workdir = Path(config.workdir)
+    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(workdir))
+    is_main = accelerator.is_main_process
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # ---------------------------------------------------------------- checks before any work
+    if tc.batch_size % world:
+        raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "
+                         f"processes ({world}); choose a multiple of {world}")
+    objective = config.loss.objective
+    ckpt_root = workdir / "ckpts"
+    resume_from = latest_checkpoint(ckpt_root)
+
+    logger = setup_logger("adadiff.train", workdir, is_main)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None and (workdir / "config.json").exists():
+            changed = config_diff(load_config_json(workdir / "config.json").to_dict(), config.to_dict())
+            if changed:
+                logger.warning("config differs from the run's saved config.json in: %s", ", ".join(changed))
+        (workdir / "config.json").write_text(config_to_json(config))
+    logger.info("workdir %s, %d process(es) on %s, mixed precision %s", workdir, world, device,
+                accelerator.mixed_precision)
+
+    # ---------------------------------------------------------------- model, EMA, optimiser
+    torch.manual_seed(config.seed)
+    net = build_nnet(config.nnet)
+    if objective == "uvit":  # plain U-ViT training: the uncertainty heads take no part
+        net.uem_heads.requires_grad_(False)
+    nnet_ema = copy.deepcopy(net).requires_grad_(False).eval()
+    params = [p for p in net.parameters() if p.requires_grad]
+    oc = config.optimizer
+    if oc.name != "adamw":
+        raise ValueError(f"config.optimizer.name={oc.name!r}: only 'adamw' is supported")
+    optimizer = torch.optim.AdamW(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.lr_scheduler.warmup_steps))
+    logger.info("network %s: %.2fM parameters (%.2fM trained)", config.nnet.name,
+                sum(p.numel() for p in net.parameters()) / 1e6, sum(p.numel() for p in params) / 1e6)
+
+    start_step = 0
+    if resume_from is not None:
+        load_weights(net, resume_from / "nnet.pth")
+        load_weights(nnet_ema, resume_from / "nnet_ema.pth")
+        optimizer.load_state_dict(load_checkpoint_file(resume_from, "optimizer.pth"))
+        lr_scheduler.load_state_dict(load_checkpoint_file(resume_from, "lr_scheduler.pth"))
+        start_step = int(load_checkpoint_file(resume_from, "step.pth"))
+        # The config, not the saved optimiser, decides the hyper-parameters from here on.
+        lr_scheduler.base_lrs = [oc.lr] * len(optimizer.param_groups)
+        for g in optimizer.param_groups:
+            g.update(initial_lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas),
+                     lr=oc.lr * lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch))
+        logger.info("resumed from %s (step %d)", resume_from, start_step)
+    elif config.train.get("pretrained_weight"):
+        report = load_weights(net, config.train.pretrained_weight)
+        nnet_ema.load_state_dict(net.state_dict())
+        logger.info("%s", report)
+    else:
+        logger.info("training from scratch (no --pretrained_weight)")
+
+    # ---------------------------------------------------------------- data
+    sampler = StepBatchSampler(len(task.train_dataset), tc.batch_size, rank, world, config.seed, start_step)
+    loader = DataLoader(SeededItems(task.train_dataset), batch_sampler=sampler, num_workers=tc.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=tc.num_workers > 0)
+    batches = iter(loader)
+
+    model, optimizer = accelerator.prepare(TrainForward(net, objective == "adadiff"), optimizer)
+    nnet_ema.to(device)
+    generator = torch.Generator(device=device)
+    loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
+        if objective == "adadiff" else {}
+    if tc.get("log_with"):
+        accelerator.init_trackers(workdir.name, config={k: str(v) for k, v in config.to_dict().items()})
+    metrics = MetricsWriter(workdir / "stats.jsonl", enabled=is_main)
+
+    # ---------------------------------------------------------------- loop
+    last_ckpt = resume_from
+    sums, count, t_last = {}, 0, time.perf_counter()
+    bar = tqdm(total=tc.n_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
+    for step in range(start_step + 1, tc.n_steps + 1):
+        # Batch and noise: per-step, per-process randomness.
+        generator.manual_seed(mix_seed(config.seed, _RNG_BATCH, rank, step))
+        x0, cond = task.make_batch(next(batches), device, generator)
+        generator.manual_seed(mix_seed(config.seed, _RNG_NOISE, rank, step))
+        terms = training_losses(model, task.noise, x0, cond, objective=objective, generator=generator,
+                                **loss_kwargs)
+        loss = terms["loss"].mean()
+
+        # Stop before a non-finite loss reaches the weights; every process agrees.
+        if not bool(torch.isfinite(accelerator.gather(loss.detach()[None])).all()):
+            bar.close()
+            raise FloatingPointError(
+                f"non-finite loss at step {step}; stopping without saving. The last good checkpoint is "
+                f"{last_ckpt or 'none'}. Try a lower config.optimizer.lr, config.train.grad_clip, or bf16.")
+
+        # Update.
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        optimizer.step()
+        lr_scheduler.step()
+
+        # Update EMA.
+        ema_update(nnet_ema, net, tc.ema_rate)
+
+        # Log.
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().mean()
+        count += 1
+        bar.update(1)
+        if step % tc.log_interval == 0 or step == tc.n_steps:
+            means = accelerator.reduce(torch.stack([sums[k] for k in sorted(sums)]) / count, reduction="mean")
+            dt = time.perf_counter() - t_last
+            row = {k: float(v) for k, v in zip(sorted(sums), means)}
+            row.update(step=step, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+                       steps_per_s=count / dt, images_per_s=count * tc.batch_size / dt)
+            metrics.write(**row)
+            if tc.get("log_with"):
+                accelerator.log(row, step=step)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+            sums, count, t_last = {}, 0, time.perf_counter()
+
+        # Sample a grid with the EMA network.
+        if is_main and tc.get("sample_interval") and step % tc.sample_interval == 0 and hasattr(task, "sample_grid"):
+            path = workdir / "samples" / f"{step}.png"
+            task.sample_grid(nnet_ema, path, config)
+            logger.info("sample grid %s", path)
+
+        # Save.
+        if step % tc.save_interval == 0 or step == tc.n_steps:
+            accelerator.wait_for_everyone()
+            if is_main:
+                last_ckpt = save_checkpoint(ckpt_root, step, {
+                    "nnet.pth": _cpu_state(net), "nnet_ema.pth": _cpu_state(nnet_ema),
+                    "optimizer.pth": optimizer.state_dict(), "lr_scheduler.pth": lr_scheduler.state_dict(),
+                    "step.pth": step}, {"config.json": config_to_json(config)})
+                _prune(ckpt_root, tc.get("keep_ckpts", 0))
+                logger.info("saved %s", last_ckpt)
+            else:
+                last_ckpt = ckpt_root / f"{step}.ckpt"
+            accelerator.wait_for_everyone()
+    bar.close()
+    accelerator.end_training()
+    return last_ckpt
+
+
+def _cpu_state(net: nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Keep only the newest ``keep`` checkpoints (0 = keep all, as the released code)."""
+    if keep and keep > 0:
+        import shutil
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def default_workdir(config_path: str) -> str:
+    """workdir/<config name> relative to the current directory."""
+    return os.path.join("workdir", Path(config_path).stem)
