@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from libs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_file, load_weights, save_checkpoint
 from libs.config_utils import config_diff, config_to_json, load_config_json
 from libs.data_order import SeededItems, StepBatchSampler, mix_seed
+from libs.eval_engine import evaluate, parse_thresholds, sample_grid
 from libs.nets import build_nnet
 from libs.run_log import MetricsWriter, setup_logger
 from sde import training_losses
@@ -190,11 +191,23 @@ def train(config, task) -> Path:
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
             sums, count, t_last = {}, 0, time.perf_counter()
 
-        # Sample a grid with the EMA network.
-        if is_main and tc.get("sample_interval") and step % tc.sample_interval == 0 and hasattr(task, "sample_grid"):
-            path = workdir / "samples" / f"{step}.png"
-            task.sample_grid(nnet_ema, path, config)
-            logger.info("sample grid %s", path)
+        # Sample a grid with the EMA network (full depth and the configured threshold).
+        if is_main and tc.get("sample_interval") and step % tc.sample_interval == 0:
+            for tau in sorted({1.0, *parse_thresholds(config.sample.exit_threshold)}, reverse=True):
+                if tau < 1.0 and objective != "adadiff":
+                    continue
+                path = workdir / "samples" / (f"{step}.png" if tau >= 1.0 else f"{step}_tau_{tau:g}.png")
+                sample_grid(nnet_ema, task, config, path, tau)
+            logger.info("sample grids in %s", workdir / "samples")
+
+        # Evaluate FID and compute at full depth and the configured threshold (all processes).
+        if tc.get("eval_interval") and step % tc.eval_interval == 0:
+            taus = parse_thresholds(config.sample.exit_threshold) if objective == "adadiff" else [1.0]
+            results = evaluate(nnet_ema, task, config, taus, accelerator, workdir / "eval" / f"step_{step}",
+                               logger, progress=False)
+            metrics.write(step=step, eval=[r.row() for r in results])
+            if tc.get("log_with"):
+                accelerator.log({f"fid_tau_{r.threshold:g}": r.fid for r in results}, step=step)
 
         # Save.
         if step % tc.save_interval == 0 or step == tc.n_steps:

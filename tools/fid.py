@@ -11,6 +11,7 @@ prints the FID between A and B, each a folder, a statistics .npz or an image .np
 
 import argparse
 import os
+import tempfile
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -94,16 +95,26 @@ def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "
 def save_statistics(path: str, mu, sigma) -> None:
     """Write an .npz with keys mu (D,) and sigma (D, D), float64."""
     mu, sigma = check_statistics(mu, sigma, dims=None, name=path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:  # a file object: np.savez would otherwise append '.npz'
-        np.savez(f, mu=mu, sigma=sigma)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".fid_stats.", suffix=".tmp", dir=folder)
+    try:  # atomic: a crash never leaves a truncated statistics file behind
+        with os.fdopen(fd, "wb") as f:  # a file object: np.savez would otherwise append '.npz'
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
     """Read and validate an .npz of FID statistics (keys mu, sigma)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID statistics file '{path}' does not exist; make one from a "
-                                f"folder or image .npz with `{STATS_COMMAND.format(path=path)}`")
+                                f"folder or image .npz with `{STATS_COMMAND.format(path=path)}`, or from a "
+                                f"config's dataset with `python scripts/make_fid_stats.py --config=CONFIG "
+                                f"--out={path}` (released statistics go in assets/fid_stats/)")
     keys = _npz_keys(path)
     if "mu" not in keys or "sigma" not in keys:
         hint = (f" (it holds images: make statistics with `python tools/fid_stats.py {path} OUT.npz`)"
