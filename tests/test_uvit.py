@@ -175,7 +175,7 @@ def test_batch_with_mixed_exits_equals_each_sample_alone(text):
         alone = [net.forward_all_exits(x[i:i + 1], t[i:i + 1], cond[i:i + 1]).certainties.mean(dim=(1, 2, 3, 4))
                  for i in range(B)]
         # Pick the threshold (among the observed certainties) that spreads exits the most.
-        candidates = torch.stack(alone).flatten().sort().values
+        candidates = torch.stack(alone).flatten().sort().values[::3]
         tau = max(candidates.tolist(), key=lambda c: len(set(
             net.forward_early_exit(x, t, cond, exit_threshold=c).exit_block.tolist())))
         batch = net.forward_early_exit(x, t, cond, exit_threshold=tau)

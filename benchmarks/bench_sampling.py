@@ -1,0 +1,92 @@
+"""Sampling time of the same images at full depth vs an exit threshold, per batch size.
+
+Generates ``--n_images`` images with the config's sampler (same noise, same labels) at full
+depth and at ``--threshold``, alternating the two ``--repeats`` times; reports the median
+wall-clock, the blocks run per network call, the ideal speedup (full blocks / mean blocks)
+and the measured speedup.
+
+    python benchmarks/bench_sampling.py --nnet_path=workdir/main_job/adadiff/ckpts/600.ckpt/nnet_ema.pth
+    python benchmarks/bench_sampling.py --config cifar10_uvit_small --steps 20 --device cuda --dtype bf16 \
+        --batch_sizes 1,256 --n_images 256 --random_heads 40 --threshold 0.5
+
+Without --nnet_path the network has random weights; --random_heads S multiplies the
+uncertainty heads' weights by S so that exits vary per sample and step as in a trained model.
+"""
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from libs.checkpoint import load_weights  # noqa: E402
+from libs.eval_engine import generate  # noqa: E402
+from libs.exit_stats import ExitRecorder  # noqa: E402
+from libs.nets import build_nnet  # noqa: E402
+from libs.tasks import PixelTask  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="digits_uvit_tiny", help="module in configs/")
+    p.add_argument("--nnet_path", default=None)
+    p.add_argument("--threshold", type=float, default=None, help="default: the config's exit_threshold")
+    p.add_argument("--batch_sizes", default="1,64")
+    p.add_argument("--n_images", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: config)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--random_heads", type=float, default=0.0)
+    args = p.parse_args(argv)
+    config = importlib.import_module(f"configs.{args.config}").get_config()
+    if args.steps:
+        config.sample.sample_steps = args.steps
+    tau = args.threshold if args.threshold is not None else float(str(config.sample.exit_threshold).split(",")[0])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = build_nnet(config.nnet)
+    if args.nnet_path:
+        load_weights(net, args.nnet_path)
+    elif args.random_heads:
+        with torch.no_grad():
+            for h in net.uem_heads:
+                h.proj.weight.mul_(args.random_heads)
+    net.to(device).eval()
+    task = PixelTask(config, load_data=False)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"# {args.config}, {config.sample.algorithm} {config.sample.sample_steps} steps, {args.n_images} images, "
+          f"threshold {tau:g}, {args.dtype}, {dev}, torch {torch.__version__}")
+    print(f"{'batch':>5} {'full s':>8} {'tau s':>8} {'blocks':>7} {'ideal':>6} {'measured':>8} {'meas/ideal':>10}")
+    rows = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        batches = [list(range(s, min(s + bs, args.n_images))) for s in range(0, args.n_images, bs)]
+        times = {1.0: [], tau: []}
+        blocks = {}
+        for r in range(args.repeats + 1):  # first round is warm-up
+            for t in (1.0, tau):
+                rec = ExitRecorder(net.num_blocks, device)
+                sync()
+                t0 = time.perf_counter()
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    for b, idx in enumerate(batches):
+                        generate(net, task, config.sample, idx, t, rec, config.seed, b, device)
+                sync()
+                if r > 0:
+                    times[t].append(time.perf_counter() - t0)
+                blocks[t] = rec.summary(None, args.n_images)["mean_blocks"]
+        full, early = statistics.median(times[1.0]), statistics.median(times[tau])
+        ideal, measured = blocks[1.0] / blocks[tau], full / early
+        rows.append(dict(batch=bs, full_s=full, tau_s=early, blocks=blocks[tau], ideal=ideal, measured=measured))
+        print(f"{bs:>5} {full:>8.2f} {early:>8.2f} {blocks[tau]:>7.2f} {ideal:>6.3f} {measured:>8.3f} "
+              f"{measured / ideal:>10.3f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
