@@ -246,12 +246,20 @@ def register_dataset(*names: str):
     return deco
 
 
+def _register_all() -> None:
+    # The latent-space and ImageNet datasets live in their own module, which registers
+    # itself here on import (it imports this module, so it cannot be imported above).
+    import libs.latent_datasets  # noqa: F401
+
+
 def dataset_names() -> list[str]:
+    _register_all()
     return sorted(_REGISTRY)
 
 
 def get_dataset(name: str, **kwargs) -> PixelDataset:
     """Build a dataset by registered name; kwargs go to its constructor."""
+    _register_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     return _REGISTRY[name](**kwargs)

@@ -1,0 +1,39 @@
+"""CLIP context of the empty prompt, the unconditional input of classifier-free guidance (SPEC section 6).
+
+    python scripts/extract_empty_feature.py
+
+Writes ``<output>`` = float32 (77, 768); does nothing if it already exists.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+
+import torch  # noqa: E402
+
+from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
+from libs.latent_datasets import extract_empty_context  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="assets/datasets/coco256_features/empty_context.npy")
+    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model name (found locally) or local folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> bool:
+    args = parse_args(argv)
+    if Path(args.output).is_file():
+        print(f"{args.output} exists; nothing to do")
+        return False
+    clip = FrozenCLIPEmbedder(args.clip, device=args.device)
+    extract_empty_context(clip, args.output)
+    print(f"wrote {args.output}")
+    return True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The feature-extraction scripts end to end on generated JPEGs, with a tiny VAE (factor 8,
+saved in CompVis naming + a config JSON) and a tiny CLIP saved as a local folder (CPU, offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from libs.autoencoder import build_autoencoder, diffusers_to_compvis, load_autoencoder
+from libs.checkpoint import atomic_save
+from libs.clip import FrozenCLIPEmbedder
+from libs.latent_datasets import (
+    DatasetNotFoundError,
+    center_crop_arr,
+    center_crop_resize,
+    get_dataset,
+    load_pair,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# Four levels: downsample factor 8 as in SD, so 256 px images give (8, 32, 32) moments.
+TINY_VAE = dict(block_out_channels=[4, 8, 8, 8], norm_num_groups=4, layers_per_block=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny VAE weights (CompVis names) + config JSON, tiny CLIP folder."""
+    root = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    vae = build_autoencoder(TINY_VAE)
+    atomic_save(diffusers_to_compvis(vae.state_dict()), root / "autoencoder_kl.pth")
+    (root / "vae.json").write_text(json.dumps(TINY_VAE))
+    save_tiny_clip(root / "clip")
+    return root
+
+
+def save_tiny_clip(folder):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    # Byte-level alphabet of CLIP's BPE, no merges: every word is spelled byte by byte.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = [chr(c) for c in bs] + [chr(256 + i) for i in range(256 - len(bs))]
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=77,
+                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                            pad_token_id=vocab["<|endoftext|>"])
+    torch.manual_seed(0)
+    CLIPTextModel(config).save_pretrained(folder)
+
+
+def vae_args(assets):
+    return ["--autoencoder", str(assets / "autoencoder_kl.pth"), "--autoencoder_config", str(assets / "vae.json"),
+            "--device", "cpu"]
+
+
+def write_jpeg(path, w, h, seed):
+    arr = np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+
+
+def mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in Path(folder).iterdir()}
+
+
+# ----------------------------------------------------------------------------
+# ImageNet.
+
+
+def make_imagenet(root):
+    """train/<class>/ with 3 + 2 images of assorted sizes."""
+    sizes = {"n02": [(300, 280), (256, 400)], "n01": [(520, 600), (260, 256), (400, 300)]}
+    for seed, (c, whs) in enumerate(sizes.items()):
+        (root / "train" / c).mkdir(parents=True)
+        for j, (w, h) in enumerate(whs):
+            write_jpeg(root / "train" / c / f"{c}_{j}.JPEG", w, h, seed=10 * seed + j)
+
+
+def test_extract_imagenet_features_end_to_end_and_resume(tmp_path, assets):
+    make_imagenet(tmp_path / "imagenet")
+    out = tmp_path / "imagenet256_features"
+    script = load_script("extract_imagenet_feature")
+    argv = ["--path", str(tmp_path / "imagenet"), "--output", str(out), "--batch_size", "2", "--num_workers", "0",
+            "--no_progress", *vae_args(assets)]
+    assert script.main(argv) == 10
+    assert sorted(os.listdir(out), key=lambda s: int(s.split(".")[0])) == [f"{i}.npy" for i in range(10)]
+
+    # File i = image i (class folders sorted: n01 first), file 5 + i = its flip (global layout).
+    vae = load_autoencoder(assets / "autoencoder_kl.pth", config=TINY_VAE)
+    files = sorted((tmp_path / "imagenet" / "train").glob("*/*.JPEG"))
+    x = []
+    for f in files:
+        with Image.open(f) as img:
+            x.append(torch.from_numpy(center_crop_arr(img.convert("RGB"), 256)).permute(2, 0, 1).float() / 127.5 - 1)
+    x = torch.stack(x)
+    want = vae.encode_moments(torch.cat([x, x.flip(-1)])).numpy()
+    for i in range(10):
+        m, label = load_pair(out / f"{i}.npy")
+        assert m.dtype == np.float32 and m.shape == (8, 32, 32)
+        assert label == [0, 0, 0, 1, 1][i % 5]
+        np.testing.assert_allclose(m, want[i], rtol=1e-4, atol=1e-5)
+
+    # Resumable: a second run writes nothing; a lost file re-runs only its batch.
+    before = mtimes(out)
+    assert script.main(argv) == 0
+    assert mtimes(out) == before
+    (out / "7.npy").unlink()  # flip of image 2 -> batch of images 2, 3
+    assert script.main(argv) == 4
+    assert (out / "7.npy").is_file()
+
+    ds = get_dataset("imagenet256_features", path=str(out))
+    assert len(ds.train) == 10 and ds.train[7][0].shape == (8, 32, 32)
+
+
+def test_extract_imagenet_per_batch_layout(tmp_path, assets):
+    make_imagenet(tmp_path / "imagenet")
+    out = tmp_path / "released"
+    script = load_script("extract_imagenet_feature")
+    script.main(["--path", str(tmp_path / "imagenet"), "--output", str(out), "--batch_size", "2", "--num_workers",
+                 "0", "--no_progress", "--layout", "per_batch", *vae_args(assets)])
+    global_out = tmp_path / "global"
+    script.main(["--path", str(tmp_path / "imagenet"), "--output", str(global_out), "--batch_size", "4",
+                 "--num_workers", "0", "--no_progress", *vae_args(assets)])
+    # Released order with batches of 2: [0, 1, 0f, 1f, 2, 3, 2f, 3f, 4, 4f].
+    order = [0, 1, 5, 6, 2, 3, 7, 8, 4, 9]
+    for i, j in enumerate(order):
+        a, la = load_pair(out / f"{i}.npy")
+        b, lb = load_pair(global_out / f"{j}.npy")
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert la == lb
+
+
+def test_extract_imagenet_wrong_layout(tmp_path, assets):
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    script = load_script("extract_imagenet_feature")
+    with pytest.raises(DatasetNotFoundError, match="n01440764"):
+        script.main(["--path", str(tmp_path / "imagenet"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------
+# MS-COCO.
+
+
+def make_coco(root, split="train", n_captions=(2, 1, 3)):
+    """<split>2014/*.jpg + annotations/captions_<split>2014.json, image ids listed out of order."""
+    (root / f"{split}2014").mkdir(parents=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    ids = [42, 7, 19][: len(n_captions)]
+    images, anns = [], []
+    for j, (image_id, n) in enumerate(zip(ids, n_captions)):
+        name = f"COCO_{split}2014_{image_id:012d}.jpg"
+        write_jpeg(root / f"{split}2014" / name, 300 + 40 * j, 260, seed=image_id)
+        images.append({"id": image_id, "file_name": name, "width": 300 + 40 * j, "height": 260})
+        anns += [{"id": 1000 * image_id + k, "image_id": image_id, "caption": f"image {image_id} caption {k}"}
+                 for k in range(n)]
+    anns = anns[::2] + anns[1::2]  # captions of an image are not contiguous in the file
+    (root / "annotations" / f"captions_{split}2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    # Captions of each image in file order, images by id.
+    by_id = {i: [a["caption"] for a in anns if a["image_id"] == i] for i in ids}
+    return [(root / f"{split}2014" / im["file_name"], by_id[im["id"]]) for im in sorted(images, key=lambda m: m["id"])]
+
+
+def test_extract_mscoco_end_to_end(tmp_path, assets):
+    coco, out = tmp_path / "coco", tmp_path / "coco256_features"
+    expected = make_coco(coco, "train")
+    make_coco(coco, "val", n_captions=(1, 2))
+    common = ["--root", str(coco), "--output", str(out), "--clip", str(assets / "clip"), "--batch_size", "2",
+              "--num_workers", "0", "--no_progress", *vae_args(assets)]
+    script = load_script("extract_mscoco_feature")
+    assert script.main(["--split", "train", *common]) == 3
+    assert script.main(["--split", "val", *common]) == 2
+    assert sorted(os.listdir(out / "train")) == sorted(["0.npy", "0_0.npy", "1.npy", "1_0.npy", "1_1.npy", "1_2.npy",
+                                                       "2.npy", "2_0.npy", "2_1.npy"])
+
+    vae = load_autoencoder(assets / "autoencoder_kl.pth", config=TINY_VAE)
+    clip = FrozenCLIPEmbedder(str(assets / "clip"), device="cpu")
+    for i, (path, captions) in enumerate(expected):  # image 7, 19, 42
+        with Image.open(path) as img:
+            x = torch.from_numpy(center_crop_resize(img.convert("RGB"), 256)).permute(2, 0, 1).float() / 127.5 - 1
+        m = np.load(out / "train" / f"{i}.npy")
+        assert m.dtype == np.float32 and m.shape == (8, 32, 32)
+        np.testing.assert_allclose(m, vae.encode_moments(x[None])[0].numpy(), rtol=1e-4, atol=1e-5)
+        contexts = clip.encode(captions).numpy()
+        for k in range(len(captions)):
+            c = np.load(out / "train" / f"{i}_{k}.npy")
+            assert c.dtype == np.float32 and c.shape == (77, 16)
+            np.testing.assert_allclose(c, contexts[k], rtol=1e-4, atol=1e-5)
+
+    # Resumable.
+    before = mtimes(out / "train")
+    assert script.main(["--split", "train", *common]) == 0
+    assert mtimes(out / "train") == before
+    (out / "train" / "2_1.npy").unlink()
+    assert script.main(["--split", "train", *common]) == 1
+
+    # Empty context and sample-grid prompts, then the dataset reads the whole layout.
+    empty = load_script("extract_empty_feature")
+    assert empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(assets / "clip"), "--device", "cpu"])
+    assert not empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(assets / "clip")])
+    np.testing.assert_allclose(np.load(out / "empty_context.npy"), clip.encode([""])[0].numpy(), rtol=1e-5, atol=1e-6)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red bus\n\na cat on a sofa\n")
+    vis = load_script("extract_test_prompt_feature")
+    vis_args = ["--prompts", str(prompts), "--output", str(out / "run_vis"), "--clip", str(assets / "clip"),
+                "--device", "cpu"]
+    assert vis.main(vis_args) == 2
+    assert vis.main(vis_args) == 0
+    prompts.write_text("another prompt\n")
+    with pytest.raises(ValueError, match="holds the prompt 'a red bus'"):
+        vis.main(vis_args)
+
+    ds = get_dataset("mscoco256_features", path=str(out))
+    assert len(ds.train) == 3 and len(ds.val) == 2 and ds.train.num_captions == [1, 3, 2]
+    assert ds.vis_prompts == ["a red bus", "a cat on a sofa"] and ds.vis_contexts.shape == (2, 77, 16)
+    np.testing.assert_allclose(ds.vis_contexts.numpy(), clip.encode(ds.vis_prompts).numpy(), rtol=1e-4, atol=1e-5)
+    assert ds.empty_context.shape == (77, 16)
+
+
+def test_extract_mscoco_wrong_layout(tmp_path, assets):
+    script = load_script("extract_mscoco_feature")
+    (tmp_path / "coco" / "train2014").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="captions_train2014.json"):
+        script.main(["--root", str(tmp_path / "coco"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+    make_coco(tmp_path / "coco2")
+    next((tmp_path / "coco2" / "train2014").iterdir()).unlink()
+    with pytest.raises(DatasetNotFoundError, match="1 of the 3 images"):
+        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+    (tmp_path / "coco2" / "annotations" / "captions_train2014.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="not a COCO annotation file"):
+        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+
+
+def test_script_runs_as_a_file_from_another_directory(tmp_path, assets):
+    """`python scripts/X.py` finds the project's modules whatever the working directory."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "extract_empty_feature.py"), "--output",
+                             "out/empty_context.npy", "--clip", str(assets / "clip"), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.load(tmp_path / "out" / "empty_context.npy").shape == (77, 16)
