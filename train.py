@@ -1,33 +1,21 @@
-"""Train a U-ViT or fine-tune it into an AdaDiff model (pixel space, continuous time).
+"""Train a U-ViT or fine-tune it into an AdaDiff model: pixel space, continuous time.
 
-    accelerate launch train.py --config=configs/cifar10_uvit_small.py \
-        --pretrained_weight=assets/pretrained/cifar10_uvit_small.pth
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train.py \
+        --config=configs/cifar10_uvit_small.py --pretrained_weight=assets/pretrained/cifar10_uvit_small.pth
     python train.py --config=configs/digits_uvit_tiny.py --config.train.n_steps=500
 
-Flags that mirror config fields set exactly those fields: --workdir (config.workdir) and
---pretrained_weight (config.train.pretrained_weight). A run resumes automatically from the
-latest complete checkpoint in <workdir>/ckpts.
+A run resumes automatically from the latest complete checkpoint in <workdir>/ckpts.
 """
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from libs.config_utils import set_from_flags
-from libs.tasks import PixelTask
-from libs.train_engine import default_workdir, train
+from libs.entry import define_flags, train_main
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration (configs/*.py).", lock_config=False)
-flags.DEFINE_string("workdir", None, "Run directory (config.workdir; default workdir/<config name>).")
-flags.DEFINE_string("pretrained_weight", None, "U-ViT/AdaDiff weights to start from (config.train.pretrained_weight).")
-flags.mark_flags_as_required(["config"])
+FLAGS = define_flags("train")
 
 
 def main(argv):
-    config = FLAGS.config
-    set_from_flags(config, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
-    if not config.get("workdir"):
-        set_from_flags(config, {"workdir": default_workdir(FLAGS["config"].config_filename)})
-    train(config, PixelTask(config))
+    from libs.tasks import PixelTask
+    train_main(FLAGS, lambda config, sampling: PixelTask(config), "train.py")
 
 
 if __name__ == "__main__":

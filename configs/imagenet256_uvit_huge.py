@@ -9,8 +9,8 @@ def get_config():
     config.nnet = d(name="uvit", img_size=32, patch_size=2, in_chans=4, embed_dim=1152, depth=28, num_heads=16,
                     mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=1001, use_checkpoint=True,
                     conv=False, skip=True, uem_time_aware=False)
-    config.dataset = d(name="imagenet256_features", path="assets/datasets/imagenet256_features")
-    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215)
+    config.dataset = d(name="imagenet256_features", path="assets/datasets/imagenet256_features", num_classes=1000)
+    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215, config="")
     config.loss.p_uncond = 0.1
     config.train.update(n_steps=300000, batch_size=1024, save_interval=10000, sample_interval=10000)
     config.optimizer.update(lr=2e-4, betas=(0.99, 0.99))

@@ -10,7 +10,7 @@ def get_config():
                     mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, clip_dim=768, num_clip_token=77,
                     use_checkpoint=False, conv=True, skip=True, uem_time_aware=False)
     config.dataset = d(name="mscoco256_features", path="assets/datasets/coco256_features")
-    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.23010)
+    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.23010, config="")
     config.clip = d(version="openai/clip-vit-large-patch14")
     config.loss.p_uncond = 0.1
     config.train.update(n_steps=1000000, batch_size=256, save_interval=10000, sample_interval=10000)

@@ -126,6 +126,16 @@ def vae_config(config: Optional[Mapping] = None, **overrides) -> dict:
 # The module.
 
 
+@torch.no_grad()
+def sample_latent(moments: torch.Tensor, scale_factor: float, generator: Optional[torch.Generator] = None):
+    """Posterior sample of stored moments, without the autoencoder (training reads moments):
+    z = scale * (mean + exp(0.5 * clamp(logvar, -30, 20)) * noise); (B, 2C, h, w) -> (B, C, h, w)."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)  # (B, latent, h, w) each
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return scale_factor * (mean + std * noise)
+
+
 class FrozenAutoencoderKL(nn.Module):
     """KL autoencoder with frozen weights, always in eval mode, every method under no_grad.
 
@@ -173,10 +183,7 @@ class FrozenAutoencoderKL(nn.Module):
     @torch.no_grad()
     def sample(self, moments: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Moments -> scaled latent z = scale * (mean + exp(0.5 * clamp(logvar, -30, 20)) * noise)."""
-        mean, logvar = torch.chunk(moments, 2, dim=1)  # (B, latent, h, w) each
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return self.scale_factor * (mean + std * noise)
+        return sample_latent(moments, self.scale_factor, generator)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

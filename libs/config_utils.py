@@ -33,6 +33,11 @@ class _null:
         return False
 
 
+def default_workdir(config_path: str) -> str:
+    """workdir/<config name>, relative to the current directory."""
+    return str(Path("workdir") / Path(config_path).stem)
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 

@@ -52,7 +52,6 @@ def adadiff_loss(eps: torch.Tensor, preds: torch.Tensor, certainties: torch.Tens
     if preds.shape != certainties.shape or preds.shape[1:] != eps.shape:
         raise ValueError(f"shape mismatch: eps {tuple(eps.shape)}, preds {tuple(preds.shape)}, "
                          f"certainties {tuple(certainties.shape)}")
-    N = preds.shape[0]
     denoise = mos(eps - preds[-1])
     per_layer_err = torch.stack([mos(eps - p) for p in preds])  # (N, B)
     uem = torch.stack([mos(c - t) for c, t in zip(certainties, uem_targets(preds, eps))]).mean(dim=0)  # (1/N) sum

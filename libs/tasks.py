@@ -10,9 +10,22 @@ from typing import Optional, Sequence
 import torch
 
 from libs.flops import uvit_flops
-from libs.model_fn import CONTINUOUS_TIME_SCALE
-from libs.schedules import LinearVPSchedule
-from sde import ContinuousNoise
+from libs.model_fn import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
+from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
+from sde import ContinuousNoise, DiscreteNoise
+
+TIMES = ("continuous", "discrete")
+
+
+def diffusion_time(config):
+    """(training noise, sampling schedule, network-time scale) for ``config.time``."""
+    time = config.get("time", "continuous")
+    if time == "continuous":  # VP-SDE, t ~ U(0, 1), network time 999 t
+        return ContinuousNoise(), LinearVPSchedule(), CONTINUOUS_TIME_SCALE
+    if time == "discrete":  # SD betas, n ~ U{1..1000}, network time n (= 1000 t on the knots)
+        schedule = DiscreteVPSchedule.stable_diffusion()
+        return DiscreteNoise(schedule), schedule, DISCRETE_TIME_SCALE
+    raise ValueError(f"config.time={time!r}: choose one of {TIMES}")
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator]):
@@ -24,7 +37,7 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: Op
 
 
 class PixelTask:
-    """Pixel-space images with optional class labels, continuous-time VP-SDE.
+    """Pixel-space images with optional class labels (continuous or discrete time).
 
     Class labels: with ``config.loss.p_uncond > 0`` the network has K + 1 label embeddings and
     index K is the null label of classifier-free guidance; otherwise K = num_classes. Sampled
@@ -36,9 +49,7 @@ class PixelTask:
         self.num_classes = nnet.get("num_classes", -1)
         self.p_uncond = config.loss.get("p_uncond", 0.0)
         self.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
-        self.noise = ContinuousNoise()
-        self.schedule = LinearVPSchedule()
-        self.time_scale = CONTINUOUS_TIME_SCALE
+        self.noise, self.schedule, self.time_scale = diffusion_time(config)
         self.flops = uvit_flops(nnet)
         if self.p_uncond > 0 and self.num_classes <= 1:
             raise ValueError("config.loss.p_uncond > 0 needs a class-conditional network (config.nnet.num_classes > 0)")
@@ -88,3 +99,119 @@ class PixelTask:
     def decode(x0: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1]."""
         return ((x0.float() + 1) / 2).clamp(0, 1)
+
+
+class LatentDecoder:
+    """Decodes latents with the frozen SD autoencoder, loaded on first use (training reads
+    stored moments and never needs it; sampling does)."""
+
+    def __init__(self, config):
+        ac = config.autoencoder
+        self.path, self.scale_factor = ac.pretrained_path, ac.scale_factor
+        self.arch = ac.get("config") or None  # optional JSON/dict of a non-SD architecture
+        self.chunk = int(config.sample.get("decode_chunk", 0) or 0)
+        self._model = None
+
+    def check(self):
+        """Fail early (before training or sampling) when the weights are missing."""
+        from pathlib import Path
+        if not Path(self.path).exists():
+            from libs.autoencoder import AutoencoderNotFoundError
+            raise AutoencoderNotFoundError(
+                f"autoencoder weights not found at {self.path} (config.autoencoder.pretrained_path); sampling "
+                f"decodes latents with the Stable Diffusion v1 KL-f8 VAE: put the released "
+                f"autoencoder_kl.pth there (see README, 'Data and assets')")
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [0, 1]."""
+        if self._model is None:
+            from libs.autoencoder import load_autoencoder
+            self._model = load_autoencoder(self.path, self.scale_factor, device=z.device, config=self.arch)
+        x = self._model.decode_chunked(z, self.chunk) if self.chunk > 0 else self._model.decode(z)
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+class LatentTask(PixelTask):
+    """Class-conditional (or unconditional) generation in SD latent space: items are stored
+    posterior moments (8, h, w) and labels; x0 is a posterior sample scaled by
+    ``config.autoencoder.scale_factor``; samples are decoded by the autoencoder."""
+
+    def __init__(self, config, load_data: bool = True, need_decoder: bool = True):
+        super().__init__(config, load_data=load_data)
+        self.decoder = LatentDecoder(config)
+        self.scale_factor = config.autoencoder.scale_factor
+        if need_decoder:
+            self.decoder.check()
+
+    def make_batch(self, batch, device, generator=None):
+        from libs.autoencoder import sample_latent
+        moments, y = batch
+        z = sample_latent(moments.to(device, non_blocking=True), self.scale_factor, generator)
+        return super().make_batch((z, y), device, generator)
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z0)
+
+
+class PromptTask:
+    """Text-to-image sampling from given CLIP contexts (one per image index) with the empty
+    prompt's context as the unconditional input of classifier-free guidance."""
+
+    def __init__(self, config, contexts: torch.Tensor, empty_context: torch.Tensor, need_decoder: bool = True):
+        nnet = config.nnet
+        self.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
+        self.noise, self.schedule, self.time_scale = diffusion_time(config)
+        self.flops = uvit_flops(nnet)
+        self.decoder = LatentDecoder(config)
+        if need_decoder:
+            self.decoder.check()
+        self.contexts, self.empty_context = contexts, empty_context  # (N, 77, D), (77, D)
+
+    def conditions(self, indices: Sequence[int], device):
+        return self.contexts[list(indices)].to(device)
+
+    def null_condition(self, batch: int, device):
+        return self.empty_context.to(device)[None].expand(batch, -1, -1)
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z0)
+
+
+class TextTask(PromptTask):
+    """Text-to-image in SD latent space: items are (moments, CLIP context of one caption).
+    Classifier-free guidance replaces a context by the empty prompt's with prob. p_uncond.
+    Sampled image i uses the first caption of validation image i (mod the val set size)."""
+
+    def __init__(self, config, load_data: bool = True, need_decoder: bool = True):
+        from libs.datasets import get_dataset
+
+        # The features folder holds the empty context and the validation captions, which
+        # sampling needs too; training additionally reads train/.
+        self.dataset = get_dataset(**config.dataset)
+        super().__init__(config, None, self.dataset.empty_context, need_decoder)
+        nnet = config.nnet
+        self.p_uncond = config.loss.get("p_uncond", 0.0)
+        self.scale_factor = config.autoencoder.scale_factor
+        if tuple(self.dataset.data_shape) != self.sample_shape:
+            raise ValueError(f"dataset {config.dataset.name!r} gives latents of shape {tuple(self.dataset.data_shape)} "
+                             f"but config.nnet expects (in_chans, img_size, img_size) = {self.sample_shape}")
+        want = (nnet.num_clip_token, nnet.clip_dim)
+        if tuple(self.dataset.context_shape) != want:
+            raise ValueError(f"dataset contexts have shape {tuple(self.dataset.context_shape)} but config.nnet expects "
+                             f"(num_clip_token, clip_dim) = {want}")
+        if load_data:
+            self.train_dataset = self.dataset.train
+
+    def make_batch(self, batch, device, generator=None):
+        from libs.autoencoder import sample_latent
+        moments, context = batch
+        z = sample_latent(moments.to(device, non_blocking=True), self.scale_factor, generator)
+        context = context.to(device, non_blocking=True)
+        if self.p_uncond > 0:
+            drop = torch.rand(context.shape[0], device=device, generator=generator) < self.p_uncond
+            context = torch.where(drop[:, None, None], self.empty_context.to(device, context.dtype), context)
+        return z, context
+
+    def conditions(self, indices: Sequence[int], device):
+        val = self.dataset.val
+        return torch.stack([val.context(i % len(val), 0) for i in indices]).to(device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from pathlib import Path
 
@@ -237,8 +236,3 @@ def _prune(root: Path, keep: int) -> None:
         import shutil
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def default_workdir(config_path: str) -> str:
-    """workdir/<config name> relative to the current directory."""
-    return os.path.join("workdir", Path(config_path).stem)

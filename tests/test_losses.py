@@ -53,7 +53,6 @@ def test_gradient_flow():
     eps = torch.randn_like(x0)
     terms = adadiff_loss(eps, out.preds, out.certainties)
     heads = {n for n, _ in net.named_parameters() if n.startswith("uem_heads.")}
-    backbone = {n for n, _ in net.named_parameters()} - heads
     # UEM regression reaches only the heads (features detached, target stop-gradient).
     assert _grads(terms["uem"].mean(), net) == heads
     # Layer-wise term reaches the backbone (through every block's prediction) and the heads (weights).

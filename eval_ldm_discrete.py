@@ -1,0 +1,19 @@
+"""Evaluate AdaDiff / U-ViT on class-conditional SD latents (discrete time) with early-exit sweeps.
+
+    python eval_ldm_discrete.py --config=configs/imagenet256_uvit_huge.py --nnet_path=<...>/nnet_ema.pth \
+        --exit_threshold=0.9,0.92,none
+"""
+from absl import app
+
+from libs.entry import define_flags, eval_main
+
+FLAGS = define_flags("eval")
+
+
+def main(argv):
+    from libs.tasks import LatentTask
+    eval_main(FLAGS, lambda config: LatentTask(config, load_data=False), "eval_ldm_discrete.py", "discrete")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,19 @@
+"""Evaluate text-to-image AdaDiff / U-ViT (MS-COCO validation captions) with early-exit sweeps.
+
+    python eval_t2i_discrete.py --config=configs/mscoco_uvit_small.py --nnet_path=<...>/nnet_ema.pth \
+        --exit_threshold=0.87,none
+"""
+from absl import app
+
+from libs.entry import define_flags, eval_main
+
+FLAGS = define_flags("eval")
+
+
+def main(argv):
+    from libs.tasks import TextTask
+    eval_main(FLAGS, lambda config: TextTask(config, load_data=False), "eval_t2i_discrete.py", "discrete")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,108 @@
+"""What every top-level script shares: its flags (each mirrors one config field) and its body.
+
+    train*.py:  --config, --workdir (config.workdir), --pretrained_weight (config.train.pretrained_weight)
+    eval*.py:   --config, --nnet_path (config.nnet_path), --exit_threshold (config.sample.exit_threshold),
+                --output_path (config.output_path), --workdir (config.workdir)
+"""
+from __future__ import annotations
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from libs.config_utils import default_workdir, set_from_flags
+
+
+def define_flags(kind: str) -> flags.FlagValues:
+    """Define the flags of a 'train' or 'eval' script; returns absl's FLAGS."""
+    config_flags.DEFINE_config_file("config", None, "Configuration (configs/*.py).", lock_config=False)
+    flags.DEFINE_string("workdir", None, "Run directory (config.workdir; default workdir/<config name>).")
+    if kind == "train":
+        flags.DEFINE_string("pretrained_weight", None,
+                            "U-ViT/AdaDiff weights to start from (config.train.pretrained_weight).")
+    else:
+        flags.DEFINE_string("nnet_path", None, "Weights to evaluate (config.nnet_path).")
+        flags.DEFINE_string("exit_threshold", None,
+                            "Threshold or comma-separated sweep, 1.0/none = full depth (config.sample.exit_threshold).")
+        flags.DEFINE_string("output_path", None, "Report folder (config.output_path, default <workdir>/eval).")
+    flags.mark_flags_as_required(["config"])
+    return flags.FLAGS
+
+
+def check_time(config, script: str, expected: str) -> None:
+    """train_ldm.py vs train_ldm_discrete.py etc.: the config's time mode must match the script."""
+    time = config.get("time", "continuous")
+    if time != expected:
+        other = script.replace("_discrete", "") if time == "continuous" else script.replace(".py", "_discrete.py")
+        raise ValueError(f"{script} trains/evaluates {expected}-time models but the config says "
+                         f"config.time={time!r}; use {other}")
+
+
+def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous"):
+    """Body of every train*.py: flags -> config -> task -> training engine."""
+    from libs.train_engine import train
+
+    config = FLAGS.config
+    set_from_flags(config, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
+    if not config.get("workdir"):
+        set_from_flags(config, {"workdir": default_workdir(FLAGS["config"].config_filename)})
+    check_time(config, script, expected_time)
+    sampling = bool(config.train.get("sample_interval") or config.train.get("eval_interval"))
+    return train(config, make_task(config, sampling))
+
+
+def resolve_eval_config(flags_obj):
+    """Apply the flags that mirror config fields; fill path defaults."""
+    config = flags_obj.config
+    set_from_flags(config, {"nnet_path": flags_obj.nnet_path, "sample.exit_threshold": flags_obj.exit_threshold,
+                            "output_path": flags_obj.output_path, "workdir": flags_obj.workdir})
+    if not config.get("workdir"):
+        set_from_flags(config, {"workdir": default_workdir(flags_obj["config"].config_filename)})
+    if not config.get("output_path"):
+        set_from_flags(config, {"output_path": os.path.join(config.workdir, "eval")})
+    return config
+
+
+def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuous"):
+    """Body of every eval*.py: flags -> config -> weights -> sweep -> report."""
+    from pathlib import Path
+
+    import torch
+    from accelerate import Accelerator
+
+    from libs.checkpoint import load_weights
+    from libs.eval_engine import evaluate, format_table, parse_thresholds
+    from libs.config_utils import config_to_json
+    from libs.nets import build_nnet
+    from libs.run_log import setup_logger
+
+    config = resolve_eval_config(flags_obj)
+    check_time(config, script, expected_time)
+    thresholds = parse_thresholds(str(config.sample.exit_threshold))  # validate before any work
+    if not config.get("nnet_path"):
+        raise ValueError("no weights to evaluate: pass --nnet_path=<...>/<step>.ckpt/nnet_ema.pth "
+                         "(or a released U-ViT/AdaDiff .pth)")
+    accelerator = Accelerator()
+    out = Path(config.output_path)
+    logger = setup_logger("adadiff.eval", out, accelerator.is_main_process)
+    task = make_task(config)
+    torch.manual_seed(config.seed)
+    net = build_nnet(config.nnet)
+    report = load_weights(net, config.nnet_path)
+    if report.kind == "uvit" and any(t < 1.0 for t in thresholds):
+        logger.warning("%s has no uncertainty heads (plain U-ViT weights): only full depth is meaningful; "
+                       "evaluating full depth only", config.nnet_path)
+        thresholds = [1.0]
+    net.to(accelerator.device).eval()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config_to_json(config))
+    logger.info("evaluating %s at thresholds %s, %d samples, %d process(es)", config.nnet_path,
+                ", ".join("full" if t >= 1 else f"{t:g}" for t in thresholds), config.sample.n_samples,
+                accelerator.num_processes)
+    results = evaluate(net, task, config, thresholds, accelerator, out, logger)
+    if accelerator.is_main_process:
+        print(format_table(results), flush=True)
+        logger.info("report written to %s", out)
+    return results

@@ -1,0 +1,19 @@
+"""Train / fine-tune AdaDiff on class-conditional SD latents (ImageNet 256/512), continuous time.
+
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train_ldm.py \
+        --config=configs/imagenet256_uvit_large.py --pretrained_weight=assets/pretrained/<released U-ViT>.pth
+"""
+from absl import app
+
+from libs.entry import define_flags, train_main
+
+FLAGS = define_flags("train")
+
+
+def main(argv):
+    from libs.tasks import LatentTask
+    train_main(FLAGS, lambda config, sampling: LatentTask(config, need_decoder=sampling), "train_ldm.py", "continuous")
+
+
+if __name__ == "__main__":
+    app.run(main)
