@@ -15,7 +15,7 @@ def get_config():
     config.dataset = d(name="digits", resolution=8)
     config.loss.p_uncond = 0.1
     config.train.update(n_steps=2000, batch_size=128, log_interval=50, sample_interval=0, save_interval=500,
-                        num_workers=0, ema_rate=0.999)
+                        num_workers=0, ema_rate=0.995)
     config.optimizer.update(lr=1e-3, betas=(0.9, 0.99))
     config.lr_scheduler.warmup_steps = 100
     config.sample.update(algorithm="dpm_solver", sample_steps=50, n_samples=1000, mini_batch_size=250, scale=0.0,

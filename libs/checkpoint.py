@@ -25,6 +25,8 @@ from typing import Mapping, Union
 import torch
 import torch.nn as nn
 
+from libs.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 _RELEASED_HEAD = re.compile(r"^lte_classifer\.(\d+)\.lte\.(weight|bias)$")
@@ -132,25 +134,13 @@ def _short(keys, n=8):
 
 
 def atomic_save(obj, path: Union[str, os.PathLike]) -> None:
-    """``torch.save`` (or safetensors for ``.safetensors``) to a temporary file in the same
-    directory, fsync, then rename over ``path``: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
-                f.write(save({k: v.detach().contiguous().cpu() for k, v in obj.items()}))
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` (or safetensors for ``.safetensors``), written atomically."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
+        data = save({k: v.detach().contiguous().cpu() for k, v in obj.items()})
+        atomic_write(path, lambda f: f.write(data))
+    else:
+        atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_weights(net_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], path) -> None:
@@ -174,6 +164,7 @@ def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[s
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{step}.ckpt"
     tmp = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".tmp", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700
     try:
         for name, obj in objects.items():
             atomic_save(obj, tmp / name)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -41,6 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from libs.atomic import atomic_write
 from libs.datasets import (
     DatasetNotFoundError,
     PixelDataset,
@@ -86,18 +86,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
 
 def save_npy(path: PathLike, array) -> None:
-    """``np.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            arr = np.asanyarray(array)
-            np.save(f, arr, allow_pickle=arr.dtype == object)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``np.save``, written atomically (temporary file in the same folder, then rename)."""
+    arr = np.asanyarray(array)
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=arr.dtype == object))
 
 
 def save_pair(path: PathLike, first, second) -> None:

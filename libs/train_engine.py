@@ -121,9 +121,8 @@ def train(config, task) -> Path:
                      lr=oc.lr * lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch))
         logger.info("resumed from %s (step %d)", resume_from, start_step)
     elif config.train.get("pretrained_weight"):
-        report = load_weights(net, config.train.pretrained_weight)
+        load_weights(net, config.train.pretrained_weight)  # logs what it loaded (fresh heads, ...)
         nnet_ema.load_state_dict(net.state_dict())
-        logger.info("%s", report)
     else:
         logger.info("training from scratch (no --pretrained_weight)")
 

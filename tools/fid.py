@@ -11,7 +11,6 @@ prints the FID between A and B, each a folder, a statistics .npz or an image .np
 
 import argparse
 import os
-import tempfile
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python tools/fid.py`: make `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from libs.atomic import atomic_write  # noqa: E402
 from tools.inception import FEATURE_DIM, load_inception  # noqa: E402
 
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -95,17 +95,9 @@ def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "
 def save_statistics(path: str, mu, sigma) -> None:
     """Write an .npz with keys mu (D,) and sigma (D, D), float64."""
     mu, sigma = check_statistics(mu, sigma, dims=None, name=path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fid_stats.", suffix=".tmp", dir=folder)
-    try:  # atomic: a crash never leaves a truncated statistics file behind
-        with os.fdopen(fd, "wb") as f:  # a file object: np.savez would otherwise append '.npz'
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Atomic: a crash never leaves a truncated statistics file behind. A file object, since
+    # np.savez would otherwise append '.npz' to the name.
+    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:

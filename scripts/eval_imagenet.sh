@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Early-exit evaluation, imagenet, at the released threshold (0.92) with full depth as the baseline.
+# Usage: NUM_GPUS=8 bash scripts/eval_imagenet.sh [--config.x=y ...]; THRESHOLD=0.9,0.92,none for a sweep.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+CONFIG=${CONFIG:-configs/imagenet256_uvit_large.py}
+WORKDIR=${WORKDIR:-workdir/imagenet256_uvit_large}
+NNET_PATH=${NNET_PATH:-$WORKDIR/ckpts/110000.ckpt/nnet_ema.pth}   # released AdaDiff checkpoint step: 110000
+THRESHOLD=${THRESHOLD:-0.92}
+OUTPUT_PATH=${OUTPUT_PATH:-$WORKDIR/eval}
+launch eval_ldm.py --config="$CONFIG" --nnet_path="$NNET_PATH" --exit_threshold="$THRESHOLD" --output_path="$OUTPUT_PATH" "$@"

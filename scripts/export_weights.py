@@ -1,0 +1,36 @@
+"""Export network weights (e.g. a checkpoint's nnet_ema.pth) to .pth or .safetensors.
+
+    python scripts/export_weights.py SRC DST [--drop_heads] [--dtype float16]
+
+--drop_heads removes the uncertainty heads, giving a plain U-ViT file (as released U-ViT
+weights: loading it initialises fresh heads). The file is written atomically.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from libs.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src")
+    p.add_argument("dst", help=".pth or .safetensors")
+    p.add_argument("--drop_heads", action="store_true", help="remove the uncertainty heads (plain U-ViT file)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    args = p.parse_args(argv)
+    sd, _ = convert_state_dict(read_state_dict(args.src))
+    if args.drop_heads:
+        sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIX)}
+    if args.dtype:
+        sd = {k: v.to(getattr(torch, args.dtype)) if v.is_floating_point() else v for k, v in sd.items()}
+    save_weights(sd, args.dst)
+    print(f"wrote {len(sd)} tensors to {args.dst}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job: AdaDiff end to end on the embedded default data set (scikit-learn's 8x8
+# handwritten digits), on a CPU, in a few minutes:
+#   1. FID reference statistics of the digits (cached in assets/fid_stats/)
+#   2. AdaDiff fine-tuning of the shipped U-ViT backbone (pretrained/, made by train.py: see
+#      pretrained/README.md for the exact command)
+#   3. an evaluation sweep over exit thresholds: table, plots and a sample grid per threshold
+# Every variable below can be overridden from the environment, e.g. STEPS=2000 bash scripts/main_job.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${CONFIG:-configs/digits_uvit_tiny.py}
+BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
+WORKDIR=${WORKDIR:-workdir/main_job}
+FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
+STEPS=${STEPS:-800}
+THRESHOLDS=${THRESHOLDS:-0.7,0.8,0.9}
+N_SAMPLES=${N_SAMPLES:-500}
+
+echo "== 1/3 FID reference statistics ($FID_STAT)"
+if [ -f "$FID_STAT" ]; then echo "cached"; else
+  python scripts/make_fid_stats.py --config="$CONFIG" --out="$FID_STAT"; fi
+
+echo "== 2/3 AdaDiff fine-tuning of $BACKBONE ($STEPS steps)"
+python train.py --config="$CONFIG" --pretrained_weight="$BACKBONE" --workdir="$WORKDIR/adadiff" \
+  --config.train.n_steps="$STEPS" --config.train.save_interval="$STEPS" --config.train.log_interval=100
+
+echo "== 3/3 threshold sweep: $THRESHOLDS and full depth, $N_SAMPLES samples each"
+python eval.py --config="$CONFIG" --nnet_path="$WORKDIR/adadiff/ckpts/$STEPS.ckpt/nnet_ema.pth" \
+  --exit_threshold="$THRESHOLDS" --output_path="$WORKDIR/eval" --config.sample.fid_stat="$FID_STAT" \
+  --config.sample.n_samples="$N_SAMPLES"
+echo "report, plots and grids: $WORKDIR/eval/ (report.txt, tradeoff.png, grid_tau_*.png)"
