@@ -37,3 +37,52 @@ def base_config():
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
                       scale=0.0, exit_threshold="1.0", path="", grid_size=64, fid_stat="")
     return config
+
+
+# U-ViT sizes (SPEC section 1): embed_dim, depth, num_heads, conv.
+UVIT_SIZES = {"small": (512, 12, 8, True), "mid": (768, 16, 12, True), "large": (1024, 20, 16, True),
+              "huge": (1152, 28, 16, False)}
+
+
+def uvit_nnet(size, img_size, patch_size, in_chans, num_classes, use_checkpoint=True, **extra):
+    D, depth, heads, conv = UVIT_SIZES[size]
+    return d(name="uvit", img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=D, depth=depth,
+             num_heads=heads, mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=num_classes,
+             use_checkpoint=use_checkpoint, conv=conv, skip=True, uem_time_aware=False, **extra)
+
+
+def imagenet_latent_config(resolution, size):
+    """ImageNet 256 / 512 in SD latent space (4 x res/8 x res/8), class-conditional with
+    classifier-free guidance. Large: continuous time (train_ldm.py), huge: discrete
+    (train_ldm_discrete.py); guidance scale 0.4 at 256, 0.7 at 512; released threshold 0.92."""
+    config = base_config()
+    config.time = "discrete" if size == "huge" else "continuous"
+    latent = resolution // 8
+    config.nnet = uvit_nnet(size, img_size=latent, patch_size=2 if resolution == 256 else 4, in_chans=4,
+                            num_classes=1001)
+    config.dataset = d(name=f"imagenet{resolution}_features", path=f"assets/datasets/imagenet{resolution}_features",
+                       num_classes=1000)
+    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215,
+                           config="")
+    config.loss.p_uncond = 0.1 if size == "huge" else 0.15
+    config.train.update(n_steps=300000, batch_size=1024, save_interval=10000, sample_interval=10000)
+    config.optimizer.update(lr=2e-4, betas=(0.99, 0.99))
+    config.lr_scheduler.warmup_steps = 5000
+    config.sample.update(algorithm="dpm_solver_pp" if size == "huge" else "dpm_solver", sample_steps=50,
+                         n_samples=50000, mini_batch_size=50, scale=0.4 if resolution == 256 else 0.7,
+                         exit_threshold="0.92", decode_chunk=25,
+                         fid_stat=f"assets/fid_stats/fid_stats_imagenet{resolution}_guided_diffusion.npz")
+    return config
+
+
+def imagenet64_config(size):
+    """ImageNet 64x64 pixels, class-conditional, continuous time (U-ViT values)."""
+    config = base_config()
+    config.nnet = uvit_nnet(size, img_size=64, patch_size=4, in_chans=3, num_classes=1000)
+    config.dataset = d(name="imagenet64", path="assets/datasets/imagenet", resolution=64, random_flip=True)
+    config.train.update(n_steps=300000, batch_size=1024, save_interval=25000, sample_interval=10000)
+    config.optimizer.update(lr=3e-4, betas=(0.99, 0.99))
+    config.lr_scheduler.warmup_steps = 5000
+    config.sample.update(algorithm="dpm_solver", sample_steps=50, n_samples=50000, mini_batch_size=200,
+                         exit_threshold="0.92", fid_stat="assets/fid_stats/fid_stats_imagenet64_guided_diffusion.npz")
+    return config

@@ -1,21 +1,7 @@
-"""ImageNet 256x256 in SD latent space (4x32x32), U-ViT-L/2, class-conditional with
-classifier-free guidance, continuous time (train_ldm.py / eval_ldm.py)."""
-from configs.common import base_config, d
+"""ImageNet 256x256 in SD latent space, U-ViT-L, class-conditional with guidance, continuous time
+(train_ldm.py / eval_ldm.py). Values in configs/common.py:imagenet_latent_config."""
+from configs.common import imagenet_latent_config
 
 
 def get_config():
-    config = base_config()
-    config.time = "continuous"
-    config.nnet = d(name="uvit", img_size=32, patch_size=2, in_chans=4, embed_dim=1024, depth=20, num_heads=16,
-                    mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=1001, use_checkpoint=True,
-                    conv=True, skip=True, uem_time_aware=False)
-    config.dataset = d(name="imagenet256_features", path="assets/datasets/imagenet256_features", num_classes=1000)
-    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215, config="")
-    config.loss.p_uncond = 0.15
-    config.train.update(n_steps=300000, batch_size=1024, save_interval=10000, sample_interval=10000)
-    config.optimizer.update(lr=2e-4, betas=(0.99, 0.99))
-    config.lr_scheduler.warmup_steps = 5000
-    config.sample.update(algorithm="dpm_solver", sample_steps=50, n_samples=50000, mini_batch_size=50,
-                         scale=0.4, exit_threshold="0.92", decode_chunk=25,
-                         fid_stat="assets/fid_stats/fid_stats_imagenet256_guided_diffusion.npz")
-    return config
+    return imagenet_latent_config(256, "large")

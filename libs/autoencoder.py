@@ -33,6 +33,8 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from libs.checkpoint import mismatch_message
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -345,11 +347,6 @@ def _to_diffusers_names(sd: Mapping[str, torch.Tensor], n_levels: int) -> tuple[
 # Reading and loading.
 
 
-def _short(keys, n=10) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
 def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.Tensor], source: str = "<state dict>") -> str:
     """Load a CompVis- or diffusers-named state dict into ``model``, strictly.
 
@@ -364,23 +361,14 @@ def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.
     mismatched = [(k, tuple(converted[k].shape), tuple(own[k].shape)) for k in own
                   if k in converted and converted[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        lines = [f"autoencoder weights from {source} (key names look like: {kind}) do not fit the autoencoder "
-                 f"with block_out_channels={model.config['block_out_channels']}, "
-                 f"layers_per_block={model.config['layers_per_block']}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): "
-                         + _short([f"{k} (CompVis: {_d2c_name(k, n_levels)})" for k in missing]))
-        if unexpected:
-            back = {v: k for k, v in ((k, _c2d_name(k, n_levels)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
-            lines.append(f"  unexpected keys ({len(unexpected)}): "
-                         + _short([f"{back.get(k, k)}" for k in unexpected]))
-        for k, got, want in mismatched[:10]:
-            lines.append(f"  shape mismatch {k}: file {got}, model {want}")
-        if len(mismatched) > 10:
-            lines.append(f"  ... and {len(mismatched) - 10} more shape mismatches")
-        lines.append("  Expected the Stable Diffusion v1 KL-f8 VAE (assets/stable-diffusion/autoencoder_kl.pth) or "
-                     "weights matching the given autoencoder config.")
-        raise AutoencoderWeightsError("\n".join(lines))
+        back = {v: k for k, v in ((k, _c2d_name(k, n_levels)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
+        raise AutoencoderWeightsError(mismatch_message(
+            f"autoencoder weights from {source} (key names look like: {kind}) do not fit the autoencoder with "
+            f"block_out_channels={model.config['block_out_channels']}, "
+            f"layers_per_block={model.config['layers_per_block']}:",
+            [f"{k} (CompVis: {_d2c_name(k, n_levels)})" for k in missing], [back.get(k, k) for k in unexpected],
+            mismatched, "Expected the Stable Diffusion v1 KL-f8 VAE (assets/stable-diffusion/autoencoder_kl.pth) "
+                        "or weights matching the given autoencoder config.", limit=10))
     model.load_state_dict(converted, strict=True)
     return kind
 

@@ -110,27 +110,35 @@ def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, to
     fresh = missing if kind == "uvit" and own_heads and sorted(missing) == sorted(own_heads) else []
     problems = [k for k in missing if k not in fresh]
     if problems or unexpected or mismatched:
-        lines = [f"weights from {name} do not fit {type(net).__module__}.{type(net).__name__} "
-                 f"(file looks like: {kind}):"]
-        if problems:
-            lines.append(f"  missing keys ({len(problems)}): {_short(problems)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_short(unexpected)}")
-        for k, got, want in mismatched[:20]:
-            lines.append(f"  shape mismatch {k}: file {got}, model {want}")
-        if len(mismatched) > 20:
-            lines.append(f"  ... and {len(mismatched) - 20} more shape mismatches")
-        lines.append("  Check that the config (config.nnet: img_size, patch_size, embed_dim, depth, num_classes, "
-                     "uem_time_aware, ...) matches the one the weights were trained with.")
-        raise WeightsMismatchError("\n".join(lines))
+        raise WeightsMismatchError(mismatch_message(
+            f"weights from {name} do not fit {type(net).__module__}.{type(net).__name__} (file looks like: {kind}):",
+            problems, unexpected, mismatched,
+            "Check that the config (config.nnet: img_size, patch_size, embed_dim, depth, num_classes, "
+            "uem_time_aware, ...) matches the one the weights were trained with."))
     net.load_state_dict(sd, strict=not fresh)
     report = LoadReport(kind, name, fresh)
     log.info("%s", report)
     return report
 
 
-def _short(keys, n=8):
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+def mismatch_message(header: str, missing, unexpected, mismatched, hint: str, limit: int = 20) -> str:
+    """A readable 'these weights do not fit' message: missing and unexpected keys (as given,
+    e.g. with alternative names), (key, file shape, model shape) mismatches, then a hint."""
+    def short(keys, n=8):
+        keys = list(keys)
+        return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+    lines = [header]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {short(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {short(unexpected)}")
+    for k, got, want in mismatched[:limit]:
+        lines.append(f"  shape mismatch {k}: file {got}, model {want}")
+    if len(mismatched) > limit:
+        lines.append(f"  ... and {len(mismatched) - limit} more shape mismatches")
+    lines.append(f"  {hint}")
+    return "\n".join(lines)
 
 
 def atomic_save(obj, path: Union[str, os.PathLike]) -> None:
