@@ -176,7 +176,7 @@ def train(config, task) -> Path:
             sums[k] = sums.get(k, 0.0) + v.detach().mean()
         count += 1
         bar.update(1)
-        if step % tc.log_interval == 0 or step == tc.n_steps:
+        if (tc.log_interval and step % tc.log_interval == 0) or step == tc.n_steps:
             means = accelerator.reduce(torch.stack([sums[k] for k in sorted(sums)]) / count, reduction="mean")
             dt = time.perf_counter() - t_last
             row = {k: float(v) for k, v in zip(sorted(sums), means)}
@@ -208,7 +208,7 @@ def train(config, task) -> Path:
                 accelerator.log({f"fid_tau_{r.threshold:g}": r.fid for r in results}, step=step)
 
         # Save.
-        if step % tc.save_interval == 0 or step == tc.n_steps:
+        if (tc.save_interval and step % tc.save_interval == 0) or step == tc.n_steps:
             accelerator.wait_for_everyone()
             if is_main:
                 last_ckpt = save_checkpoint(ckpt_root, step, {

@@ -13,7 +13,7 @@ BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
 WORKDIR=${WORKDIR:-workdir/main_job}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 STEPS=${STEPS:-800}
-THRESHOLDS=${THRESHOLDS:-0.7,0.8,0.9}
+THRESHOLDS=${THRESHOLDS:-0.8,0.85,0.9}
 N_SAMPLES=${N_SAMPLES:-500}
 
 echo "== 1/3 FID reference statistics ($FID_STAT)"
