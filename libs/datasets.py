@@ -103,7 +103,7 @@ def _not_found(name: str, title: str, looked_at: list[Path], missing: str,
         f"Looked at:\n{looked}\n"
         f"Expected layout:\n{layout}\n"
         f"To get it:\n{how_to_get}\n"
-        f"Or point the config at another folder: --config.dataset.path=/path/to/data"
+        f"Or point the config at another folder: --config.dataset.path=<folder>"
     )
 
 
