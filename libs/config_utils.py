@@ -21,16 +21,8 @@ def set_from_flags(config: ml_collections.ConfigDict, fields: Mapping[str, Optio
         node = config
         for p in parents:
             node = node[p]
-        with node.unlocked() if isinstance(node, ml_collections.ConfigDict) else _null():
+        with node.unlocked():
             node[leaf] = value
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def default_workdir(config_path: str) -> str:

