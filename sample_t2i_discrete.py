@@ -1,10 +1,11 @@
-"""Text-to-image sampling at a chosen exit threshold: one PNG per line of a prompts file.
+"""Text-to-image sampling under a chosen exit policy: one PNG per line of a prompts file.
 
     python sample_t2i_discrete.py --config=configs/mscoco_uvit_small.py --nnet_path=<...>/nnet_ema.pth \
         --input_path=prompts.txt --output_path=samples/ --exit_threshold=0.87
 
-Flags mirror config fields: --nnet_path (config.nnet_path), --exit_threshold
-(config.sample.exit_threshold, one value), --output_path (config.output_path); --input_path
+Flags mirror config fields: --nnet_path (config.nnet_path), --exit_policy or --exit_threshold
+(config.sample.exit_policy, one policy; profile: and budget: calibrate on the first
+config.sample.calib_samples prompts), --output_path (config.output_path); --input_path
 is the prompts file (one prompt per line, blank lines skipped). Images are written as
 <output_path>/<line index>.png with prompts.txt beside them; the CLIP text encoder is
 config.clip.version (a local folder or a cached model name).
@@ -26,16 +27,19 @@ def main(argv):
     from libs.checkpoint import load_weights
     from libs.clip import FrozenCLIPEmbedder
     from libs.entry import check_time, resolve_eval_config
-    from libs.eval_engine import generate, images_to_uint8, parse_thresholds, save_png
+    from libs.eval_engine import calibrate_policy, generate
+    from libs.exit_policy import parse_policies
     from libs.exit_stats import ExitRecorder
+    from libs.image_io import images_to_uint8, save_png
     from libs.nets import build_nnet
     from libs.tasks import PromptTask
 
     config = resolve_eval_config(FLAGS)
     check_time(config, "sample_t2i_discrete.py", "discrete")
-    thresholds = parse_thresholds(str(config.sample.exit_threshold))
-    if len(thresholds) != 1:
-        raise ValueError(f"sample_t2i_discrete.py samples at one threshold, got {thresholds}")
+    policies = parse_policies(str(config.sample.exit_policy))
+    if len(policies) != 1:
+        raise ValueError(f"sample_t2i_discrete.py samples under one exit policy, got "
+                         f"{', '.join(p.spec for p in policies)}")
     prompts = [line.strip() for line in Path(FLAGS.input_path).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{FLAGS.input_path} holds no prompts (one per line)")
@@ -50,7 +54,9 @@ def main(argv):
     task = PromptTask(config, contexts, empty)
     net = build_nnet(config.nnet)
     load_weights(net, config.nnet_path)
+    policies[0].check(net.num_blocks)
     net.to(device).eval()
+    policy = calibrate_policy(policies[0], net, task, config, device)
     out = Path(config.output_path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
@@ -59,12 +65,12 @@ def main(argv):
     with torch.no_grad():
         for b, s in enumerate(range(0, len(prompts), bs)):
             idx = list(range(s, min(s + bs, len(prompts))))
-            images = images_to_uint8(generate(net, task, config.sample, idx, thresholds[0], recorder, config.seed,
-                                              b, device))
+            images = images_to_uint8(generate(net, task, config.sample, idx, policy, recorder, config.seed, b,
+                                              device))
             for i, im in zip(idx, images):
                 save_png(im, out / f"{i}.png")
     summary = recorder.summary(task.flops, len(prompts))
-    print(f"wrote {len(prompts)} images to {out} (threshold {thresholds[0]:g}: {summary['mean_blocks']:.2f} of "
+    print(f"wrote {len(prompts)} images to {out} ({policy.spec}: {summary['mean_blocks']:.2f} of "
           f"{net.num_blocks} blocks per call, {summary['gflops_per_image']:.4g} GFLOPs per image)")
 
 

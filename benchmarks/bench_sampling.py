@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from libs.checkpoint import load_weights  # noqa: E402
 from libs.eval_engine import generate  # noqa: E402
+from libs.exit_policy import parse_policies  # noqa: E402
 from libs.exit_stats import ExitRecorder  # noqa: E402
 from libs.nets import build_nnet  # noqa: E402
 from libs.tasks import PixelTask  # noqa: E402
@@ -33,7 +34,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="digits_uvit_tiny", help="module in configs/")
     p.add_argument("--nnet_path", default=None)
-    p.add_argument("--threshold", type=float, default=None, help="default: the config's exit_threshold")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold (default: the config's first exit policy, if a threshold)")
     p.add_argument("--batch_sizes", default="1,64")
     p.add_argument("--n_images", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: config)")
@@ -45,7 +47,10 @@ def main(argv=None):
     config = importlib.import_module(f"configs.{args.config}").get_config()
     if args.steps:
         config.sample.sample_steps = args.steps
-    tau = args.threshold if args.threshold is not None else float(str(config.sample.exit_threshold).split(",")[0])
+    tau = args.threshold if args.threshold is not None else \
+        parse_policies(str(config.sample.exit_policy))[0].effective_threshold()
+    if not 0 <= tau < 1:
+        p.error("give --threshold in [0, 1): the config's first exit policy is not a threshold")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = torch.device(args.device)
     torch.manual_seed(0)

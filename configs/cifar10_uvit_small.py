@@ -13,5 +13,5 @@ def get_config():
     config.optimizer.update(lr=4e-4, betas=(0.99, 0.999))
     config.lr_scheduler.warmup_steps = 2500
     config.sample.update(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
-                         exit_threshold="0.92", fid_stat="assets/fid_stats/fid_stats_cifar10_train_pytorch.npz")
+                         exit_policy="0.92", fid_stat="assets/fid_stats/fid_stats_cifar10_train_pytorch.npz")
     return config

@@ -1,7 +1,7 @@
 """Defaults shared by every config; each configs/<name>.py overrides what differs.
 
 Field guide (flags that mirror fields: --workdir -> workdir, --pretrained_weight ->
-train.pretrained_weight, --nnet_path -> nnet_path, --exit_threshold -> sample.exit_threshold,
+train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_threshold -> sample.exit_policy,
 --output_path -> output_path):
   nnet        network constructor arguments (name picks the class, see libs/nets.py)
   dataset     get_dataset(**dataset) arguments (libs/datasets.py)
@@ -9,8 +9,10 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_threshold -> sample.ex
               uem_coef, layer_coef, layer_weight ('batch_normalized' released | 'per_sample' paper);
               p_uncond: label dropout for classifier-free guidance
   train       steps, batch size (global, over all processes), intervals, EMA rate, clipping
-  sample      sampler and FID evaluation settings; exit_threshold: one value or a sweep
-              '0.8,0.9,none' (1.0 / none = full depth)
+  sample      sampler and FID evaluation settings; exit_policy: one policy or a sweep
+              '0.8,0.9,static:5,profile:0.9,budget:0.7,full' (libs/exit_policy.py; a bare number is
+              a threshold, 1.0 / none / full = full depth); calib_samples: images that profile:
+              and budget: policies calibrate on
 """
 import ml_collections
 
@@ -35,7 +37,7 @@ def base_config():
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
-                      scale=0.0, exit_threshold="1.0", path="", grid_size=64, fid_stat="")
+                      scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="")
     return config
 
 
@@ -70,7 +72,7 @@ def imagenet_latent_config(resolution, size):
     config.lr_scheduler.warmup_steps = 5000
     config.sample.update(algorithm="dpm_solver_pp" if size == "huge" else "dpm_solver", sample_steps=50,
                          n_samples=50000, mini_batch_size=50, scale=0.4 if resolution == 256 else 0.7,
-                         exit_threshold="0.92", decode_chunk=25,
+                         exit_policy="0.92", decode_chunk=25,
                          fid_stat=f"assets/fid_stats/fid_stats_imagenet{resolution}_guided_diffusion.npz")
     return config
 
@@ -84,5 +86,5 @@ def imagenet64_config(size):
     config.optimizer.update(lr=3e-4, betas=(0.99, 0.99))
     config.lr_scheduler.warmup_steps = 5000
     config.sample.update(algorithm="dpm_solver", sample_steps=50, n_samples=50000, mini_batch_size=200,
-                         exit_threshold="0.92", fid_stat="assets/fid_stats/fid_stats_imagenet64_guided_diffusion.npz")
+                         exit_policy="0.92", fid_stat="assets/fid_stats/fid_stats_imagenet64_guided_diffusion.npz")
     return config

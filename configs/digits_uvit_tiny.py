@@ -19,5 +19,5 @@ def get_config():
     config.optimizer.update(lr=1e-3, betas=(0.9, 0.99))
     config.lr_scheduler.warmup_steps = 100
     config.sample.update(algorithm="dpm_solver", sample_steps=50, n_samples=1000, mini_batch_size=250, scale=0.0,
-                         exit_threshold="0.9", grid_size=100, fid_stat="assets/fid_stats/fid_stats_digits8_train.npz")
+                         exit_policy="0.9", grid_size=100, fid_stat="assets/fid_stats/fid_stats_digits8_train.npz")
     return config

@@ -17,5 +17,5 @@ def get_config():
     config.optimizer.update(lr=2e-4, betas=(0.9, 0.9))
     config.lr_scheduler.warmup_steps = 5000
     config.sample.update(algorithm="dpm_solver_pp", sample_steps=50, n_samples=50000, mini_batch_size=50, scale=1.0,
-                         exit_threshold="0.87", decode_chunk=25, fid_stat="assets/fid_stats/fid_stats_mscoco256_val.npz")
+                         exit_policy="0.87", decode_chunk=25, fid_stat="assets/fid_stats/fid_stats_mscoco256_val.npz")
     return config

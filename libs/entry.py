@@ -1,7 +1,8 @@
 """What every top-level script shares: its flags (each mirrors one config field) and its body.
 
     train*.py:  --config, --workdir (config.workdir), --pretrained_weight (config.train.pretrained_weight)
-    eval*.py:   --config, --nnet_path (config.nnet_path), --exit_threshold (config.sample.exit_threshold),
+    eval*.py:   --config, --nnet_path (config.nnet_path), --exit_policy (config.sample.exit_policy),
+                --exit_threshold (the same field, thresholds only, as the released flag),
                 --output_path (config.output_path), --workdir (config.workdir)
 """
 from __future__ import annotations
@@ -23,8 +24,12 @@ def define_flags(kind: str) -> flags.FlagValues:
                             "U-ViT/AdaDiff weights to start from (config.train.pretrained_weight).")
     else:
         flags.DEFINE_string("nnet_path", None, "Weights to evaluate (config.nnet_path).")
+        flags.DEFINE_string("exit_policy", None,
+                            "Exit policy or comma-separated sweep: threshold:T (or T), static:K, profile:T, budget:R, "
+                            "full (config.sample.exit_policy).")
         flags.DEFINE_string("exit_threshold", None,
-                            "Threshold or comma-separated sweep, 1.0/none = full depth (config.sample.exit_threshold).")
+                            "Threshold or comma-separated sweep of thresholds, 1.0/none = full depth "
+                            "(sets config.sample.exit_policy).")
         flags.DEFINE_string("output_path", None, "Report folder (config.output_path, default <workdir>/eval).")
     flags.mark_flags_as_required(["config"])
     return flags.FLAGS
@@ -58,10 +63,23 @@ def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous")
     return train(config, make_task(config, sampling))
 
 
+def exit_policy_flag(flags_obj):
+    """The value of --exit_policy or of its alias --exit_threshold (thresholds only); None if neither."""
+    from libs.exit_policy import parse_thresholds_only
+
+    if flags_obj.exit_policy is not None and flags_obj.exit_threshold is not None:
+        raise ValueError("pass --exit_policy or --exit_threshold, not both (--exit_threshold=0.9 is "
+                         "--exit_policy=threshold:0.9)")
+    if flags_obj.exit_threshold is not None:
+        parse_thresholds_only(flags_obj.exit_threshold)
+        return flags_obj.exit_threshold
+    return flags_obj.exit_policy
+
+
 def resolve_eval_config(flags_obj):
     """Apply the flags that mirror config fields; fill path defaults."""
     config = apply_flags(flags_obj, {"nnet_path": flags_obj.nnet_path, "workdir": flags_obj.workdir,
-                                     "sample.exit_threshold": flags_obj.exit_threshold,
+                                     "sample.exit_policy": exit_policy_flag(flags_obj),
                                      "output_path": flags_obj.output_path})
     if not config.get("output_path"):
         set_from_flags(config, {"output_path": os.path.join(config.workdir, "eval")})
@@ -76,14 +94,15 @@ def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuou
     from accelerate import Accelerator
 
     from libs.checkpoint import load_weights
-    from libs.eval_engine import evaluate, format_table, parse_thresholds
     from libs.config_utils import config_to_json
+    from libs.eval_engine import evaluate, sweep_policies
+    from libs.eval_report import format_table
     from libs.nets import build_nnet
     from libs.run_log import setup_logger
 
     config = resolve_eval_config(flags_obj)
     check_time(config, script, expected_time)
-    thresholds = parse_thresholds(str(config.sample.exit_threshold))  # validate before any work
+    policies = sweep_policies(str(config.sample.exit_policy))  # validate before any work
     if not config.get("nnet_path"):
         raise ValueError("no weights to evaluate: pass --nnet_path=<...>/<step>.ckpt/nnet_ema.pth "
                          "(or a released U-ViT/AdaDiff .pth)")
@@ -93,19 +112,22 @@ def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuou
     task = make_task(config)
     torch.manual_seed(config.seed)
     net = build_nnet(config.nnet)
+    for p in policies:
+        p.check(net.num_blocks)
     report = load_weights(net, config.nnet_path)
-    if report.kind == "uvit" and any(t < 1.0 for t in thresholds):
-        logger.warning("%s has no uncertainty heads (plain U-ViT weights): only full depth is meaningful; "
-                       "evaluating full depth only", config.nnet_path)
-        thresholds = [1.0]
+    if report.kind == "uvit":
+        skipped = [p.spec for p in policies if p.uses_heads or p.needs_calibration]
+        if skipped:
+            logger.warning("%s has no uncertainty heads (plain U-ViT weights): skipping %s, which need them; "
+                           "static:K and full depth run", config.nnet_path, ", ".join(skipped))
+        policies = [p for p in policies if p.spec not in skipped]
     net.to(accelerator.device).eval()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(config_to_json(config))
-    logger.info("evaluating %s at thresholds %s, %d samples, %d process(es)", config.nnet_path,
-                ", ".join("full" if t >= 1 else f"{t:g}" for t in thresholds), config.sample.n_samples,
-                accelerator.num_processes)
-    results = evaluate(net, task, config, thresholds, accelerator, out, logger)
+    logger.info("evaluating %s under exit policies %s, %d samples, %d process(es)", config.nnet_path,
+                ", ".join(p.spec for p in policies), config.sample.n_samples, accelerator.num_processes)
+    results = evaluate(net, task, config, policies, accelerator, out, logger)
     if accelerator.is_main_process:
         print(format_table(results), flush=True)
         logger.info("report written to %s", out)

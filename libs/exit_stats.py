@@ -1,9 +1,10 @@
 """Compute accounting for early-exit sampling: a ``net_fn -> net_fn`` wrapper that runs the
-network at a threshold and records, per sampling step, how many rows exited after each block.
+network under an exit policy and records, per sampling step, how many rows exited after each
+block and how many uncertainty heads ran.
 
-The record is a (steps, num_blocks) count matrix kept on the network's device (no host sync
-per call); from it come the mean blocks per network call, the layer ratio, the mean exit
-block per sampling step and, with ``libs.flops``, GFLOPs per image.
+The record is a (steps, num_blocks) count matrix and a head count kept on the network's
+device (no host sync per call); from them come the mean blocks per network call, the layer
+ratio, the mean exit block per sampling step and, with ``libs.flops``, GFLOPs per image.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from libs.exit_policy import as_policy
 from libs.flops import UViTFlops
 
 
@@ -21,31 +23,43 @@ class ExitRecorder:
         self.num_blocks = num_blocks
         self.device = device
         self.counts = torch.zeros(0, num_blocks, dtype=torch.long, device=device)  # (steps, N)
-        self.threshold_active = False
+        self.head_evals = torch.zeros((), dtype=torch.long, device=device)  # uncertainty heads run, all rows
         self._call = 0
 
     def start_run(self) -> None:
         """A new sampling run (batch) starts: call indices restart at 0."""
         self._call = 0
 
-    def record(self, exit_block: torch.Tensor) -> None:
+    def record(self, exit_block: torch.Tensor, uem_evals: Optional[torch.Tensor] = None) -> None:
         if self._call >= self.counts.shape[0]:
             grow = torch.zeros(self._call + 1 - self.counts.shape[0], self.num_blocks, dtype=torch.long,
                                device=exit_block.device)
             self.counts = torch.cat([self.counts.to(exit_block.device), grow])
         self.counts[self._call] += torch.bincount(exit_block, minlength=self.num_blocks)
+        if uem_evals is not None:
+            self.head_evals = self.head_evals.to(uem_evals.device) + uem_evals.sum()
         self._call += 1
 
-    def wrap(self, net, exit_threshold: Optional[float]):
-        """``net_fn(x, t_net, cond) -> eps`` that exits per sample and records where."""
-        self.threshold_active = exit_threshold is not None and exit_threshold < 1.0
+    def wrap(self, net, exit_policy):
+        """``net_fn(x, t_net, cond) -> eps`` that exits per ``exit_policy`` and records where.
+
+        The policy is asked for the rule of each network call of the run (``for_call``), so
+        per-step policies (``profile:``) apply their step's exit."""
+        policy = as_policy(exit_policy)
 
         def net_fn(x, t_net, cond=None):
-            out = net.forward_early_exit(x, t_net, cond, exit_threshold=exit_threshold)
-            self.record(out.exit_block)
+            out = net.forward_early_exit(x, t_net, cond, exit_policy=policy.for_call(self._call))
+            self.record(out.exit_block, out.uem_evals)
             return out.sample
 
         return net_fn
+
+    def reduce(self, accelerator) -> None:
+        """Sum the counts over processes (every process must call this)."""
+        if accelerator.num_processes > 1:
+            device = accelerator.device
+            self.counts = accelerator.reduce(self.counts.to(device), reduction="sum")
+            self.head_evals = accelerator.reduce(self.head_evals.to(device).reshape(1), reduction="sum")[0]
 
     # ------------------------------------------------------------------ summaries (host side)
     def summary(self, flops: Optional[UViTFlops], num_images: int) -> dict:
@@ -58,10 +72,8 @@ class ExitRecorder:
                "exit_block_per_step": per_step}
         if flops is not None:
             cum = torch.tensor([sum(flops.blocks[: k + 1]) for k in range(self.num_blocks)], dtype=torch.float64)
-            uem = torch.tensor([min(k + 1, self.num_blocks - 1) for k in range(self.num_blocks)],
-                               dtype=torch.float64) if self.threshold_active else torch.zeros(self.num_blocks)
-            per_row = flops.embed + flops.output_head + cum + uem * flops.uem_head  # (N,)
-            total = float((counts.sum(0) * per_row).sum())
+            per_row = flops.embed + flops.output_head + cum  # (N,) without heads
+            total = float((counts.sum(0) * per_row).sum()) + float(self.head_evals) * flops.uem_head
             out["gflops_per_image"] = total / max(num_images, 1) / 1e9
             out["gflops_per_call"] = total / max(float(rows), 1.0) / 1e9
         return out

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from libs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_file, load_weights, save_checkpoint
 from libs.config_utils import config_diff, config_to_json, load_config_json
 from libs.data_order import SeededItems, StepBatchSampler, mix_seed
-from libs.eval_engine import evaluate, parse_thresholds, sample_grid
+from libs.eval_engine import evaluate, sample_grid, sweep_policies
 from libs.nets import build_nnet
 from libs.run_log import MetricsWriter, setup_logger
 from sde import training_losses
@@ -78,6 +78,10 @@ def train(config, task) -> Path:
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "
                          f"processes ({world}); choose a multiple of {world}")
     objective = config.loss.objective
+    # Full depth, and the configured exit policies; a plain U-ViT objective trains no heads,
+    # so only the policies that need none (static:K) are sampled.
+    sampling_policies = [p for p in sweep_policies(str(config.sample.exit_policy))
+                         if objective == "adadiff" or not (p.uses_heads or p.needs_calibration)]
     ckpt_root = workdir / "ckpts"
     resume_from = latest_checkpoint(ckpt_root)
 
@@ -95,6 +99,8 @@ def train(config, task) -> Path:
     # ---------------------------------------------------------------- model, EMA, optimiser
     torch.manual_seed(config.seed)
     net = build_nnet(config.nnet)
+    for policy in sampling_policies:
+        policy.check(net.num_blocks)
     if objective == "uvit":  # plain U-ViT training: the uncertainty heads take no part
         net.uem_heads.requires_grad_(False)
     nnet_ema = copy.deepcopy(net).requires_grad_(False).eval()
@@ -189,23 +195,20 @@ def train(config, task) -> Path:
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
             sums, count, t_last = {}, 0, time.perf_counter()
 
-        # Sample a grid with the EMA network (full depth and the configured threshold).
+        # Sample a grid with the EMA network (full depth and the configured exit policies).
         if is_main and tc.get("sample_interval") and step % tc.sample_interval == 0:
-            for tau in sorted({1.0, *parse_thresholds(config.sample.exit_threshold)}, reverse=True):
-                if tau < 1.0 and objective != "adadiff":
-                    continue
-                path = workdir / "samples" / (f"{step}.png" if tau >= 1.0 else f"{step}_tau_{tau:g}.png")
-                sample_grid(nnet_ema, task, config, path, tau)
+            for policy in sampling_policies:
+                name = f"{step}.png" if policy.is_full else f"{step}_{policy.slug}.png"
+                sample_grid(nnet_ema, task, config, workdir / "samples" / name, policy)
             logger.info("sample grids in %s", workdir / "samples")
 
-        # Evaluate FID and compute at full depth and the configured threshold (all processes).
+        # Evaluate FID and compute at full depth and the configured exit policies (all processes).
         if tc.get("eval_interval") and step % tc.eval_interval == 0:
-            taus = parse_thresholds(config.sample.exit_threshold) if objective == "adadiff" else [1.0]
-            results = evaluate(nnet_ema, task, config, taus, accelerator, workdir / "eval" / f"step_{step}",
-                               logger, progress=False)
+            results = evaluate(nnet_ema, task, config, sampling_policies, accelerator,
+                               workdir / "eval" / f"step_{step}", logger, progress=False)
             metrics.write(step=step, eval=[r.row() for r in results])
             if tc.get("log_with"):
-                accelerator.log({f"fid_tau_{r.threshold:g}": r.fid for r in results}, step=step)
+                accelerator.log({f"fid_{r.policy}": r.fid for r in results}, step=step)
 
         # Save.
         if (tc.save_interval and step % tc.save_interval == 0) or step == tc.n_steps:

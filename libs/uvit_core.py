@@ -26,6 +26,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
 
+from libs.exit_policy import ExitPolicy, as_policy
+
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim)."""
@@ -128,7 +130,9 @@ class UncertaintyHead(nn.Module):
         """(B, L, D) [, (B, D)] -> certainty logits' sigmoid (B, L, p*p*C)."""
         if self.time_aware:
             tokens = torch.cat([tokens, time_emb[:, None, :].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
-        return torch.sigmoid(self.proj(tokens))
+        # Logits in float32 before the sigmoid (and the caller's mean), also under autocast:
+        # half-precision certainties could flip exits that sit near the threshold.
+        return torch.sigmoid(self.proj(tokens).float())
 
 
 @dataclass
@@ -263,23 +267,25 @@ class UViTBackbone(nn.Module):
         return self.uem_heads[i](x.detach(), time_emb.detach())[:, self.num_extras:]
 
     # ----------------------------------------------------------------------------- forwards
-    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None, **kwargs) -> torch.Tensor:
-        """Noise prediction (B, C, H, W); with ``exit_threshold`` < 1 each sample exits early."""
+    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
+                exit_policy: Optional[ExitPolicy] = None, **kwargs) -> torch.Tensor:
+        """Noise prediction (B, C, H, W). ``exit_threshold`` (a float, < 1 = the released rule
+        per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
         cond = self._cond_from_args(args, kwargs)
-        if exit_threshold is None or exit_threshold >= 1.0:
+        policy = _policy_from_args(exit_threshold, exit_policy)
+        if policy.is_full:
             return self._forward_full(x, timesteps, cond)
-        return self._forward_early_exit(x, timesteps, cond, exit_threshold).sample
+        return self._forward_early_exit(x, timesteps, cond, policy).sample
 
     def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                           **kwargs) -> EarlyExitOutput:
+                           exit_policy: Optional[ExitPolicy] = None, **kwargs) -> EarlyExitOutput:
         """Early-exit forward with per-sample compute accounting (see EarlyExitOutput)."""
         cond = self._cond_from_args(args, kwargs)
-        if exit_threshold is None or exit_threshold >= 1.0:
-            # Mean of a sigmoid never exceeds 1: no sample can exit, so no head is evaluated.
-            sample = self._forward_full(x, timesteps, cond)
-            full = torch.full((x.shape[0],), self.num_blocks - 1, dtype=torch.long, device=x.device)
-            return EarlyExitOutput(sample, full, torch.zeros_like(full))
-        return self._forward_early_exit(x, timesteps, cond, exit_threshold)
+        policy = _policy_from_args(exit_threshold, exit_policy)
+        if policy.is_full:
+            # No sample can exit, so no head is evaluated.
+            return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
+        return self._forward_early_exit(x, timesteps, cond, policy)
 
     def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
         """Every block's prediction (shared head) and certainty map, for training."""
@@ -293,32 +299,48 @@ class UViTBackbone(nn.Module):
         return AllExitsOutput(torch.stack(preds), torch.stack(certs))  # (N, B, C, H, W) each
 
     def _forward_full(self, x, timesteps, cond):
+        return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
+
+    def _forward_truncated(self, x, timesteps, cond, last: int) -> torch.Tensor:
+        """Blocks 0..last and the output head, for every row (no uncertainty head)."""
         h, _ = self._embed(x, timesteps, cond)
         skips = []
-        for i in range(self.num_blocks):
+        for i in range(last + 1):
             h = self._run_block(i, h, skips)
         return self.output_head(h)
 
-    def _forward_early_exit(self, x, timesteps, cond, tau: float) -> EarlyExitOutput:
-        if not 0.0 <= tau:
-            raise ValueError(f"exit_threshold must be in [0, 1] (>= 1 disables early exit), got {tau}")
+    def _forward_static(self, x, timesteps, cond, last: int) -> EarlyExitOutput:
+        sample = self._forward_truncated(x, timesteps, cond, last)
+        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
+        return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
+
+    def _forward_early_exit(self, x, timesteps, cond, policy: ExitPolicy) -> EarlyExitOutput:
+        static = policy.static_exit(self.num_blocks)
+        if static is not None:  # every row exits after a known block: a truncated forward
+            if not 0 <= static < self.num_blocks:
+                raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
+                                 f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
+            return self._forward_static(x, timesteps, cond, static)
         B = x.shape[0]
         h, time_emb = self._embed(x, timesteps, cond)
         active = torch.arange(B, device=x.device)  # original row of each active sample
-        passes = torch.zeros(B, dtype=torch.long, device=x.device)  # in-block patience counters
+        state = policy.init_state(B, x.device)  # per-row decision state, compacted with the rows
         exit_block = torch.full((B,), self.num_blocks - 1, dtype=torch.long, device=x.device)
+        head_blocks = []  # blocks after which the active rows' certainty was computed
         rows, outs = [], []
         skips = []
         half = self.depth // 2
+
+        def certainty():
+            head_blocks.append(i)
+            return self.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32)  # (b,)
+
         for i in range(self.num_blocks):
             h = self._run_block(i, h, skips)
             if i == self.num_blocks - 1:
                 break  # the last block needs no exit test
-            passed = self.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32) > tau  # (b,)
-            if i < half:
-                passes = passes + passed.long()
-                passed = passes >= self.in_block_patience
-            if not bool(passed.any()):  # one host sync per block: compaction needs the sizes
+            passed, state = policy.decide(i, self.in_block_patience if i < half else 1, certainty, state)
+            if passed is None or not bool(passed.any()):  # one host sync per deciding block
                 continue
             done = passed.nonzero().squeeze(1)
             rows.append(active[done])
@@ -329,7 +351,8 @@ class UViTBackbone(nn.Module):
                 h = None
                 break
             # Exited samples leave the batch: compact the activations and pending long skips.
-            active, passes, h = active[keep], passes[keep], h[keep]
+            active, h = active[keep], h[keep]
+            state = state[keep] if state is not None else None
             time_emb = time_emb[keep]
             skips = [s[keep] for s in skips]
         if h is not None:
@@ -338,8 +361,12 @@ class UViTBackbone(nn.Module):
         out = torch.cat(outs)
         sample = torch.empty_like(out)
         sample[torch.cat(rows)] = out
-        # Every block up to the exit ran its head, except the last block (no exit test).
-        uem_evals = (exit_block + 1).clamp(max=self.num_blocks - 1)
+        # A row ran the head after every block in head_blocks up to its exit block.
+        if head_blocks:
+            ran = torch.tensor(head_blocks, dtype=torch.long, device=x.device)
+            uem_evals = (ran[None, :] <= exit_block[:, None]).sum(1)
+        else:
+            uem_evals = torch.zeros_like(exit_block)
         return EarlyExitOutput(sample, exit_block, uem_evals)
 
     def _cond_from_args(self, args, kwargs):
@@ -357,3 +384,9 @@ class UViTBackbone(nn.Module):
 
     def _extra_tokens(self, time_token, cond):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _policy_from_args(exit_threshold, exit_policy) -> ExitPolicy:
+    if exit_threshold is not None and exit_policy is not None:
+        raise TypeError("pass exit_threshold (a float) or exit_policy (an ExitPolicy), not both")
+    return as_policy(exit_policy if exit_policy is not None else exit_threshold)

@@ -4,7 +4,8 @@
 #   1. FID reference statistics of the digits (cached in assets/fid_stats/)
 #   2. AdaDiff fine-tuning of the shipped U-ViT backbone (pretrained/, made by train.py: see
 #      pretrained/README.md for the exact command)
-#   3. an evaluation sweep over exit thresholds: table, plots and a sample grid per threshold
+#   3. an evaluation sweep of exit policies: AdaDiff thresholds against static truncation and
+#      the thresholds' timestep profiles, at comparable compute: table, plots, a grid per policy
 # Every variable below can be overridden from the environment, e.g. STEPS=2000 bash scripts/main_job.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
 WORKDIR=${WORKDIR:-workdir/main_job}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 STEPS=${STEPS:-800}
-THRESHOLDS=${THRESHOLDS:-0.8,0.85,0.9}
+EXIT_POLICIES=${EXIT_POLICIES:-0.8,0.85,0.9,static:4,static:5,profile:0.85,profile:0.9}
 N_SAMPLES=${N_SAMPLES:-500}
 
 echo "== 1/3 FID reference statistics ($FID_STAT)"
@@ -24,8 +25,8 @@ echo "== 2/3 AdaDiff fine-tuning of $BACKBONE ($STEPS steps)"
 python train.py --config="$CONFIG" --pretrained_weight="$BACKBONE" --workdir="$WORKDIR/adadiff" \
   --config.train.n_steps="$STEPS" --config.train.save_interval="$STEPS" --config.train.log_interval=100
 
-echo "== 3/3 threshold sweep: $THRESHOLDS and full depth, $N_SAMPLES samples each"
+echo "== 3/3 exit-policy sweep: $EXIT_POLICIES and full depth, $N_SAMPLES samples each"
 python eval.py --config="$CONFIG" --nnet_path="$WORKDIR/adadiff/ckpts/$STEPS.ckpt/nnet_ema.pth" \
-  --exit_threshold="$THRESHOLDS" --output_path="$WORKDIR/eval" --config.sample.fid_stat="$FID_STAT" \
+  --exit_policy="$EXIT_POLICIES" --output_path="$WORKDIR/eval" --config.sample.fid_stat="$FID_STAT" \
   --config.sample.n_samples="$N_SAMPLES"
-echo "report, plots and grids: $WORKDIR/eval/ (report.txt, tradeoff.png, grid_tau_*.png)"
+echo "report, plots and grids: $WORKDIR/eval/ (report.txt, tradeoff.png, grid_*.png)"

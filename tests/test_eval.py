@@ -1,4 +1,5 @@
-"""Evaluation engine: thresholds, compute accounting, and eval.py end to end on digits."""
+"""Evaluation engine: compute accounting, and eval.py end to end on digits (exit policies:
+tests/test_exit_policy.py)."""
 import csv
 import hashlib
 import os
@@ -10,36 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from configs.digits_uvit_tiny import get_config
-from libs.eval_engine import parse_thresholds
 from libs.exit_stats import ExitRecorder
 from libs.flops import uvit_flops
-from libs.tasks import PixelTask
-from libs.train_engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NNET = ["--config.nnet.embed_dim=32", "--config.nnet.depth=2", "--config.nnet.num_heads=2"]
-
-
-def test_parse_thresholds():
-    assert parse_thresholds("0.9") == [0.9]
-    assert parse_thresholds("0.8, 0.9,none,1.0") == [0.8, 0.9, 1.0]
-    assert parse_thresholds(0.92) == [0.92]
-    for bad, msg in (("1.5", "out of range"), ("-0.1", "out of range"), ("abc", "not a number"), ("", "no exit")):
-        with pytest.raises(ValueError, match=msg):
-            parse_thresholds(bad)
 
 
 def test_exit_recorder_summary_matches_flops():
     nnet = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=4, num_heads=2, num_classes=-1)
     flops = uvit_flops(nnet)
     rec = ExitRecorder(num_blocks=5)
-    rec.threshold_active = True
-    for _ in range(2):  # two batches of a 3-call sampler
+    for _ in range(2):  # two batches of a 3-call sampler; threshold rule: a head after every block but the last
         rec.start_run()
-        rec.record(torch.tensor([1, 4]))
-        rec.record(torch.tensor([2, 2]))
-        rec.record(torch.tensor([4, 4]))
+        for exits in ([1, 4], [2, 2], [4, 4]):
+            exits = torch.tensor(exits)
+            rec.record(exits, (exits + 1).clamp(max=4))
     s = rec.summary(flops, num_images=4)
     exits = [1, 4, 2, 2, 4, 4] * 2
     assert s["mean_blocks"] == pytest.approx(np.mean(exits) + 1)
@@ -47,26 +34,6 @@ def test_exit_recorder_summary_matches_flops():
     assert s["exit_block_per_step"] == pytest.approx([2.5, 2.0, 4.0])
     uems = [min(k + 1, 4) for k in exits]
     assert s["gflops_per_image"] * 1e9 == pytest.approx(flops.mean_call(exits, uems) * 12 / 4)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
-    from libs.datasets import get_dataset, reference_images
-    from tools.fid import FIDAccumulator, save_statistics
-    from tools.inception import load_inception
-
-    tmp = tmp_path_factory.mktemp("digits")
-    config = get_config()
-    config.nnet.update(embed_dim=32, depth=2, num_heads=2)
-    config.workdir = str(tmp / "run")
-    config.train.update(n_steps=200, batch_size=64, log_interval=50, save_interval=200)
-    train(config, PixelTask(config))
-    acc = FIDAccumulator(load_inception())
-    for batch in reference_images(get_dataset(name="digits"), limit=40):
-        acc.update(batch.transpose(0, 3, 1, 2))
-    save_statistics(tmp / "ref.npz", *acc.compute())
-    return tmp / "run/ckpts/200.ckpt/nnet_ema.pth", tmp / "ref.npz"
 
 
 def _eval(args, cwd=ROOT, processes=1, timeout=300):
@@ -89,17 +56,18 @@ def test_eval_sweep_end_to_end(trained, tmp_path):
                "--config.sample.mini_batch_size=12", "--config.sample.sample_steps=10",
                "--config.sample.grid_size=16"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "threshold" in r.stdout and "speedup" in r.stdout and "full" in r.stdout
+    assert "policy" in r.stdout and "speedup" in r.stdout and "full" in r.stdout
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
-    assert [float(x["threshold"]) for x in rows] == [1.0, 0.9, 0.7, 0.5]
+    assert [x["policy"] for x in rows] == ["full", "threshold:0.5", "threshold:0.7", "threshold:0.9"]
+    assert [float(x["threshold"]) for x in rows] == [1.0, 0.5, 0.7, 0.9]
     for row in rows:
         assert np.isfinite(float(row["fid"])) and float(row["fid"]) > 0
         assert 0 < float(row["layer_ratio"]) <= 1 and float(row["gflops_per_image"]) > 0
     assert float(rows[0]["layer_ratio"]) == 1.0 and float(rows[0]["speedup"]) == 1.0
-    ratios = [float(x["layer_ratio"]) for x in rows]
-    assert ratios == sorted(ratios, reverse=True)  # lower thresholds never run more blocks
-    for name in ("tradeoff.png", "report.json", "report.txt", "exit_block_per_step.csv", "grid_tau_1.png",
-                 "grid_tau_0.9.png", "grid_tau_0.7.png", "grid_tau_0.5.png", "config.json"):
+    ratios = [float(x["layer_ratio"]) for x in rows[1:]]
+    assert ratios == sorted(ratios)  # lower thresholds never run more blocks
+    for name in ("tradeoff.png", "report.json", "report.txt", "exit_block_per_step.csv", "grid_full.png",
+                 "grid_threshold_0.9.png", "grid_threshold_0.7.png", "grid_threshold_0.5.png", "config.json"):
         assert (tmp_path / name).is_file(), name
 
 
@@ -116,7 +84,7 @@ def test_two_process_eval_writes_exactly_n_distinct_images(trained, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r1 = _eval(common + [f"--output_path={tmp_path / 'one'}", f"--config.sample.path={tmp_path / 'one/png'}"])
     assert r1.returncode == 0, r1.stderr[-3000:]
-    for tau in ("tau_1", "tau_0.7"):
+    for tau in ("full", "threshold_0.7"):
         two = _digests(tmp_path / "two/png" / tau)
         assert sorted(two) == sorted(f"{i}.png" for i in range(10))
         assert len(set(two.values())) == 10  # distinct images

@@ -1,0 +1,33 @@
+"""Images as the evaluation writes them: [0, 1] floats -> uint8 (as PNG writing quantises),
+single PNGs and sample grids."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+
+def images_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 as the PNG writer does (x * 255 + 0.5, clamped)."""
+    return (x.float() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def save_png(img: torch.Tensor, path: Path) -> None:
+    """(C, H, W) uint8 -> PNG."""
+    from PIL import Image
+    arr = img.permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+
+
+def save_grid(images: Sequence[torch.Tensor], path: Path, nrow: Optional[int] = None) -> None:
+    """Tile (C, H, W) uint8 images into one PNG."""
+    from torchvision.utils import make_grid
+    if not images:
+        return
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(images)))))
+    grid = make_grid(torch.stack([im.float() / 255 for im in images]), nrow=nrow, padding=1, pad_value=1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(images_to_uint8(grid), path)

@@ -1,0 +1,40 @@
+"""Fixtures shared by several test modules."""
+import pytest
+import torch
+
+from configs.digits_uvit_tiny import get_config
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
+    from libs.datasets import get_dataset, reference_images
+    from libs.tasks import PixelTask
+    from libs.train_engine import train
+    from tools.fid import FIDAccumulator, save_statistics
+    from tools.inception import load_inception
+
+    tmp = tmp_path_factory.mktemp("digits")
+    config = get_config()
+    config.nnet.update(embed_dim=32, depth=2, num_heads=2)
+    config.workdir = str(tmp / "run")
+    config.train.update(n_steps=200, batch_size=64, log_interval=50, save_interval=200)
+    train(config, PixelTask(config))
+    acc = FIDAccumulator(load_inception())
+    for batch in reference_images(get_dataset(name="digits"), limit=40):
+        acc.update(batch.transpose(0, 3, 1, 2))
+    save_statistics(tmp / "ref.npz", *acc.compute())
+    return tmp / "run/ckpts/200.ckpt/nnet_ema.pth", tmp / "ref.npz"
+
+
+@pytest.fixture
+def trained_digits(trained):
+    """(network, config) of the ``trained`` model, loaded on the CPU in eval mode."""
+    from libs.checkpoint import load_weights
+    from libs.nets import build_nnet
+
+    config = get_config()
+    config.nnet.update(embed_dim=32, depth=2, num_heads=2)
+    net = build_nnet(config.nnet)
+    load_weights(net, trained[0])
+    return net.eval(), config
