@@ -73,11 +73,12 @@ def make_sampler(sample_cfg, schedule):
         return lambda f, x, g: euler_maruyama_sde(f, x, schedule, steps, generator=g)
     if name == "euler_maruyama_ode":
         return lambda f, x, g: euler_maruyama_ode(f, x, schedule, steps)
-    if name == "dpm_solver":  # released continuous-time setting: noise prediction, logSNR, fast order 3
+    if name == "dpm_solver":  # released continuous setting: noise prediction, DPM-Solver-fast on logSNR steps
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
                                                  predict="noise", skip_type="logSNR")
-    if name == "dpm_solver_pp":  # released discrete setting: data prediction, time-uniform, fast order 3
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
+    if name == "dpm_solver_pp":  # released discrete setting: data prediction, fast orders, every call on one
+        # (steps + 1)-point time-uniform grid (not 1/3, 2/3 of lambda intervals), see dpm_solver_pp.py
+        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep",
                                                  predict="data", skip_type="time_uniform")
     if name == "dpm_solver_pp_2m":
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=2, method="multistep",
