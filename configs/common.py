@@ -39,7 +39,7 @@ def base_config():
     return config
 
 
-# U-ViT sizes (SPEC section 1): embed_dim, depth, num_heads, conv.
+# U-ViT sizes: embed_dim, depth, num_heads, conv.
 UVIT_SIZES = {"small": (512, 12, 8, True), "mid": (768, 16, 12, True), "large": (1024, 20, 16, True),
               "huge": (1152, 28, 16, False)}
 
@@ -62,10 +62,13 @@ def imagenet_latent_config(resolution, size):
                             num_classes=1001)
     config.dataset = d(name=f"imagenet{resolution}_features", path=f"assets/datasets/imagenet{resolution}_features",
                        num_classes=1000)
-    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215,
-                           config="")
+    # The released huge configs decode with the EMA weights of the SD autoencoder.
+    vae = "autoencoder_kl_ema.pth" if size == "huge" else "autoencoder_kl.pth"
+    config.autoencoder = d(pretrained_path=f"assets/stable-diffusion/{vae}", scale_factor=0.18215, config="")
     config.loss.p_uncond = 0.1 if size == "huge" else 0.15
-    config.train.update(n_steps=300000, batch_size=1024, save_interval=10000, sample_interval=10000)
+    # Released training lengths: 300k steps for ImageNet 256 large, 500k for the others.
+    n_steps = 300000 if (resolution, size) == (256, "large") else 500000
+    config.train.update(n_steps=n_steps, batch_size=1024, save_interval=10000, sample_interval=10000)
     config.optimizer.update(lr=2e-4, betas=(0.99, 0.99))
     config.lr_scheduler.warmup_steps = 5000
     config.sample.update(algorithm="dpm_solver_pp" if size == "huge" else "dpm_solver", sample_steps=50,
