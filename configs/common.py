@@ -10,7 +10,9 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_threshold -> sample.ex
               p_uncond: label dropout for classifier-free guidance
   train       steps, batch size (global, over all processes), intervals, EMA rate, clipping
   sample      sampler and FID evaluation settings; exit_threshold: one value or a sweep
-              '0.8,0.9,none' (1.0 / none = full depth)
+              '0.8,0.9,none' (1.0 / none = full depth); conditions: 'balanced' (label i mod K,
+              caption 0 of val image i) or 'random' (released: random labels, a random caption
+              of a shuffled val image), both fixed per image by config.seed
 """
 import ml_collections
 
@@ -35,7 +37,7 @@ def base_config():
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
-                      scale=0.0, exit_threshold="1.0", path="", grid_size=64, fid_stat="")
+                      scale=0.0, exit_threshold="1.0", path="", grid_size=64, fid_stat="", conditions="balanced")
     return config
 
 
