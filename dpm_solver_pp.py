@@ -26,20 +26,27 @@ DPM-Solver-2/3 (Algorithms 1-2; second order weights d1 by phi1/2, the third-ord
 step uses only the first difference to the last inner point); ``'taylor'`` uses the full
 Taylor weights (diffusers' ``solver_type='heun'``).
 
-Methods (each calls ``model_fn`` exactly ``steps`` times):
+Methods (each calls ``model_fn`` exactly ``steps`` times). Both singlestep methods use the
+"fast" orders: K = steps//3 + 1 outer steps with orders [3]*(K-1) + [2] (steps % 3 == 2;
+50 steps -> 16 x 3rd + 1 x 2nd), [3]*(K-1) + [1] (steps % 3 == 1) or [3]*(K-2) + [2, 1]
+(steps % 3 == 0); order 2 and 1 likewise (see ``singlestep_orders``). They differ in where
+the calls are:
 
-* ``'singlestep_fast'`` (default; DPM-Solver's "fast" version used by the released
-  U-ViT / AdaDiff scripts): K = steps//3 + 1 outer steps on a ``skip_type`` grid with orders
-  [3]*(K-1) + [2] (steps % 3 == 2; 50 steps -> 16 x 3rd + 1 x 2nd), [3]*(K-1) + [1]
-  (steps % 3 == 1) or [3]*(K-2) + [2, 1] (steps % 3 == 0); order 2 and 1 likewise (see
-  ``singlestep_orders``). Inner points of an order-k step split its lambda-interval into k
-  equal parts (r1 = 1/3, r2 = 2/3; r1 = 1/2).
-* ``'singlestep'`` (DPM-Solver v2 ``method='singlestep'`` for time skip types, and
-  diffusers' ``DPMSolverSinglestepScheduler``): same orders, but all ``steps + 1``
-  evaluation points lie on one ``skip_type`` grid; outer points are the grid at the
-  cumulative sums of the orders, inner points the grid points between them. For
-  ``skip_type='time_uniform'`` this differs from 'singlestep_fast'. (For 'logSNR'
-  DPM-Solver v2 falls back to the 'singlestep_fast' points; here the grid rule holds.)
+* ``'singlestep_fast'`` (default; the released continuous-time DPM-Solver-fast, U-ViT's and
+  AdaDiff's ``dpm_solver_pytorch.py`` with uniform logSNR steps, ``config.sample.algorithm
+  ='dpm_solver'``): K + 1 outer points on a ``skip_type`` grid; the inner points of an
+  order-k step split its lambda-interval into k equal parts (r1 = 1/3, r2 = 2/3; r1 = 1/2).
+* ``'singlestep'`` (the released discrete DPM-Solver++ "fast" method, ``dpm_solver_pp.py``
+  with ``method='fast'``, ``skip_type='time_uniform'``, ``config.sample.algorithm=
+  'dpm_solver_pp'``; also DPM-Solver v2's ``method='singlestep'`` for time skip types and
+  diffusers' ``DPMSolverSinglestepScheduler``): the same orders, but all ``steps`` calls lie
+  on one ``steps + 1``-point ``skip_type`` grid. Outer step j runs from grid point i to
+  grid point i + order_j (i = the sum of the earlier orders); its inner calls are at the grid
+  points in between, and r1, r2 are those points' lambda offsets over the step's lambda
+  interval. With 50 steps and 'time_uniform' the calls are at t = 1, 1 - 0.999/50, ...,
+  i.e. every point of linspace(T, t_end, 51) but the last, and they are *not* at 1/3 and 2/3
+  of each lambda interval of 17 outer steps. For 'logSNR' and equal orders the two methods
+  coincide; for 'time_uniform' they do not.
 * ``'multistep'`` (DPM-Solver / DPM-Solver++(2M), (3M)): ``steps`` steps on a
   ``skip_type`` grid, reusing earlier model outputs; the first ``order - 1`` steps warm up
   with lower orders, and with ``lower_order_final`` and steps < 10 the last steps lower
@@ -248,9 +255,14 @@ def dpm_solver_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, 
     Returns:
         (B, ...) sample at t_end.
 
-    Example (released continuous setting: 16 x 3rd + 1 x 2nd order, 50 calls)::
+    Examples (50 calls: 16 x 3rd + 1 x 2nd order). Released continuous setting::
 
         x0 = dpm_solver_sample(model_fn, torch.randn(B, C, H, W), LinearVPSchedule(), steps=50)
+
+    Released discrete setting (DPM-Solver++ "fast", every call on one 51-point grid)::
+
+        x0 = dpm_solver_sample(model_fn, x_T, DiscreteVPSchedule.stable_diffusion(), steps=50,
+                               method="singlestep", predict="data", skip_type="time_uniform")
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

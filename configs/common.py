@@ -8,11 +8,15 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_thresh
   loss        objective 'adadiff' (released AdaDiff loss) or 'uvit' (plain U-ViT loss);
               uem_coef, layer_coef, layer_weight ('batch_normalized' released | 'per_sample' paper);
               p_uncond: label dropout for classifier-free guidance
-  train       steps, batch size (global, over all processes), intervals, EMA rate, clipping
+  train       steps, batch size (global, over all processes), intervals, EMA rate, clipping;
+              select_best_by_fid: FID of every saved checkpoint (full depth, select_best_n_samples
+              images) and at the end the best one (ckpts/best.json; libs/best_checkpoint.py)
   sample      sampler and FID evaluation settings; exit_policy: one policy or a sweep
               '0.8,0.9,static:5,profile:0.9,budget:0.7,full' (libs/exit_policy.py; a bare number is
               a threshold, 1.0 / none / full = full depth); calib_samples: images that profile:
-              and budget: policies calibrate on
+              and budget: policies calibrate on; conditions: 'balanced' (label i mod K, caption 0
+              of val image i) or 'random' (released: random labels, a random caption of a shuffled
+              val image), both fixed per image by config.seed
 """
 import ml_collections
 
@@ -33,15 +37,16 @@ def base_config():
                     p_uncond=0.0)
     config.train = d(n_steps=200000, batch_size=512, pretrained_weight="", log_interval=10, sample_interval=5000,
                      eval_interval=0, save_interval=25000, keep_ckpts=0, num_workers=2, grad_clip=0.0,
-                     ema_rate=0.9999, log_with="")
+                     ema_rate=0.9999, log_with="", select_best_by_fid=False, select_best_n_samples=10000)
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
-                      scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="")
+                      scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="",
+                      conditions="balanced")
     return config
 
 
-# U-ViT sizes (SPEC section 1): embed_dim, depth, num_heads, conv.
+# U-ViT sizes: embed_dim, depth, num_heads, conv.
 UVIT_SIZES = {"small": (512, 12, 8, True), "mid": (768, 16, 12, True), "large": (1024, 20, 16, True),
               "huge": (1152, 28, 16, False)}
 
@@ -64,10 +69,13 @@ def imagenet_latent_config(resolution, size):
                             num_classes=1001)
     config.dataset = d(name=f"imagenet{resolution}_features", path=f"assets/datasets/imagenet{resolution}_features",
                        num_classes=1000)
-    config.autoencoder = d(pretrained_path="assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215,
-                           config="")
+    # The released huge configs decode with the EMA weights of the SD autoencoder.
+    vae = "autoencoder_kl_ema.pth" if size == "huge" else "autoencoder_kl.pth"
+    config.autoencoder = d(pretrained_path=f"assets/stable-diffusion/{vae}", scale_factor=0.18215, config="")
     config.loss.p_uncond = 0.1 if size == "huge" else 0.15
-    config.train.update(n_steps=300000, batch_size=1024, save_interval=10000, sample_interval=10000)
+    # Released training lengths: 300k steps for ImageNet 256 large, 500k for the others.
+    n_steps = 300000 if (resolution, size) == (256, "large") else 500000
+    config.train.update(n_steps=n_steps, batch_size=1024, save_interval=10000, sample_interval=10000)
     config.optimizer.update(lr=2e-4, betas=(0.99, 0.99))
     config.lr_scheduler.warmup_steps = 5000
     config.sample.update(algorithm="dpm_solver_pp" if size == "huge" else "dpm_solver", sample_steps=50,

@@ -59,7 +59,8 @@ def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous")
 
     config = apply_flags(FLAGS, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
     check_time(config, script, expected_time)
-    sampling = bool(config.train.get("sample_interval") or config.train.get("eval_interval"))
+    sampling = bool(config.train.get("sample_interval") or config.train.get("eval_interval")
+                    or config.train.get("select_best_by_fid"))
     return train(config, make_task(config, sampling))
 
 

@@ -28,7 +28,7 @@ from libs.exit_stats import ExitRecorder
 from libs.image_io import images_to_uint8, save_grid, save_png
 from libs.model_fn import cfg_model_fn, conditional_model_fn, with_time_scale
 
-_RNG_XT, _RNG_SAMPLER, _RNG_CALIBRATION = 11, 12, 13
+_RNG_XT, _RNG_SAMPLER, _RNG_CALIBRATION = 11, 12, 15  # (13, 14: libs/tasks.py)
 
 SAMPLERS = ("euler_maruyama_sde", "euler_maruyama_ode", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_2m")
 log = logging.getLogger(__name__)
@@ -45,11 +45,12 @@ def make_sampler(sample_cfg, schedule):
         return lambda f, x, g: euler_maruyama_sde(f, x, schedule, steps, generator=g)
     if name == "euler_maruyama_ode":
         return lambda f, x, g: euler_maruyama_ode(f, x, schedule, steps)
-    if name == "dpm_solver":  # released continuous-time setting: noise prediction, logSNR, fast order 3
+    if name == "dpm_solver":  # released continuous setting: noise prediction, DPM-Solver-fast on logSNR steps
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
                                                  predict="noise", skip_type="logSNR")
-    if name == "dpm_solver_pp":  # released discrete setting: data prediction, time-uniform, fast order 3
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
+    if name == "dpm_solver_pp":  # released discrete setting: data prediction, fast orders, every call on one
+        # (steps + 1)-point time-uniform grid (not 1/3, 2/3 of lambda intervals), see dpm_solver_pp.py
+        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep",
                                                  predict="data", skip_type="time_uniform")
     if name == "dpm_solver_pp_2m":
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=2, method="multistep",

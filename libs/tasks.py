@@ -9,12 +9,16 @@ from typing import Optional, Sequence
 
 import torch
 
+from libs.data_order import mix_seed
 from libs.flops import uvit_flops
 from libs.model_fn import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
 from sde import ContinuousNoise, DiscreteNoise
 
 TIMES = ("continuous", "discrete")
+CONDITIONS = ("balanced", "random")
+# Seed streams of the 'random' conditions (x_T and the sampler use 11 and 12, see libs/eval_engine.py).
+_RNG_CONDITION, _RNG_CAPTION_ORDER = 13, 14  # (11, 12, 15: libs/eval_engine.py)
 
 
 def diffusion_time(config):
@@ -34,6 +38,42 @@ def _setup_sampling(task, config) -> None:
     task.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
     task.noise, task.schedule, task.time_scale = diffusion_time(config)
     task.flops = uvit_flops(nnet)
+    task.condition_mode = config.sample.get("conditions", "balanced")
+    if task.condition_mode not in CONDITIONS:
+        raise ValueError(f"config.sample.conditions={task.condition_mode!r}: choose one of {CONDITIONS} "
+                         f"('balanced': label i mod K / caption 0 of val image i; 'random': as released)")
+    task.seed = int(config.seed)
+
+
+def _image_generator(seed: int, i: int) -> torch.Generator:
+    """The generator of sampled image i's condition: the same for every threshold and process count."""
+    return torch.Generator().manual_seed(mix_seed(seed, _RNG_CONDITION, i))
+
+
+def sample_labels(indices: Sequence[int], num_classes: int, mode: str, seed: int) -> list:
+    """Class label of each sampled image: i mod K ('balanced') or uniform in [0, K) ('random')."""
+    if mode == "balanced":
+        return [i % num_classes for i in indices]
+    return [int(torch.randint(num_classes, (), generator=_image_generator(seed, i))) for i in indices]
+
+
+def sample_captions(indices: Sequence[int], num_captions: Sequence[int], mode: str, seed: int) -> list:
+    """(validation image, caption) of each sampled image. 'balanced': caption 0 of val image
+    i mod N. 'random': val images in a shuffled order (a fresh permutation for each pass over
+    the N images, so images repeat only after all N are used) and a random caption of each."""
+    n = len(num_captions)
+    if mode == "balanced":
+        return [(i % n, 0) for i in indices]
+    perms = {}
+    out = []
+    for i in indices:
+        epoch = i // n
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(mix_seed(seed, _RNG_CAPTION_ORDER, epoch))
+            perms[epoch] = torch.randperm(n, generator=g)
+        j = int(perms[epoch][i % n])
+        out.append((j, int(torch.randint(num_captions[j], (), generator=_image_generator(seed, i)))))
+    return out
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator]):
@@ -49,7 +89,8 @@ class PixelTask:
 
     Class labels: with ``config.loss.p_uncond > 0`` the network has K + 1 label embeddings and
     index K is the null label of classifier-free guidance; otherwise K = num_classes. Sampled
-    image i gets label i mod K (balanced classes).
+    image i gets label i mod K (``config.sample.conditions='balanced'``, the default) or a
+    uniformly random label drawn from its own seed (``'random'``, as the released evaluation).
     """
 
     def __init__(self, config, load_data: bool = True):
@@ -93,7 +134,7 @@ class PixelTask:
     def conditions(self, indices: Sequence[int], device):
         if self.num_classes <= 0:
             return None
-        return torch.tensor([i % self.real_classes for i in indices], device=device)
+        return torch.tensor(sample_labels(indices, self.real_classes, self.condition_mode, self.seed), device=device)
 
     def null_condition(self, batch: int, device):
         if self.p_uncond <= 0:
@@ -126,7 +167,7 @@ class LatentDecoder:
             raise AutoencoderNotFoundError(
                 f"autoencoder weights not found at {self.path} (config.autoencoder.pretrained_path); sampling "
                 f"decodes latents with the Stable Diffusion v1 KL-f8 VAE: put the released "
-                f"autoencoder_kl.pth there (see README, 'Data and assets')")
+                f"{Path(self.path).name} there (see README, 'Data and assets')")
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [0, 1]."""
@@ -183,7 +224,9 @@ class PromptTask:
 class TextTask(PromptTask):
     """Text-to-image in SD latent space: items are (moments, CLIP context of one caption).
     Classifier-free guidance replaces a context by the empty prompt's with prob. p_uncond.
-    Sampled image i uses the first caption of validation image i (mod the val set size)."""
+    Sampled image i uses the first caption of validation image i (mod the val set size), or
+    with ``config.sample.conditions='random'`` a random caption of a shuffled validation
+    image, as the released evaluation (``sample_captions``)."""
 
     def __init__(self, config, load_data: bool = True, need_decoder: bool = True):
         from libs.datasets import get_dataset
@@ -217,4 +260,5 @@ class TextTask(PromptTask):
 
     def conditions(self, indices: Sequence[int], device):
         val = self.dataset.val
-        return torch.stack([val.context(i % len(val), 0) for i in indices]).to(device)
+        pairs = sample_captions(indices, val.num_captions, self.condition_mode, self.seed)
+        return torch.stack([val.context(j, k) for j, k in pairs]).to(device)

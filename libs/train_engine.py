@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from libs import best_checkpoint
 from libs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_file, load_weights, save_checkpoint
 from libs.config_utils import config_diff, config_to_json, load_config_json
 from libs.data_order import SeededItems, StepBatchSampler, mix_seed
@@ -65,7 +66,8 @@ def warmup_lambda(warmup_steps: int):
 
 
 def train(config, task) -> Path:
-    """Run (or resume) training as configured; returns the last checkpoint directory."""
+    """Run (or resume) training as configured; returns the last checkpoint directory (the
+    best by FID with ``config.train.select_best_by_fid``, see ``libs/best_checkpoint.py``)."""
     tc = config.train
     workdir = Path(config.workdir)
     accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(workdir))
@@ -82,6 +84,7 @@ def train(config, task) -> Path:
     # so only the policies that need none (static:K) are sampled.
     sampling_policies = [p for p in sweep_policies(str(config.sample.exit_policy))
                          if objective == "adadiff" or not (p.uses_heads or p.needs_calibration)]
+    best_checkpoint.check_config(config)
     ckpt_root = workdir / "ckpts"
     resume_from = latest_checkpoint(ckpt_root)
 
@@ -223,7 +226,11 @@ def train(config, task) -> Path:
             else:
                 last_ckpt = ckpt_root / f"{step}.ckpt"
             accelerator.wait_for_everyone()
+            if best_checkpoint.enabled(config):
+                best_checkpoint.evaluate_checkpoint(nnet_ema, task, config, accelerator, workdir, step, logger)
     bar.close()
+    if best_checkpoint.enabled(config):
+        last_ckpt = best_checkpoint.finish(config, accelerator, workdir, last_ckpt, logger)
     accelerator.end_training()
     return last_ckpt
 
