@@ -8,7 +8,9 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_threshold -> sample.ex
   loss        objective 'adadiff' (released AdaDiff loss) or 'uvit' (plain U-ViT loss);
               uem_coef, layer_coef, layer_weight ('batch_normalized' released | 'per_sample' paper);
               p_uncond: label dropout for classifier-free guidance
-  train       steps, batch size (global, over all processes), intervals, EMA rate, clipping
+  train       steps, batch size (global, over all processes), intervals, EMA rate, clipping;
+              max_abs_weight: a weight (or EMA weight) larger than this in magnitude, or NaN/inf,
+              means the run diverged: it stops before saving (0 = only NaN/inf)
   sample      sampler and FID evaluation settings; exit_threshold: one value or a sweep
               '0.8,0.9,none' (1.0 / none = full depth)
 """
@@ -31,7 +33,7 @@ def base_config():
                     p_uncond=0.0)
     config.train = d(n_steps=200000, batch_size=512, pretrained_weight="", log_interval=10, sample_interval=5000,
                      eval_interval=0, save_interval=25000, keep_ckpts=0, num_workers=2, grad_clip=0.0,
-                     ema_rate=0.9999, log_with="")
+                     ema_rate=0.9999, log_with="", max_abs_weight=1e4)
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
