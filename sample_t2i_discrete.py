@@ -11,9 +11,9 @@ config.clip.version (a local folder or a cached model name).
 """
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from libs.entry import define_flags
+from libs.entry import define_flags, run
 
 FLAGS = define_flags("eval")
 flags.DEFINE_string("input_path", None, "Prompts file, one prompt per line.")
@@ -69,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)
