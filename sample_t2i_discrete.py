@@ -25,6 +25,7 @@ def main(argv):
 
     from libs.checkpoint import load_weights
     from libs.clip import FrozenCLIPEmbedder
+    from libs.config_check import check_config
     from libs.entry import check_time, resolve_eval_config
     from libs.eval_engine import generate, images_to_uint8, parse_thresholds, save_png
     from libs.exit_stats import ExitRecorder
@@ -33,6 +34,7 @@ def main(argv):
 
     config = resolve_eval_config(FLAGS)
     check_time(config, "sample_t2i_discrete.py", "discrete")
+    check_config(config, "eval")
     thresholds = parse_thresholds(str(config.sample.exit_threshold))
     if len(thresholds) != 1:
         raise ValueError(f"sample_t2i_discrete.py samples at one threshold, got {thresholds}")
