@@ -9,9 +9,7 @@
 depth is always evaluated too, as the baseline of the measured speedup. A released U-ViT
 file (no uncertainty heads) evaluates at full depth only.
 """
-from absl import app
-
-from libs.entry import define_flags, eval_main
+from libs.entry import define_flags, eval_main, run
 
 FLAGS = define_flags("eval")
 
@@ -22,4 +20,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -3,9 +3,7 @@
     python eval_ldm_discrete.py --config=configs/imagenet256_uvit_huge.py --nnet_path=<...>/nnet_ema.pth \
         --exit_threshold=0.9,0.92,none
 """
-from absl import app
-
-from libs.entry import define_flags, eval_main
+from libs.entry import define_flags, eval_main, run
 
 FLAGS = define_flags("eval")
 
@@ -16,4 +14,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

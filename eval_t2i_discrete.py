@@ -3,9 +3,7 @@
     python eval_t2i_discrete.py --config=configs/mscoco_uvit_small.py --nnet_path=<...>/nnet_ema.pth \
         --exit_threshold=0.87,none
 """
-from absl import app
-
-from libs.entry import define_flags, eval_main
+from libs.entry import define_flags, eval_main, run
 
 FLAGS = define_flags("eval")
 
@@ -16,4 +14,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -12,9 +12,9 @@ config.clip.version (a local folder or a cached model name).
 """
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from libs.entry import define_flags
+from libs.entry import define_flags, run
 
 FLAGS = define_flags("eval")
 flags.DEFINE_string("input_path", None, "Prompts file, one prompt per line.")
@@ -26,6 +26,7 @@ def main(argv):
 
     from libs.checkpoint import load_weights
     from libs.clip import FrozenCLIPEmbedder
+    from libs.config_check import check_config
     from libs.entry import check_time, resolve_eval_config
     from libs.eval_engine import calibrate_policy, generate
     from libs.exit_policy import parse_policies
@@ -36,6 +37,7 @@ def main(argv):
 
     config = resolve_eval_config(FLAGS)
     check_time(config, "sample_t2i_discrete.py", "discrete")
+    check_config(config, "eval")
     policies = parse_policies(str(config.sample.exit_policy))
     if len(policies) != 1:
         raise ValueError(f"sample_t2i_discrete.py samples under one exit policy, got "
@@ -75,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

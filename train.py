@@ -6,9 +6,7 @@
 
 A run resumes automatically from the latest complete checkpoint in <workdir>/ckpts.
 """
-from absl import app
-
-from libs.entry import define_flags, train_main
+from libs.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
@@ -19,4 +17,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

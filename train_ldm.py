@@ -3,9 +3,7 @@
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train_ldm.py \
         --config=configs/imagenet256_uvit_large.py --pretrained_weight=assets/pretrained/<released U-ViT>.pth
 """
-from absl import app
-
-from libs.entry import define_flags, train_main
+from libs.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
@@ -16,4 +14,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -3,9 +3,7 @@
     accelerate launch --multi_gpu --num_processes 4 --mixed_precision fp16 train_t2i_discrete.py \
         --config=configs/mscoco_uvit_small.py --pretrained_weight=assets/pretrained/mscoco_uvit_small.pth
 """
-from absl import app
-
-from libs.entry import define_flags, train_main
+from libs.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
@@ -17,4 +15,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

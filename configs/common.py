@@ -10,7 +10,9 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_thresh
               p_uncond: label dropout for classifier-free guidance
   train       steps, batch size (global, over all processes), intervals, EMA rate, clipping;
               select_best_by_fid: FID of every saved checkpoint (full depth, select_best_n_samples
-              images) and at the end the best one (ckpts/best.json; libs/best_checkpoint.py)
+              images) and at the end the best one (ckpts/best.json; libs/best_checkpoint.py);
+              max_abs_weight: a weight (or EMA weight) larger than this in magnitude, or NaN/inf,
+              means the run diverged: it stops before saving (0 = only NaN/inf)
   sample      sampler and FID evaluation settings; exit_policy: one policy or a sweep
               '0.8,0.9,static:5,profile:0.9,budget:0.7,full' (libs/exit_policy.py; a bare number is
               a threshold, 1.0 / none / full = full depth); calib_samples: images that profile:
@@ -37,7 +39,8 @@ def base_config():
                     p_uncond=0.0)
     config.train = d(n_steps=200000, batch_size=512, pretrained_weight="", log_interval=10, sample_interval=5000,
                      eval_interval=0, save_interval=25000, keep_ckpts=0, num_workers=2, grad_clip=0.0,
-                     ema_rate=0.9999, log_with="", select_best_by_fid=False, select_best_n_samples=10000)
+                     ema_rate=0.9999, log_with="", select_best_by_fid=False, select_best_n_samples=10000,
+                     max_abs_weight=1e4)
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,

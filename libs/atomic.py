@@ -1,11 +1,30 @@
 """Atomic file writes: write to a temporary file in the target's folder, fsync, rename.
-Readers (and a crash) see the old file or the new one, never a truncated one."""
+Readers (and a crash) see the old file or the new one, never a truncated one.
+
+A write that fails because of the disk (full, read-only, ...) raises that ``OSError`` naming
+the target, also when the writer (e.g. ``torch.save``'s zip writer: "enforce fail ...")
+reported it as something else."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Optional, Union
+
+
+def _open_temp(fd: int) -> BinaryIO:
+    return os.fdopen(fd, "wb")
+
+
+def _os_error_behind(exc: BaseException) -> Optional[OSError]:
+    """The OSError an exception was raised while handling (its cause/context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
@@ -14,13 +33,46 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _open_temp(fd) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except Exception as e:
+        _unlink_quietly(tmp)
+        cause = _os_error_behind(e)
+        if cause is not None and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e
         raise
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def publish_folder(staging: Union[str, os.PathLike], out: Union[str, os.PathLike], last_name: str,
+                   last_text: str) -> None:
+    """Move every file of ``staging`` into ``out`` (replacing), then write ``out/last_name``.
+    ``last_name`` is removed first and written last, atomically: while it exists, the files
+    beside it are the ones published with it (an interrupted publish leaves it absent)."""
+    staging, out = Path(staging), Path(out)
+    (out / last_name).unlink(missing_ok=True)
+    for src in sorted(staging.rglob("*")):
+        if src.is_file():
+            dst = out / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    import shutil
+    shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_text(out / last_name, last_text)

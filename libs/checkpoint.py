@@ -9,6 +9,8 @@
 * this project's own files (``uem_heads.*``), also when saved from a DDP / compiled model.
 
 Anything else fails with a message listing the missing, unexpected and shape-mismatched keys.
+Weights holding NaN/inf are refused. A file inside a checkpoint directory is checked
+against that directory's ``manifest.json`` (libs/manifest.py) before it is read.
 ``save_weights`` writes atomically (temporary file + rename) so a crash never leaves a
 truncated file behind.
 """
@@ -17,15 +19,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from libs.atomic import atomic_write
+from libs.manifest import MANIFEST, CorruptCheckpointError, verify_files, write_manifest
+from libs.weight_guard import describe_bad_weight, first_bad_weight
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +59,25 @@ class WeightsMismatchError(ValueError):
     """The state dict does not fit the network (lists the offending keys)."""
 
 
-def read_state_dict(path: Union[str, os.PathLike]) -> dict:
-    """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``."""
+class NonFiniteWeightsError(ValueError):
+    """The weights hold NaN/inf (a diverged run)."""
+
+
+def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
+    """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``;
+    with ``verify``, first check it against its folder's manifest.json when there is one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if verify:
+        verify_files(path.parent, [path.name])
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # garbage header, truncated file, ...
+            raise ValueError(f"cannot read {path} as a .safetensors file ({type(e).__name__}: {e}); the file is "
+                             f"corrupt or not safetensors: re-export or re-download it") from e
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with objects, corrupt file, ...
@@ -95,10 +111,16 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[dict, str]:
     return out, kind or "uvit"
 
 
-def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> LoadReport:
-    """Load weights into ``net`` (see module docstring). Raises ``WeightsMismatchError``."""
-    name = str(source) if not isinstance(source, Mapping) else "<state dict>"
+def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+                 name: Optional[str] = None) -> LoadReport:
+    """Load weights into ``net`` (see module docstring); ``name`` says where an in-memory state
+    dict came from. Raises ``WeightsMismatchError``."""
+    name = name or (str(source) if not isinstance(source, Mapping) else "<state dict>")
     sd = read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
+    bad = first_bad_weight(sd.items())
+    if bad is not None:
+        raise NonFiniteWeightsError(f"weights from {name} are unusable: {describe_bad_weight(bad)} (the run that "
+                                    f"saved them diverged); use an earlier checkpoint")
     sd, kind = convert_state_dict(sd)
     own = net.state_dict()
     missing = [k for k in own if k not in sd]
@@ -160,8 +182,11 @@ def save_weights(net_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], pat
 # ----------------------------------------------------------------------------- training checkpoints
 # Layout (released): <root>/<step>.ckpt/{nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth,
 # step.pth} plus this project's config.json. A checkpoint directory is written under a
-# temporary name and renamed into place when complete, so '<step>.ckpt' always means complete.
+# temporary name and renamed into place when complete, so '<step>.ckpt' always means complete;
+# its manifest.json (checksums of every file) is written last, just before the rename.
 _CKPT_DIR = re.compile(r"^(\d+)\.ckpt$")
+_CKPT_TEMP = re.compile(r"^\.(\d+)\.ckpt\..+\.(tmp|old)$")
+CHECKPOINT_FILES = ("nnet.pth", "nnet_ema.pth", "optimizer.pth", "lr_scheduler.pth", "step.pth")
 
 
 def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[str, object],
@@ -173,11 +198,14 @@ def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[s
     final = root / f"{step}.ckpt"
     tmp = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".tmp", dir=root))
     os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+    old = None
+    name = None
     try:
         for name, obj in objects.items():
             atomic_save(obj, tmp / name)
         for name, text in dict(texts).items():
             (tmp / name).write_text(text)
+        write_manifest(tmp, [*objects, *dict(texts)])
         if final.exists():  # re-saving a step: move the old one aside first, then drop it
             old = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".old", dir=root))
             os.replace(final, old / "ckpt")
@@ -187,7 +215,13 @@ def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[s
             os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
+        if old is not None and (old / "ckpt").is_dir() and not final.exists():
+            os.replace(old / "ckpt", final)  # put the previous checkpoint of this step back
+            _rmtree(old)
         _rmtree(tmp)
+        if isinstance(sys.exc_info()[1], OSError) and sys.exc_info()[1].errno and name:
+            e = sys.exc_info()[1]
+            raise OSError(e.errno, e.strerror, f"{final / name} (not saved; the previous checkpoints are intact)") from e
         raise
     return final
 
@@ -205,6 +239,75 @@ def latest_checkpoint(root: Union[str, os.PathLike]):
     """The complete checkpoint with the highest step, or None."""
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
+    """Remove the ``.<step>.ckpt.*.tmp`` / ``.old`` directories a killed save left behind in
+    ``root`` (a ``.old`` one whose step has no checkpoint any more is renamed back into place
+    first); returns what was done, one line each. Call it only while holding the run's lock."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    done = []
+    for p in sorted(p for p in root.iterdir() if _CKPT_TEMP.match(p.name)):
+        final = root / f"{_CKPT_TEMP.match(p.name).group(1)}.ckpt"
+        if p.name.endswith(".old") and (p / "ckpt").is_dir() and not final.exists():
+            os.replace(p / "ckpt", final)
+            done.append(f"restored {final} from {p.name}, left by a save that was interrupted")
+        else:
+            done.append(f"removed {root / p.name}, left by a save that was interrupted")
+        if p.is_dir():
+            _rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return done
+
+
+def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
+    """Every file of a training checkpoint (file name -> object), verified: against its
+    manifest (when it has one), readable, and with finite network and EMA weights.
+    Raises ``CorruptCheckpointError`` otherwise."""
+    ckpt_dir = Path(ckpt_dir)
+    verified = verify_files(ckpt_dir)
+    out = {}
+    for name in CHECKPOINT_FILES:
+        path = ckpt_dir / name
+        try:
+            out[name] = read_state_dict(path, verify=False) if name.startswith("nnet") \
+                else load_checkpoint_file(ckpt_dir, name)
+        except (OSError, ValueError, RuntimeError, EOFError) as e:
+            raise CorruptCheckpointError(f"{path} is unreadable ({type(e).__name__})") from e
+        if name.startswith("nnet"):
+            bad = first_bad_weight(out[name].items())
+            if bad is not None:
+                raise CorruptCheckpointError(f"{path}: {describe_bad_weight(bad)}")
+    out["verified"] = verified
+    return out
+
+
+def newest_intact_checkpoint(root: Union[str, os.PathLike]):
+    """(directory, contents) of the newest checkpoint that ``read_checkpoint`` accepts, with a
+    warning for each newer one skipped; (None, None) when there is no checkpoint. Raises
+    ``CorruptCheckpointError`` when there are checkpoints but none is intact."""
+    found = list_checkpoints(root)
+    skipped = []
+    for ckpt in reversed(found):
+        try:
+            contents = read_checkpoint(ckpt)
+        except CorruptCheckpointError as e:
+            skipped.append(ckpt.name)
+            log.warning("skipping checkpoint %s: %s", ckpt, e)
+            continue
+        if skipped:
+            log.warning("resuming from %s, the newest intact checkpoint (skipped %s)", ckpt, ", ".join(skipped))
+        if not contents["verified"]:
+            log.info("checkpoint %s has no %s (saved before checksums): loaded unverified", ckpt, MANIFEST)
+        return ckpt, contents
+    if found:
+        raise CorruptCheckpointError(f"no intact checkpoint in {root} (all of {', '.join(skipped)} are corrupt or "
+                                     f"non-finite, see the warnings above): move them away to start afresh, or "
+                                     f"choose another --workdir")
+    return None, None
 
 
 def load_checkpoint_file(ckpt_dir: Union[str, os.PathLike], name: str):

@@ -4,14 +4,21 @@
     eval*.py:   --config, --nnet_path (config.nnet_path), --exit_policy (config.sample.exit_policy),
                 --exit_threshold (the same field, thresholds only, as the released flag),
                 --output_path (config.output_path), --workdir (config.workdir)
+
+Every script ends with ``run(main)``: a user error (bad flag or config value, unreadable
+file, unwritable folder, full disk, ...) prints one line with the problem and the fix and
+exits with status 2; ``ADADIFF_DEBUG=1`` shows the traceback (see libs/cli_errors.py).
 """
 from __future__ import annotations
 
 import os
+import sys
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
+from libs.cli_errors import EXIT_USER_ERROR, debug_enabled, guarded, one_line
+from libs.config_check import check_config
 from libs.config_utils import default_workdir, set_from_flags
 
 
@@ -33,6 +40,30 @@ def define_flags(kind: str) -> flags.FlagValues:
         flags.DEFINE_string("output_path", None, "Report folder (config.output_path, default <workdir>/eval).")
     flags.mark_flags_as_required(["config"])
     return flags.FLAGS
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override reported in one line."""
+    prog = os.path.basename(argv[0]) if argv else "adadiff"
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError) as exc:
+        if debug_enabled():
+            raise
+        if isinstance(exc, flags.Error):
+            message = f"{one_line(str(exc))} (see --helpfull for the flags)"
+        else:  # ml_collections: an override of a field the config does not have
+            field = str(exc).strip("\"'")
+            given = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{field}" in a.split("=")[0]]
+            message = (f"unknown config field {given[0] if given else field!r}: the config has no field {field!r}; "
+                       f"check the spelling against the config file")
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run(main, argv=None):
+    """``app.run(main)`` for every top-level script: user errors in one line (libs/cli_errors.py)."""
+    app.run(guarded(main), argv=argv, flags_parser=parse_flags)
 
 
 def check_time(config, script: str, expected: str) -> None:
@@ -59,6 +90,7 @@ def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous")
 
     config = apply_flags(FLAGS, {"workdir": FLAGS.workdir, "train.pretrained_weight": FLAGS.pretrained_weight})
     check_time(config, script, expected_time)
+    check_config(config, "train")
     sampling = bool(config.train.get("sample_interval") or config.train.get("eval_interval")
                     or config.train.get("select_best_by_fid"))
     return train(config, make_task(config, sampling))
@@ -89,26 +121,31 @@ def resolve_eval_config(flags_obj):
 
 def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuous"):
     """Body of every eval*.py: flags -> config -> weights -> sweep -> report."""
+    import shutil
     from pathlib import Path
 
     import torch
     from accelerate import Accelerator
 
+    from libs.atomic import publish_folder
     from libs.checkpoint import load_weights
     from libs.config_utils import config_to_json
     from libs.eval_engine import evaluate, sweep_policies
     from libs.eval_report import format_table
     from libs.nets import build_nnet
+    from libs.run_lock import make_writable_dir
     from libs.run_log import setup_logger
 
     config = resolve_eval_config(flags_obj)
     check_time(config, script, expected_time)
+    check_config(config, "eval")
     policies = sweep_policies(str(config.sample.exit_policy))  # validate before any work
     if not config.get("nnet_path"):
         raise ValueError("no weights to evaluate: pass --nnet_path=<...>/<step>.ckpt/nnet_ema.pth "
                          "(or a released U-ViT/AdaDiff .pth)")
     accelerator = Accelerator()
-    out = Path(config.output_path)
+    out = make_writable_dir(config.output_path, "--output_path") if accelerator.is_main_process \
+        else Path(config.output_path)
     logger = setup_logger("adadiff.eval", out, accelerator.is_main_process)
     task = make_task(config)
     torch.manual_seed(config.seed)
@@ -123,13 +160,14 @@ def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuou
                            "static:K and full depth run", config.nnet_path, ", ".join(skipped))
         policies = [p for p in policies if p.spec not in skipped]
     net.to(accelerator.device).eval()
+    staging = out / ".eval.tmp"  # the new report gathers here; published beside its config.json when complete
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config_to_json(config))
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("evaluating %s under exit policies %s, %d samples, %d process(es)", config.nnet_path,
                 ", ".join(p.spec for p in policies), config.sample.n_samples, accelerator.num_processes)
-    results = evaluate(net, task, config, policies, accelerator, out, logger)
+    results = evaluate(net, task, config, policies, accelerator, staging, logger)
     if accelerator.is_main_process:
+        publish_folder(staging, out, "config.json", config_to_json(config))
         print(format_table(results), flush=True)
         logger.info("report written to %s", out)
     return results

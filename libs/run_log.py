@@ -41,9 +41,30 @@ class MetricsWriter:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def drop_after(self, step: int) -> int:
+        """Remove the rows of steps after ``step`` (a resumed run redoes them), rewriting the
+        file atomically; returns how many rows were dropped."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        from libs.atomic import atomic_write_text
+
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if _row_step(line) <= step]
+        if len(keep) != len(lines):
+            atomic_write_text(self.path, "".join(keep))
+        return len(lines) - len(keep)
+
     def write(self, **row):
         if self.path is None:
             return
         row = {"time": round(time.time(), 3), **row}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _row_step(line: str) -> float:
+    """The step of a stats row; a torn or unreadable line (a killed write) counts as after any step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf") if line.strip() else float("-inf")

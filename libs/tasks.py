@@ -17,8 +17,8 @@ from sde import ContinuousNoise, DiscreteNoise
 
 TIMES = ("continuous", "discrete")
 CONDITIONS = ("balanced", "random")
-# Seed streams of the 'random' conditions (x_T and the sampler use 11 and 12, see libs/eval_engine.py).
-_RNG_CONDITION, _RNG_CAPTION_ORDER = 13, 14  # (11, 12, 15: libs/eval_engine.py)
+# Seed streams of the 'random' conditions (x_T, the sampler and calibration use 11, 12 and 15: libs/eval_engine.py).
+_RNG_CONDITION, _RNG_CAPTION_ORDER = 13, 14
 
 
 def diffusion_time(config):

@@ -9,11 +9,19 @@ becomes ``(x0, cond)``. The loop below is linear:
 
 Every random draw is a function of (seed, process rank, step), so a resumed run continues
 exactly as an uninterrupted one would (the data order too, see ``libs/data_order.py``).
+
+What a run guarantees (README "What a run guarantees"): the config is checked before any
+work (libs/config_check.py); one run per workdir (libs/run_lock.py); checkpoints are written
+atomically with a checksum manifest and resume falls back to the newest intact one
+(libs/checkpoint.py); diverged weights (NaN/inf or |w| > config.train.max_abs_weight) stop
+the run before they are saved (libs/weight_guard.py); config.json is written once the run's
+weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,12 +32,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from libs import best_checkpoint
-from libs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_file, load_weights, save_checkpoint
+from libs.atomic import atomic_write_text
+from libs.checkpoint import (clean_stale_temporaries, latest_checkpoint, list_checkpoints, load_weights,
+                             newest_intact_checkpoint, save_checkpoint)
+from libs.config_check import check_config
 from libs.config_utils import config_diff, config_to_json, load_config_json
 from libs.data_order import SeededItems, StepBatchSampler, mix_seed
 from libs.eval_engine import evaluate, sample_grid, sweep_policies
 from libs.nets import build_nnet
+from libs.run_lock import LauncherWatch, RunLock
 from libs.run_log import MetricsWriter, setup_logger
+from libs.weight_guard import describe_bad_weight, first_bad_weight
 from sde import training_losses
 
 _RNG_NOISE, _RNG_BATCH = 1, 2  # streams of per-step randomness
@@ -67,7 +80,15 @@ def warmup_lambda(warmup_steps: int):
 
 def train(config, task) -> Path:
     """Run (or resume) training as configured; returns the last checkpoint directory (the
-    best by FID with ``config.train.select_best_by_fid``, see ``libs/best_checkpoint.py``)."""
+    best by FID with ``config.train.select_best_by_fid``, see ``libs/best_checkpoint.py``).
+    The config is checked first; the main process holds ``<workdir>/run.lock`` throughout."""
+    check_config(config, "train")
+    is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
+    with RunLock(config.workdir, enabled=is_main) as lock:
+        return _train(config, task, lock)
+
+
+def _train(config, task, lock: RunLock) -> Path:
     tc = config.train
     workdir = Path(config.workdir)
     accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(workdir))
@@ -95,7 +116,10 @@ def train(config, task) -> Path:
             changed = config_diff(load_config_json(workdir / "config.json").to_dict(), config.to_dict())
             if changed:
                 logger.warning("config differs from the run's saved config.json in: %s", ", ".join(changed))
-        (workdir / "config.json").write_text(config_to_json(config))
+        if lock.takeover_message():
+            logger.warning("%s", lock.takeover_message())
+        for note in clean_stale_temporaries(ckpt_root):
+            logger.warning("%s", note)
     logger.info("workdir %s, %d process(es) on %s, mixed precision %s", workdir, world, device,
                 accelerator.mixed_precision)
 
@@ -117,12 +141,14 @@ def train(config, task) -> Path:
                 sum(p.numel() for p in net.parameters()) / 1e6, sum(p.numel() for p in params) / 1e6)
 
     start_step = 0
+    resume_from, saved = newest_intact_checkpoint(ckpt_root) if resume_from is not None else (None, None)
     if resume_from is not None:
-        load_weights(net, resume_from / "nnet.pth")
-        load_weights(nnet_ema, resume_from / "nnet_ema.pth")
-        optimizer.load_state_dict(load_checkpoint_file(resume_from, "optimizer.pth"))
-        lr_scheduler.load_state_dict(load_checkpoint_file(resume_from, "lr_scheduler.pth"))
-        start_step = int(load_checkpoint_file(resume_from, "step.pth"))
+        load_weights(net, saved["nnet.pth"], str(resume_from / "nnet.pth"))
+        load_weights(nnet_ema, saved["nnet_ema.pth"], str(resume_from / "nnet_ema.pth"))
+        optimizer.load_state_dict(saved["optimizer.pth"])
+        lr_scheduler.load_state_dict(saved["lr_scheduler.pth"])
+        start_step = int(saved["step.pth"])
+        del saved
         # The config, not the saved optimiser, decides the hyper-parameters from here on.
         lr_scheduler.base_lrs = [oc.lr] * len(optimizer.param_groups)
         for g in optimizer.param_groups:
@@ -134,6 +160,8 @@ def train(config, task) -> Path:
         nnet_ema.load_state_dict(net.state_dict())
     else:
         logger.info("training from scratch (no --pretrained_weight)")
+    if is_main:  # the run's record, now that its weights loaded
+        atomic_write_text(workdir / "config.json", config_to_json(config))
 
     # ---------------------------------------------------------------- data
     sampler = StepBatchSampler(len(task.train_dataset), tc.batch_size, rank, world, config.seed, start_step)
@@ -149,6 +177,9 @@ def train(config, task) -> Path:
     if tc.get("log_with"):
         accelerator.init_trackers(workdir.name, config={k: str(v) for k, v in config.to_dict().items()})
     metrics = MetricsWriter(workdir / "stats.jsonl", enabled=is_main)
+    if metrics.drop_after(start_step):
+        logger.info("stats.jsonl: dropped the rows after step %d (redone from here)", start_step)
+    watch = LauncherWatch()
 
     # ---------------------------------------------------------------- loop
     last_ckpt = resume_from
@@ -179,6 +210,12 @@ def train(config, task) -> Path:
 
         # Update EMA.
         ema_update(nnet_ema, net, tc.ema_rate)
+
+        # Stop before diverged weights are logged or saved (same weights, same verdict on every process).
+        if (tc.log_interval and step % tc.log_interval == 0) or (tc.save_interval and step % tc.save_interval == 0) \
+                or step == tc.n_steps:
+            _check_weights(net, nnet_ema, tc.get("max_abs_weight", 0.0), step, last_ckpt)
+        watch.check(step)
 
         # Log.
         for k, v in terms.items():
@@ -233,6 +270,17 @@ def train(config, task) -> Path:
         last_ckpt = best_checkpoint.finish(config, accelerator, workdir, last_ckpt, logger)
     accelerator.end_training()
     return last_ckpt
+
+
+def _check_weights(net: nn.Module, ema: nn.Module, max_abs: float, step: int, last_ckpt) -> None:
+    """Raise FloatingPointError if the network or its EMA holds NaN/inf or |w| > max_abs."""
+    for which, module in (("network", net), ("EMA network", ema)):
+        bad = first_bad_weight(module.named_parameters(), max_abs)
+        if bad is not None:
+            raise FloatingPointError(
+                f"the {which} diverged at step {step}: {describe_bad_weight(bad, max_abs)} "
+                f"(config.train.max_abs_weight={max_abs:g}); stopping without saving. The last good checkpoint is "
+                f"{last_ckpt or 'none'}. Try a lower config.optimizer.lr, config.train.grad_clip, or bf16.")
 
 
 def _cpu_state(net: nn.Module) -> dict:

@@ -67,6 +67,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, qk_scale: Optional[float] = None):
         super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}: choose num_heads "
+                             f"dividing embed_dim (config.nnet.num_heads)")
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

@@ -33,4 +33,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from libs.cli_errors import guarded
+    guarded(main)()

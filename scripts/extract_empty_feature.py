@@ -36,4 +36,5 @@ def main(argv=None) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    from libs.cli_errors import guarded
+    guarded(main)()

@@ -57,4 +57,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    from libs.cli_errors import guarded
+    guarded(main)()

@@ -328,4 +328,5 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from libs.cli_errors import guarded
+    guarded(main)()

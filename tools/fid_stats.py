@@ -45,4 +45,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from libs.cli_errors import guarded
+    guarded(main)()
