@@ -7,7 +7,8 @@ uncertainty-estimation heads (UEM) and the three ways to run the network:
 * ``forward(x, t, cond)``: full depth, no uncertainty head is computed (cost of plain U-ViT);
 * ``forward(x, t, cond, exit_threshold=tau)`` / ``forward_early_exit``: each sample stops at
   the first block whose mean certainty exceeds ``tau`` (released rule, decided per sample);
-  samples that exit leave the batch, so later blocks run only on the remaining rows;
+  samples that exit leave the batch, so later blocks run only on the remaining rows (the loop,
+  with its batch-of-one fast path, is ``libs.exit_loop``);
 * ``forward_all_exits``: every block's prediction through the shared head and every block's
   certainty map, for the AdaDiff training objective.
 
