@@ -11,6 +11,11 @@ and the measured speedup.
 
 Without --nnet_path the network has random weights; --random_heads S multiplies the
 uncertainty heads' weights by S so that exits vary per sample and step as in a trained model.
+
+With batch size 1 among ``--batch_sizes`` it also reports the per-image throughput of each
+batched run against the batch-1 loop (the released way of evaluating: one image at a time)
+at the threshold, with the largest difference between their images and whether every
+image exited after the same blocks (equal outputs up to batched-GEMM rounding).
 """
 import argparse
 import importlib
@@ -43,7 +48,10 @@ def main(argv=None):
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--random_heads", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = importlib.import_module(f"configs.{args.config}").get_config()
     if args.steps:
         config.sample.sample_steps = args.steps
@@ -68,7 +76,7 @@ def main(argv=None):
     print(f"# {args.config}, {config.sample.algorithm} {config.sample.sample_steps} steps, {args.n_images} images, "
           f"threshold {tau:g}, {args.dtype}, {dev}, torch {torch.__version__}")
     print(f"{'batch':>5} {'full s':>8} {'tau s':>8} {'blocks':>7} {'ideal':>6} {'measured':>8} {'meas/ideal':>10}")
-    rows = []
+    rows, images, exits = [], {}, {}
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         batches = [list(range(s, min(s + bs, args.n_images))) for s in range(0, args.n_images, bs)]
         times = {1.0: [], tau: []}
@@ -76,20 +84,37 @@ def main(argv=None):
         for r in range(args.repeats + 1):  # first round is warm-up
             for t in (1.0, tau):
                 rec = ExitRecorder(net.num_blocks, device)
+                out = []
                 sync()
                 t0 = time.perf_counter()
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     for b, idx in enumerate(batches):
-                        generate(net, task, config.sample, idx, t, rec, config.seed, b, device)
+                        out.append(generate(net, task, config.sample, idx, t, rec, config.seed, b, device))
                 sync()
                 if r > 0:
                     times[t].append(time.perf_counter() - t0)
                 blocks[t] = rec.summary(None, args.n_images)["mean_blocks"]
+                if t == tau:
+                    images[bs], exits[bs] = torch.cat(out).float().cpu(), rec.counts.sum(0).cpu()
         full, early = statistics.median(times[1.0]), statistics.median(times[tau])
         ideal, measured = blocks[1.0] / blocks[tau], full / early
         rows.append(dict(batch=bs, full_s=full, tau_s=early, blocks=blocks[tau], ideal=ideal, measured=measured))
         print(f"{bs:>5} {full:>8.2f} {early:>8.2f} {blocks[tau]:>7.2f} {ideal:>6.3f} {measured:>8.3f} "
               f"{measured / ideal:>10.3f}", flush=True)
+    if 1 in images and len(images) > 1:
+        loop = next(r for r in rows if r["batch"] == 1)
+        print(f"\n# threshold {tau:g}, per image: batched run vs the batch-1 loop ({args.n_images / loop['tau_s']:.1f} "
+              f"images/s)")
+        print(f"{'batch':>5} {'images/s':>9} {'vs loop':>8} {'max |diff|':>10} {'same exits':>10}")
+        for r in rows:
+            if r["batch"] == 1:
+                continue
+            diff = (images[r["batch"]] - images[1]).abs().max().item()
+            same = bool(torch.equal(exits[r["batch"]], exits[1]))
+            r.update(images_per_s=args.n_images / r["tau_s"], vs_batch1_loop=loop["tau_s"] / r["tau_s"],
+                     max_abs_diff=diff, same_exit_counts=same)
+            print(f"{r['batch']:>5} {r['images_per_s']:>9.1f} {r['vs_batch1_loop']:>7.2f}x {diff:>10.2e} "
+                  f"{str(same):>10}", flush=True)
     return rows
 
 

@@ -27,6 +27,7 @@ after each block, from the block's mean certainty). A new rule is one new subcla
 from __future__ import annotations
 
 import math
+import struct
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -42,6 +43,11 @@ class ExitPolicyError(ValueError):
 
 def _fmt(v: float) -> str:
     return f"{v:g}"
+
+
+def float32(v: float) -> float:
+    """``v`` rounded to float32 (what a float32 tensor compares a Python threshold against)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 class ExitPolicy:
@@ -110,6 +116,18 @@ class ExitPolicy:
         network then skips the host synchronisation of the decision)."""
         return None, state
 
+    def decide_one(self, block: int, patience: int, certainty: Callable[[], float],
+                   state) -> Tuple[Optional[bool], object]:
+        """``decide`` for a batch of one row, on Python values: ``certainty()`` returns the row's
+        mean certainty as a float, ``state`` starts as None, ``exits`` is a bool (or None: the row
+        cannot exit here). Must decide exactly as ``decide`` does. This default runs ``decide``
+        on one-element CPU tensors; rules override it to spare those ops."""
+        if state is None:
+            state = self.init_state(1, "cpu")
+        exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32),
+                                   state)
+        return (None if exits is None else bool(exits[0])), state
+
     def __repr__(self):
         return f"<ExitPolicy {self.spec}>"
 
@@ -150,10 +168,19 @@ class ThresholdExit(ExitPolicy):
         return torch.zeros(batch, dtype=torch.long, device=device)  # passing blocks so far (patience)
 
     def decide(self, block, patience, certainty, state):
-        passed = certainty() > self.tau  # (b,)
+        passed = certainty() > self.tau  # (b,); the float32 tensor compares against float32(tau)
         if patience > 1:
-            state = state + passed.long()
+            state = state + passed  # long + bool: passing blocks so far
             if block + 1 < patience:  # too few blocks yet for any row to reach the patience
+                return None, state
+            passed = state >= patience
+        return passed, state
+
+    def decide_one(self, block, patience, certainty, state):
+        passed = certainty() > float32(self.tau)  # as the tensor comparison: in float32
+        if patience > 1:
+            state = (state or 0) + passed
+            if block + 1 < patience:
                 return None, state
             passed = state >= patience
         return passed, state

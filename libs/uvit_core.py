@@ -7,7 +7,8 @@ uncertainty-estimation heads (UEM) and the three ways to run the network:
 * ``forward(x, t, cond)``: full depth, no uncertainty head is computed (cost of plain U-ViT);
 * ``forward(x, t, cond, exit_threshold=tau)`` / ``forward_early_exit``: each sample stops at
   the first block whose mean certainty exceeds ``tau`` (released rule, decided per sample);
-  samples that exit leave the batch, so later blocks run only on the remaining rows;
+  samples that exit leave the batch, so later blocks run only on the remaining rows (the loop,
+  with its batch-of-one fast path, is ``libs.exit_loop``);
 * ``forward_all_exits``: every block's prediction through the shared head and every block's
   certainty map, for the AdaDiff training objective.
 
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
 
-from libs.exit_policy import ExitPolicy, as_policy
+from libs import exit_loop
+from libs.exit_policy import ExitPolicy, as_policy, float32
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -136,6 +138,33 @@ class UncertaintyHead(nn.Module):
         # Logits in float32 before the sigmoid (and the caller's mean), also under autocast:
         # half-precision certainties could flip exits that sit near the threshold.
         return torch.sigmoid(self.proj(tokens).float())
+
+    def mean_certainty(self, tokens: torch.Tensor, num_extras: int,
+                       time_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The exit test's statistic: each row's mean certainty over its patch tokens, (B,)
+        float32, on detached features; bitwise ``forward(tokens)[:, num_extras:].mean(dim=(1, 2))``."""
+        return self._patch_certainty(tokens, num_extras, time_emb).mean(dim=(1, 2))
+
+    def mean_certainty_one(self, tokens: torch.Tensor, num_extras: int,
+                           time_emb: Optional[torch.Tensor] = None) -> float:
+        """``mean_certainty`` of a batch of one, as a Python float (the one host read). The mean
+        is the float32 sum divided by the count, as torch's mean computes it, with the quotient
+        rounded to float32 on the host (exact: double rounding is innocuous for a division)."""
+        c = self._patch_certainty(tokens, num_extras, time_emb)
+        return float32(c.sum().item() / c.numel())
+
+    def _patch_certainty(self, tokens, num_extras, time_emb):
+        """Certainty of the patch tokens, (B, L, p*p*C) float32. The head runs on all tokens and
+        the extras are dropped from its narrow output (cheaper than copying the wide (B, L, D)
+        patch slice, and the same numbers); the sigmoid is taken in place on the fresh logits."""
+        if tokens.requires_grad:
+            tokens = tokens.detach()
+        if self.time_aware:
+            return self(tokens, time_emb.detach())[:, num_extras:]
+        logits = F.linear(tokens, self.proj.weight, self.proj.bias)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        return logits.sigmoid_()[:, num_extras:]
 
 
 @dataclass
@@ -324,53 +353,9 @@ class UViTBackbone(nn.Module):
                 raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
                                  f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
             return self._forward_static(x, timesteps, cond, static)
-        B = x.shape[0]
         h, time_emb = self._embed(x, timesteps, cond)
-        active = torch.arange(B, device=x.device)  # original row of each active sample
-        state = policy.init_state(B, x.device)  # per-row decision state, compacted with the rows
-        exit_block = torch.full((B,), self.num_blocks - 1, dtype=torch.long, device=x.device)
-        head_blocks = []  # blocks after which the active rows' certainty was computed
-        rows, outs = [], []
-        skips = []
-        half = self.depth // 2
-
-        def certainty():
-            head_blocks.append(i)
-            return self.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32)  # (b,)
-
-        for i in range(self.num_blocks):
-            h = self._run_block(i, h, skips)
-            if i == self.num_blocks - 1:
-                break  # the last block needs no exit test
-            passed, state = policy.decide(i, self.in_block_patience if i < half else 1, certainty, state)
-            if passed is None or not bool(passed.any()):  # one host sync per deciding block
-                continue
-            done = passed.nonzero().squeeze(1)
-            rows.append(active[done])
-            outs.append(self.output_head(h[done]))
-            exit_block[active[done]] = i
-            keep = (~passed).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                h = None
-                break
-            # Exited samples leave the batch: compact the activations and pending long skips.
-            active, h = active[keep], h[keep]
-            state = state[keep] if state is not None else None
-            time_emb = time_emb[keep]
-            skips = [s[keep] for s in skips]
-        if h is not None:
-            rows.append(active)
-            outs.append(self.output_head(h))
-        out = torch.cat(outs)
-        sample = torch.empty_like(out)
-        sample[torch.cat(rows)] = out
-        # A row ran the head after every block in head_blocks up to its exit block.
-        if head_blocks:
-            ran = torch.tensor(head_blocks, dtype=torch.long, device=x.device)
-            uem_evals = (ran[None, :] <= exit_block[:, None]).sum(1)
-        else:
-            uem_evals = torch.zeros_like(exit_block)
-        return EarlyExitOutput(sample, exit_block, uem_evals)
+        run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
+        return EarlyExitOutput(*run(self, h, time_emb, policy))
 
     def _cond_from_args(self, args, kwargs):
         """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""

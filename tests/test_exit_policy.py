@@ -5,18 +5,18 @@ import math
 import pytest
 import torch
 
-from libs import uvit
+from libs import uvit, uvit_t2i
 from libs.eval_engine import sweep_policies
-from libs.exit_policy import (FULL, BudgetExit, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
+from libs.exit_policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
                               parse_policies, parse_thresholds_only)
 from libs.exit_stats import ExitRecorder
 
 TINY = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, qkv_bias=False)
 
 
-def tiny(num_classes=-1, sharp=True):
+def tiny(num_classes=-1, sharp=True, **kw):
     torch.manual_seed(0)
-    net = uvit.UViT(**{**TINY, "num_classes": num_classes}).eval()
+    net = uvit.UViT(**{**TINY, "num_classes": num_classes, **kw}).eval()
     if sharp:  # random heads give ~0.5 everywhere; scale them so samples differ
         with torch.no_grad():
             for h in net.uem_heads:
@@ -149,6 +149,108 @@ def test_threshold_rule_is_unchanged_bit_for_bit():
             assert torch.equal(net(x, t, y, exit_threshold=tau), ref)
             spread = max(spread, len(set(ref_exit.tolist())))
     assert spread >= 3  # some threshold mixes exits within the batch
+
+
+def test_batch_of_one_is_unchanged_bit_for_bit():
+    """The batch-of-one fast path (Python decisions, no compaction) against the previous loop."""
+    for net, cond in ((tiny(num_classes=11), torch.randint(0, 11, (8,))),
+                      (_sharp(tiny_t2i()), torch.randn(8, 5, 16))):
+        torch.manual_seed(4)
+        x, t = torch.randn(8, 3, 8, 8), torch.rand(8) * 999
+        with torch.no_grad():
+            certainties = net.forward_all_exits(x, t, cond).certainties.mean(dim=(2, 3, 4)).flatten().sort().values
+            exits = set()
+            for tau in [0.0, 0.999] + (certainties[::5] - 1e-6).clamp(0, 0.99).tolist():
+                for i in range(8):
+                    one = (x[i:i + 1], t[i:i + 1], cond[i:i + 1])
+                    ref, ref_exit, ref_uem = _old_threshold_loop(net, *one, tau)
+                    out = net.forward_early_exit(*one, exit_threshold=tau)
+                    assert torch.equal(out.sample, ref) and torch.equal(out.exit_block, ref_exit)
+                    assert torch.equal(out.uem_evals, ref_uem)
+                    exits.add(ref_exit.item())
+        assert len(exits) >= 3
+
+
+def test_mean_certainty_is_the_certainty_maps_mean_bitwise():
+    nets = ((tiny(num_classes=11), "label"), (tiny(uem_time_aware=True), None), (_sharp(tiny_t2i()), "text"))
+    for net, kind in nets:
+        for b in (1, 5):
+            x, t = torch.randn(b, 3, 8, 8), torch.rand(b) * 999
+            cond = {"label": torch.randint(0, 11, (b,)), "text": torch.randn(b, 5, 16), None: None}[kind]
+            with torch.no_grad():
+                h, temb = net._embed(x, t, cond)
+                for i, head in enumerate(net.uem_heads):
+                    h = net._run_block(i, h, []) if i < net.depth // 2 else h
+                    ref = net.certainty(i, h, temb).mean(dim=(1, 2), dtype=torch.float32)
+                    assert torch.equal(head.mean_certainty(h, net.num_extras, temb), ref)
+                    if b == 1:
+                        assert head.mean_certainty_one(h, net.num_extras, temb) == ref.item()
+
+
+@pytest.mark.parametrize("tau", [0.85, 0.9, 0.3, 0.0])
+def test_decide_one_decides_as_decide(tau):
+    """Python decisions compare as the float32 tensors do (float32(0.85) > 0.85)."""
+    t32 = torch.tensor(tau, dtype=torch.float32)
+    values = [t32, torch.nextafter(t32, torch.tensor(0.0)), torch.nextafter(t32, torch.tensor(1.0))]
+    for rule in (ThresholdExit(tau), _Generic(tau)):
+        for c in values:
+            for block, patience in ((0, 2), (1, 2), (2, 2), (3, 1)):
+                for prior in (0, 1):
+                    state = torch.tensor([prior])
+                    exits, new = rule.decide(block, patience, lambda: c.reshape(1), state)
+                    one_state = prior if isinstance(rule, ThresholdExit) else state.clone()
+                    exits_one, new_one = rule.decide_one(block, patience, lambda: c.item(), one_state)
+                    assert (None if exits is None else bool(exits[0])) == exits_one, (c.item(), block, prior)
+                    assert int(new) == int(new_one)
+
+
+class _Generic(ExitPolicy):
+    """The threshold rule as a new rule would be written: decide only (the default decide_one)."""
+
+    family = "generic"
+
+    def __init__(self, tau):
+        self.rule = ThresholdExit(tau)
+
+    @property
+    def spec(self):
+        return f"generic:{self.rule.tau}"
+
+    def static_exit(self, num_blocks):
+        return None
+
+    def init_state(self, batch, device):
+        return self.rule.init_state(batch, device)
+
+    def decide(self, block, patience, certainty, state):
+        return self.rule.decide(block, patience, certainty, state)
+
+
+def test_a_rule_without_its_own_decide_one_runs_at_batch_one():
+    net = tiny(num_classes=11)
+    torch.manual_seed(5)
+    x, t, y = torch.randn(6, 3, 8, 8), torch.rand(6) * 999, torch.randint(0, 11, (6,))
+    with torch.no_grad():
+        for tau in (0.3, 0.5, 0.6):
+            batch = net.forward_early_exit(x, t, y, exit_policy=_Generic(tau))
+            for i in range(6):
+                one = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_policy=_Generic(tau))
+                ref = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_threshold=tau)
+                assert torch.equal(one.sample, ref.sample) and torch.equal(one.exit_block, ref.exit_block)
+                assert one.exit_block.item() == batch.exit_block[i].item()
+
+
+def _sharp(net):
+    with torch.no_grad():
+        for h in net.uem_heads:
+            h.proj.weight.mul_(40.0)
+            h.proj.bias.normal_(0, 0.5)
+    return net
+
+
+def tiny_t2i():
+    torch.manual_seed(0)
+    return uvit_t2i.UViT(**TINY, clip_dim=16, num_clip_token=5).eval()
 
 
 def test_profile_applies_each_steps_static_exit():
