@@ -71,7 +71,7 @@ def main(argv):
                                               device))
             for i, im in zip(idx, images):
                 save_png(im, out / f"{i}.png")
-    summary = recorder.summary(task.flops, len(prompts))
+    summary = recorder.summary(net.flops(), len(prompts))
     print(f"wrote {len(prompts)} images to {out} ({policy.spec}: {summary['mean_blocks']:.2f} of "
           f"{net.num_blocks} blocks per call, {summary['gflops_per_image']:.4g} GFLOPs per image)")
 

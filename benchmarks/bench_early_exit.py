@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from libs.exit_policy import StaticExit  # noqa: E402
-from libs.flops import uvit_flops  # noqa: E402
 from libs.uvit import UViT  # noqa: E402
 
 SCENARIOS = ("full", "none", "block1", "trunc1", "mid", "half")
@@ -113,7 +112,7 @@ def bench(net, nnet, batch, device, dtype, repeats, warmup, min_time, scenarios)
                 if r >= warmup:
                     times[name].append(dt)
     net.uem_heads.load_state_dict(initial)
-    flops = uvit_flops(nnet)
+    flops = net.flops()
     rows = []
     t_full = statistics.median(times["full"])
     for name in names:

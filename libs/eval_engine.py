@@ -211,7 +211,7 @@ def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
         if world > 1:
             from accelerate.utils import gather_object
             grid = gather_object(grid)
-        summary = recorder.summary(task.flops, n)
+        summary = recorder.summary(net.flops(), n)
         res = PolicyResult(policy=policy.spec, family=policy.family, threshold=policy.effective_threshold(),
                            n_images=n, fid=fid, mean_blocks=summary["mean_blocks"],
                            layer_ratio=summary["layer_ratio"], gflops_per_image=summary["gflops_per_image"],

@@ -1,4 +1,7 @@
-"""The per-sample early-exit loop of ``UViTBackbone``: blocks, exit tests, batch compaction.
+"""The per-sample early-exit loop of an ``ExitBackbone``: blocks, exit tests, batch compaction.
+
+It uses only the backbone contract (``libs/backbone.py``): ``run_block``, ``select_rows``,
+``mean_certainty(_one)``, ``exit_patience``, ``output_head``.
 
 After each block but the last, the exit policy decides from the block's mean certainty which
 rows stop there (``ExitPolicy.decide``); a row that stops takes the shared output head on
@@ -23,23 +26,21 @@ import torch
 Result = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def run_one(net, h: torch.Tensor, time_emb: torch.Tensor, policy) -> Result:
-    """Blocks and exit tests for a batch of one row; ``h``, ``time_emb`` from ``net._embed``."""
-    last, half = net.num_blocks - 1, net.depth // 2
-    heads, extras = net.uem_heads, net.num_extras
-    skips: list = []
+def run_one(net, h: torch.Tensor, carry, policy) -> Result:
+    """Blocks and exit tests for a batch of one row; ``h``, ``carry`` from ``net.embed``."""
+    last = net.num_blocks - 1
     state, evals, i = None, 0, 0
 
     def certainty() -> float:
         nonlocal evals
         evals += 1
-        return heads[i].mean_certainty_one(h, extras, time_emb)  # the host read
+        return net.mean_certainty_one(i, h, carry)  # the host read
 
     for i in range(net.num_blocks):
-        h = net._run_block(i, h, skips)
+        h = net.run_block(i, h, carry)
         if i == last:
             break  # the last block needs no exit test
-        exits, state = policy.decide_one(i, net.in_block_patience if i < half else 1, certainty, state)
+        exits, state = policy.decide_one(i, net.exit_patience(i), certainty, state)
         if exits:
             break
     device = h.device
@@ -47,28 +48,25 @@ def run_one(net, h: torch.Tensor, time_emb: torch.Tensor, policy) -> Result:
             torch.full((1,), evals, dtype=torch.long, device=device))
 
 
-def run_batch(net, h: torch.Tensor, time_emb: torch.Tensor, policy) -> Result:
-    """Blocks, exit tests and compaction for a batch of rows; ``h``, ``time_emb`` from ``net._embed``."""
+def run_batch(net, h: torch.Tensor, carry, policy) -> Result:
+    """Blocks, exit tests and compaction for a batch of rows; ``h``, ``carry`` from ``net.embed``."""
     B, device = h.shape[0], h.device
-    last, half = net.num_blocks - 1, net.depth // 2
-    heads, extras = net.uem_heads, net.num_extras
-    compact_time = heads[0].time_aware  # the time embedding is only read by time-aware heads
+    last = net.num_blocks - 1
     state = policy.init_state(B, device)  # per-row decision state, compacted with the rows
     active: Optional[torch.Tensor] = None  # original row of each active row (None: all, in order)
     groups: List[tuple] = []  # (exit block, original rows or None = all rows, output head)
     head_blocks: List[int] = []  # blocks after which the active rows' certainty was computed
-    skips: list = []
     i = 0
 
     def certainty() -> torch.Tensor:
         head_blocks.append(i)
-        return heads[i].mean_certainty(h, extras, time_emb)  # (b,)
+        return net.mean_certainty(i, h, carry)  # (b,)
 
     for i in range(net.num_blocks):
-        h = net._run_block(i, h, skips)
+        h = net.run_block(i, h, carry)
         if i == last:
             break
-        passed, state = policy.decide(i, net.in_block_patience if i < half else 1, certainty, state)
+        passed, state = policy.decide(i, net.exit_patience(i), certainty, state)
         if passed is None:
             continue  # no row can exit here: no host sync
         n = int(passed.sum())  # the one host sync of a deciding block
@@ -80,13 +78,11 @@ def run_batch(net, h: torch.Tensor, time_emb: torch.Tensor, policy) -> Result:
             break
         done, keep = passed.nonzero().squeeze(1), passed.logical_not().nonzero().squeeze(1)
         groups.append((i, done if active is None else active[done], net.output_head(h[done])))
-        # Exited rows leave the batch: compact the activations, the state and the pending skips.
+        # Exited rows leave the batch: compact the activations, the decision state and the carry.
         active = keep if active is None else active[keep]
         h = h[keep]
         state = state[keep] if state is not None else None
-        if compact_time:
-            time_emb = time_emb[keep]
-        skips = [s[keep] for s in skips]
+        carry = net.select_rows(carry, keep)
     if h is not None:
         groups.append((last, active, net.output_head(h)))
     return _assemble(groups, B, head_blocks, device)

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from libs.exit_policy import as_policy
-from libs.flops import UViTFlops
+from libs.flops import NetworkFlops
 
 
 class ExitRecorder:
@@ -62,7 +62,7 @@ class ExitRecorder:
             self.head_evals = accelerator.reduce(self.head_evals.to(device).reshape(1), reduction="sum")[0]
 
     # ------------------------------------------------------------------ summaries (host side)
-    def summary(self, flops: Optional[UViTFlops], num_images: int) -> dict:
+    def summary(self, flops: Optional[NetworkFlops], num_images: int) -> dict:
         counts = self.counts.cpu().double()  # (steps, N)
         blocks = torch.arange(1, self.num_blocks + 1, dtype=torch.float64)  # blocks run if exiting at k
         rows = counts.sum()
@@ -75,5 +75,4 @@ class ExitRecorder:
             per_row = flops.embed + flops.output_head + cum  # (N,) without heads
             total = float((counts.sum(0) * per_row).sum()) + float(self.head_evals) * flops.uem_head
             out["gflops_per_image"] = total / max(num_images, 1) / 1e9
-            out["gflops_per_call"] = total / max(float(rows), 1.0) / 1e9
         return out

@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 import torch
 
 from libs.data_order import mix_seed
-from libs.flops import uvit_flops
 from libs.model_fn import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
 from sde import ContinuousNoise, DiscreteNoise
@@ -33,11 +32,10 @@ def diffusion_time(config):
 
 
 def _setup_sampling(task, config) -> None:
-    """What every task needs to sample: x_T shape, noise process, schedule, time scale, FLOPs."""
+    """What every task needs to sample: x_T shape, noise process, schedule, time scale."""
     nnet = config.nnet
     task.sample_shape = (nnet.in_chans, nnet.img_size, nnet.img_size)
     task.noise, task.schedule, task.time_scale = diffusion_time(config)
-    task.flops = uvit_flops(nnet)
     task.condition_mode = config.sample.get("conditions", "balanced")
     if task.condition_mode not in CONDITIONS:
         raise ValueError(f"config.sample.conditions={task.condition_mode!r}: choose one of {CONDITIONS} "

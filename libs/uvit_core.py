@@ -2,7 +2,8 @@
 
 This module holds what the class-conditional (`libs.uvit`) and text-conditional
 (`libs.uvit_t2i`) models share: the transformer blocks, the shared output head, the
-uncertainty-estimation heads (UEM) and the three ways to run the network:
+uncertainty-estimation heads (UEM), and the backbone contract's hooks (``libs/backbone.py``)
+that give the three ways to run the network:
 
 * ``forward(x, t, cond)``: full depth, no uncertainty head is computed (cost of plain U-ViT);
 * ``forward(x, t, cond, exit_threshold=tau)`` / ``forward_early_exit``: each sample stops at
@@ -12,8 +13,9 @@ uncertainty-estimation heads (UEM) and the three ways to run the network:
 * ``forward_all_exits``: every block's prediction through the shared head and every block's
   certainty map, for the AdaDiff training objective.
 
-Parameter names and shapes follow the released U-ViT exactly (SPEC section 1) so that
-official checkpoints load; the uncertainty heads are named ``uem_heads.{i}.proj``.
+Parameter names and shapes follow the released U-ViT (Bao et al., "All are Worth Words: A ViT
+Backbone for Diffusion Models", CVPR 2023; github.com/baofff/U-ViT) exactly, so that official
+checkpoints load; the uncertainty heads are named ``uem_heads.{i}.proj``.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
 
-from libs import exit_loop
-from libs.exit_policy import ExitPolicy, as_policy, float32
+from libs import flops as fl
+from libs.backbone import AllExitsOutput, EarlyExitOutput, ExitBackbone  # noqa: F401 (re-exported)
+from libs.exit_policy import float32
+from libs.flops import NetworkFlops
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -168,42 +172,15 @@ class UncertaintyHead(nn.Module):
 
 
 @dataclass
-class EarlyExitOutput:
-    """Result of an early-exit forward.
+class UViTCarry:
+    """What a U-ViT carries between blocks besides the tokens: the long-skip stack (LIFO:
+    in-blocks push, out-blocks pop) and the time embedding (read by time-aware heads)."""
 
-    sample: (B, C, H, W) noise prediction of each sample at its exit block.
-    exit_block: (B,) int64 index of the block each sample exited after (0-based over the
-        depth + 1 blocks; ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
-    uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
-    """
-
-    sample: torch.Tensor
-    exit_block: torch.Tensor
-    uem_evals: torch.Tensor
-
-    @property
-    def blocks_run(self) -> torch.Tensor:
-        return self.exit_block + 1
+    skips: list
+    time_emb: torch.Tensor
 
 
-@dataclass
-class AllExitsOutput:
-    """Training output: every block's prediction and certainty, each computed once.
-
-    preds: (N, B, C, H, W) shared output head applied to each of the N = depth + 1 blocks;
-        ``preds[-1]`` is the full-depth prediction.
-    certainties: (N, B, C, H, W) certainty maps in (0, 1), computed on detached features.
-    """
-
-    preds: torch.Tensor
-    certainties: torch.Tensor
-
-    @property
-    def sample(self) -> torch.Tensor:
-        return self.preds[-1]
-
-
-class UViTBackbone(nn.Module):
+class UViTBackbone(ExitBackbone):
     """Shared U-ViT body. Subclasses add the conditioning embedding and define
     ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order."""
 
@@ -298,73 +275,50 @@ class UViTBackbone(nn.Module):
         """Certainty of head i on block i's (detached) patch tokens: (B, L, p*p*C)."""
         return self.uem_heads[i](x.detach(), time_emb.detach())[:, self.num_extras:]
 
-    # ----------------------------------------------------------------------------- forwards
-    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                exit_policy: Optional[ExitPolicy] = None, **kwargs) -> torch.Tensor:
-        """Noise prediction (B, C, H, W). ``exit_threshold`` (a float, < 1 = the released rule
-        per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
-        cond = self._cond_from_args(args, kwargs)
-        policy = _policy_from_args(exit_threshold, exit_policy)
-        if policy.is_full:
-            return self._forward_full(x, timesteps, cond)
-        return self._forward_early_exit(x, timesteps, cond, policy).sample
-
-    def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                           exit_policy: Optional[ExitPolicy] = None, **kwargs) -> EarlyExitOutput:
-        """Early-exit forward with per-sample compute accounting (see EarlyExitOutput)."""
-        cond = self._cond_from_args(args, kwargs)
-        policy = _policy_from_args(exit_threshold, exit_policy)
-        if policy.is_full:
-            # No sample can exit, so no head is evaluated.
-            return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
-        return self._forward_early_exit(x, timesteps, cond, policy)
-
-    def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
-        """Every block's prediction (shared head) and certainty map, for training."""
-        cond = self._cond_from_args(args, kwargs)
+    # ----------------------------------------------------------------------------- backbone contract
+    def embed(self, x, timesteps, cond):
         h, time_emb = self._embed(x, timesteps, cond)
-        skips, preds, certs = [], [], []
-        for i in range(self.num_blocks):
-            h = self._run_block(i, h, skips)
-            preds.append(self.output_head(h))  # (B, C, H, W)
-            certs.append(unpatchify(self.certainty(i, h, time_emb), self.in_chans))
-        return AllExitsOutput(torch.stack(preds), torch.stack(certs))  # (N, B, C, H, W) each
+        return h, UViTCarry([], time_emb)
 
-    def _forward_full(self, x, timesteps, cond):
-        return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
+    def run_block(self, i, h, carry: UViTCarry):
+        return self._run_block(i, h, carry.skips)
 
-    def _forward_truncated(self, x, timesteps, cond, last: int) -> torch.Tensor:
-        """Blocks 0..last and the output head, for every row (no uncertainty head)."""
-        h, _ = self._embed(x, timesteps, cond)
-        skips = []
-        for i in range(last + 1):
-            h = self._run_block(i, h, skips)
-        return self.output_head(h)
+    def select_rows(self, carry: UViTCarry, rows):
+        # The time embedding is only read by time-aware heads: others skip its compaction.
+        time_emb = carry.time_emb[rows] if self.uem_heads[0].time_aware else carry.time_emb
+        return UViTCarry([s[rows] for s in carry.skips], time_emb)
 
-    def _forward_static(self, x, timesteps, cond, last: int) -> EarlyExitOutput:
-        sample = self._forward_truncated(x, timesteps, cond, last)
-        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
-        return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
+    def certainty_map(self, i, h, carry: UViTCarry):
+        return unpatchify(self.certainty(i, h, carry.time_emb), self.in_chans)
 
-    def _forward_early_exit(self, x, timesteps, cond, policy: ExitPolicy) -> EarlyExitOutput:
-        static = policy.static_exit(self.num_blocks)
-        if static is not None:  # every row exits after a known block: a truncated forward
-            if not 0 <= static < self.num_blocks:
-                raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
-                                 f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
-            return self._forward_static(x, timesteps, cond, static)
-        h, time_emb = self._embed(x, timesteps, cond)
-        run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
-        return EarlyExitOutput(*run(self, h, time_emb, policy))
+    def mean_certainty(self, i, h, carry: UViTCarry):
+        return self.uem_heads[i].mean_certainty(h, self.num_extras, carry.time_emb)
 
-    def _cond_from_args(self, args, kwargs):
-        """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""
-        if len(args) > 1:
-            raise TypeError(f"expected at most one conditioning argument, got {len(args)}")
-        cond = args[0] if args else kwargs.pop(self.cond_name, None)
-        if kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (conditioning is '{self.cond_name}=')")
-        return cond
+    def mean_certainty_one(self, i, h, carry: UViTCarry):
+        return self.uem_heads[i].mean_certainty_one(h, self.num_extras, carry.time_emb)
+
+    def exit_patience(self, i):
+        return self.in_block_patience if i < self.depth // 2 else 1
+
+    def flops(self) -> NetworkFlops:
+        """Per-image FLOPs of the pieces (counted on the modules themselves)."""
+        D, C, img, p = self.embed_dim, self.in_chans, self.img_size, self.patch_size
+        L, T, patch_dim = self.num_patches, self.num_extras + self.num_patches, p * p * C
+        hidden = self.mid_block.mlp.fc1.out_features
+        block = fl.attention(T, D) + fl.mlp(T, D, hidden)
+        skip = fl.linear(T, 2 * D, D) if self.use_skip else 0.0
+        half = self.depth // 2
+        embed = fl.linear(L, patch_dim, D) + self._extra_embed_flops()
+        # The per-token heads run on all T tokens and the extras are dropped from their narrow
+        # output (cheaper than copying the wide patch-token slice), so they are counted on T.
+        uem = fl.linear(T, self.uem_heads[0].proj.in_features, patch_dim)
+        conv = fl.conv2d(C, C, 3, img, img) if isinstance(self.final_layer, nn.Conv2d) else 0.0
+        return NetworkFlops(embed=embed, blocks=tuple([block] * (half + 1) + [block + skip] * half),
+                            uem_head=uem, output_head=fl.linear(T, D, patch_dim) + conv)
+
+    def _extra_embed_flops(self) -> float:
+        """FLOPs of embedding the conditioning tokens (text models: the context projection)."""
+        return 0.0
 
     # Subclass hooks ----------------------------------------------------------------------
     num_extras: int
@@ -373,8 +327,3 @@ class UViTBackbone(nn.Module):
     def _extra_tokens(self, time_token, cond):  # pragma: no cover - abstract
         raise NotImplementedError
 
-
-def _policy_from_args(exit_threshold, exit_policy) -> ExitPolicy:
-    if exit_threshold is not None and exit_policy is not None:
-        raise TypeError("pass exit_threshold (a float) or exit_policy (an ExitPolicy), not both")
-    return as_policy(exit_policy if exit_policy is not None else exit_threshold)

@@ -35,3 +35,6 @@ class UViT(UViTBackbone):
             raise ValueError(f"context must have shape (B, {self.num_clip_token}, {self.clip_dim}), "
                              f"got {tuple(context.shape)}")
         return torch.cat([time_token, self.context_embed(context.to(time_token.dtype))], dim=1)
+
+    def _extra_embed_flops(self) -> float:
+        return 2.0 * self.num_clip_token * self.clip_dim * self.embed_dim  # context_embed

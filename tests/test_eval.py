@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from libs.exit_stats import ExitRecorder
-from libs.flops import uvit_flops
+from libs.uvit import UViT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NNET = ["--config.nnet.embed_dim=32", "--config.nnet.depth=2", "--config.nnet.num_heads=2"]
@@ -20,7 +20,7 @@ TINY_NNET = ["--config.nnet.embed_dim=32", "--config.nnet.depth=2", "--config.nn
 
 def test_exit_recorder_summary_matches_flops():
     nnet = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=4, num_heads=2, num_classes=-1)
-    flops = uvit_flops(nnet)
+    flops = UViT(**nnet).flops()
     rec = ExitRecorder(num_blocks=5)
     for _ in range(2):  # two batches of a 3-call sampler; threshold rule: a head after every block but the last
         rec.start_run()
