@@ -15,7 +15,7 @@ import ml_collections
 
 import dpm_solver_pp as dpm
 from dpm_solver_pp import dpm_solver_sample, get_time_steps, singlestep_orders
-from libs.eval_engine import make_sampler
+from libs.sampler_registry import make_sampler
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
 
 F64 = torch.float64
