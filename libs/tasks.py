@@ -102,7 +102,7 @@ class PixelTask:
             raise ValueError("config.loss.p_uncond > 0 needs a class-conditional network (config.nnet.num_classes > 0)")
         self.real_classes = self.num_classes - 1 if self.p_uncond > 0 else self.num_classes
         if load_data:
-            from libs.datasets import get_dataset
+            from libs.data.registry import get_dataset
             self.dataset = get_dataset(**config.dataset)
             self.train_dataset = self.dataset.train
             self._check_dataset(config)
@@ -229,7 +229,7 @@ class TextTask(PromptTask):
     image, as the released evaluation (``sample_captions``)."""
 
     def __init__(self, config, load_data: bool = True, need_decoder: bool = True):
-        from libs.datasets import get_dataset
+        from libs.data.registry import get_dataset
 
         # The features folder holds the empty context and the validation captions, which
         # sampling needs too; training additionally reads train/.

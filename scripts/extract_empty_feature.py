@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import torch  # noqa: E402
 
 from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_empty_context  # noqa: E402
+from libs.data.feature_writers import extract_empty_context  # noqa: E402
 
 
 def parse_args(argv=None):

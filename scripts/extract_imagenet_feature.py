@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import torch  # noqa: E402
 
 from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder  # noqa: E402
-from libs.latent_datasets import extract_imagenet_features, imagenet_train_images  # noqa: E402
+from libs.data.feature_writers import extract_imagenet_features  # noqa: E402
+from libs.data.imagenet import imagenet_train_images  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder  # noqa: E402
 from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_mscoco_features, read_coco_captions  # noqa: E402
+from libs.data.feature_writers import extract_mscoco_features, read_coco_captions  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import torch  # noqa: E402
 
 from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_prompt_features  # noqa: E402
+from libs.data.feature_writers import extract_prompt_features  # noqa: E402
 
 # COCO-style captions used when no --prompts file is given.
 DEFAULT_PROMPTS = [

@@ -28,7 +28,8 @@ def dataset_statistics(config, out, limit=None, device=None, batch_size=100, pro
     """Stream the dataset's reference images through Inception; save and return (mu, sigma)."""
     from tqdm.auto import tqdm
 
-    from libs.datasets import get_dataset, reference_images
+    from libs.data.reference import reference_images
+    from libs.data.registry import get_dataset
     from tools.fid import FIDAccumulator, default_device, save_statistics
     from tools.inception import load_inception
 

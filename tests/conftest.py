@@ -8,7 +8,8 @@ from configs.digits_uvit_tiny import get_config
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
-    from libs.datasets import get_dataset, reference_images
+    from libs.data.reference import reference_images
+    from libs.data.registry import get_dataset
     from libs.tasks import PixelTask
     from libs.train_engine import train
     from tools.fid import FIDAccumulator, save_statistics

@@ -14,13 +14,10 @@ from PIL import Image
 
 from libs.autoencoder import load_autoencoder
 from libs.clip import FrozenCLIPEmbedder
-from libs.latent_datasets import (
-    DatasetNotFoundError,
-    center_crop_arr,
-    center_crop_resize,
-    get_dataset,
-    load_pair,
-)
+from libs.data.crops import center_crop_arr, center_crop_resize
+from libs.data.feature_files import load_pair
+from libs.data.paths import DatasetNotFoundError
+from libs.data.registry import get_dataset
 
 from tests.tiny_assets import TINY_VAE, make_coco, make_imagenet, save_tiny_clip, save_tiny_vae
 
