@@ -3,7 +3,7 @@
 Samplers (``libs/samplers.py``, ``dpm_solver_pp.py``) call ``model_fn(x, t) -> eps_hat``
 with x: (B, ...) and t: (B,) float tensor of *schedule time* t in (0, 1]. A network is
 called as ``net_fn(x, t_net, *cond) -> eps_hat`` with its own *network time* t_net. The
-conversions (SPEC section 4) live here, at the edge, and nowhere else:
+conversions live here, at the edge, and nowhere else:
 
 * Continuous VP-SDE models (trained with t ~ U(0, 1)): t_net = 999 t
   (``CONTINUOUS_TIME_SCALE``), for Euler-Maruyama and DPM-Solver alike.

@@ -1,4 +1,4 @@
-"""CLIP context of the empty prompt, the unconditional input of classifier-free guidance (SPEC section 6).
+"""CLIP context of the empty prompt, the unconditional input of classifier-free guidance.
 
     python scripts/extract_empty_feature.py
 

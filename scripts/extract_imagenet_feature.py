@@ -1,4 +1,5 @@
-"""Encode the ImageNet train images into autoencoder moments (SPEC section 6).
+"""Encode the ImageNet train images into autoencoder moments, as the released
+U-ViT ImageNet features.
 
     python scripts/extract_imagenet_feature.py --path assets/datasets/imagenet [--resolution 512]
 

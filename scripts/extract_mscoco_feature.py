@@ -1,4 +1,5 @@
-"""Encode MS-COCO 2014 images (autoencoder moments) and captions (CLIP contexts) (SPEC section 6).
+"""Encode MS-COCO 2014 images (autoencoder moments) and captions (CLIP contexts), as
+the released U-ViT MS-COCO features.
 
     python scripts/extract_mscoco_feature.py --split train     # then --split val
 

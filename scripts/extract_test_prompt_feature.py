@@ -1,4 +1,4 @@
-"""CLIP contexts of the prompts shown in sample grids during text-to-image training (SPEC section 6).
+"""CLIP contexts of the prompts shown in sample grids during text-to-image training.
 
     python scripts/extract_test_prompt_feature.py --prompts my_prompts.txt
 

@@ -2,9 +2,9 @@
 ``if __name__ == '__main__'`` would (libs.entry.run for absl scripts, libs.cli_errors.guarded
 for argparse ones), recording its exit status and stderr.
 
-    python tests/cli_runner.py SPEC.json RESULTS.json
+    python tests/cli_runner.py CASES.json RESULTS.json
 
-SPEC: {"script": "train.py", "kind": "absl" | "argparse", "cases": [{"args": [...], "fault": ...}]}.
+CASES: {"script": "train.py", "kind": "absl" | "argparse", "cases": [{"args": [...], "fault": ...}]}.
 A fault simulates what a test cannot arrange for real here (it runs as root):
   {"enospc": "<suffix>"}   writes through libs.atomic to files ending in <suffix> fail: disk full
   {"erofs": "<folder>"}    creating files or folders under <folder> fails: read-only file system

@@ -1,4 +1,4 @@
-"""Frechet Inception Distance (SPEC section 7; pytorch-fid's protocol).
+"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol).
 
 Statistics (mu, sigma) of Inception pool features come from a folder of images, an
 `.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images

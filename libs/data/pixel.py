@@ -95,7 +95,8 @@ _CIFAR10_HOWTO = """\
 
 
 class CIFAR10(PixelDataset):
-    """CIFAR-10 train split, 50,000 images 3x32x32; unconditional by default (SPEC 5)."""
+    """CIFAR-10 train split, 50,000 images 3x32x32; unconditional by default (as U-ViT's
+    CIFAR-10 model)."""
 
     batch_folder = "cifar-10-batches-py"
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
