@@ -41,16 +41,6 @@ def with_time_scale(net_fn: Callable[..., torch.Tensor], scale: float) -> Callab
     return fn
 
 
-def continuous_time(net_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Network time for continuous VP-SDE models: t_net = 999 t."""
-    return with_time_scale(net_fn, CONTINUOUS_TIME_SCALE)
-
-
-def discrete_time(net_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Network time for discrete-schedule models: t_net = 1000 t (= n on the knots t = n/1000)."""
-    return with_time_scale(net_fn, DISCRETE_TIME_SCALE)
-
-
 def conditional_model_fn(net_fn: Callable[..., torch.Tensor], cond) -> ModelFn:
     """Bind conditioning without guidance: ``model_fn(x, t) = net_fn(x, t, cond)``."""
 

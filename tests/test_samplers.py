@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from libs.model_fn import (CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE, cfg_model_fn, conditional_model_fn,
-                           continuous_time, discrete_time)
+                           with_time_scale)
 from libs.samplers import euler_maruyama_grid, euler_maruyama_ode, euler_maruyama_sde
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
 
@@ -197,14 +197,14 @@ def test_cfg_one_batched_call(null_shape):
 def test_time_conversions():
     net = DummyNet()
     x, t, y = torch.randn(2, 1, 2, 2), torch.tensor([0.25, 1.0]), torch.tensor([1, 2])
-    continuous_time(net)(x, t, y)
-    discrete_time(net)(x, t, y)
+    with_time_scale(net, CONTINUOUS_TIME_SCALE)(x, t, y)
+    with_time_scale(net, DISCRETE_TIME_SCALE)(x, t, y)
     torch.testing.assert_close(net.times[0], t * CONTINUOUS_TIME_SCALE)  # 999 t
     torch.testing.assert_close(net.times[1], t * DISCRETE_TIME_SCALE)  # 1000 t
     assert CONTINUOUS_TIME_SCALE == 999 and DISCRETE_TIME_SCALE == 1000
     # Composed with guidance and a sampler: the net sees 999 t for t = 1 .. 1e-3.
     net = DummyNet()
-    model_fn = cfg_model_fn(continuous_time(net), torch.tensor([1, 2]), torch.tensor(10), 1.0)
+    model_fn = cfg_model_fn(with_time_scale(net, CONTINUOUS_TIME_SCALE), torch.tensor([1, 2]), torch.tensor(10), 1.0)
     euler_maruyama_ode(model_fn, torch.randn(2, 1, 2, 2), SCHEDULES["continuous"], 4)
     assert net.batches == [4] * 4
     expected = (999 * torch.linspace(1e-3, 1, 4, dtype=F64)).flip(0).tolist()

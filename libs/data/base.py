@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from libs.data.value_range import uint8_to_model, unpreprocess
+from libs.data.value_range import uint8_to_model
 
 
 class ImageDataset(Dataset):
@@ -58,10 +58,6 @@ class PixelDataset:
     @property
     def has_labels(self) -> bool:
         return self.num_classes > 0
-
-    @staticmethod
-    def unpreprocess(x: torch.Tensor) -> torch.Tensor:
-        return unpreprocess(x)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, len={len(self.train)}, "
