@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from libs.losses import adadiff_loss, uvit_loss
+from libs.model_fn import CONTINUOUS_TIME_SCALE
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule, VPSchedule
 
 OBJECTIVES = ("adadiff", "uvit")
@@ -20,7 +21,7 @@ OBJECTIVES = ("adadiff", "uvit")
 class ContinuousNoise:
     """t ~ U(0, 1) on the continuous linear VP-SDE; network time input 999 t."""
 
-    def __init__(self, schedule: Optional[VPSchedule] = None, time_scale: float = 999.0):
+    def __init__(self, schedule: Optional[VPSchedule] = None, time_scale: float = CONTINUOUS_TIME_SCALE):
         self.schedule = schedule or LinearVPSchedule()
         self.time_scale = time_scale
 

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from libs.data.value_range import unpreprocess
 from libs.data_order import mix_seed
 from libs.flops import uvit_flops
 from libs.model_fn import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
@@ -145,7 +146,7 @@ class PixelTask:
     @staticmethod
     def decode(x0: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1]."""
-        return ((x0.float() + 1) / 2).clamp(0, 1)
+        return unpreprocess(x0.float())
 
 
 class LatentDecoder:
@@ -175,7 +176,7 @@ class LatentDecoder:
             from libs.autoencoder import load_autoencoder
             self._model = load_autoencoder(self.path, self.scale_factor, device=z.device, config=self.arch)
         x = self._model.decode_chunked(z, self.chunk) if self.chunk > 0 else self._model.decode(z)
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return unpreprocess(x.float())
 
 
 class LatentTask(PixelTask):
