@@ -10,16 +10,12 @@ released script's order (each batch's originals, then its flips). Rerunning skip
 batches already written.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+import torch
 
-import torch  # noqa: E402
-
-from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder  # noqa: E402
-from libs.data.feature_writers import extract_imagenet_features  # noqa: E402
-from libs.data.imagenet import imagenet_train_images  # noqa: E402
+from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
+from libs.data.feature_writers import extract_imagenet_features
+from libs.data.imagenet import imagenet_train_images
 
 
 def parse_args(argv=None):

@@ -5,15 +5,11 @@
 
 For a folder or an .npz of images use ``python tools/fid_stats.py SOURCE OUT.npz``.
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from libs.entry import run  # noqa: E402
+from libs.entry import run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration whose dataset to use.", lock_config=False)

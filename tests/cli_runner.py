@@ -2,7 +2,7 @@
 ``if __name__ == '__main__'`` would (libs.entry.run for absl scripts, libs.cli_errors.guarded
 for argparse ones), recording its exit status and stderr.
 
-    python tests/cli_runner.py CASES.json RESULTS.json
+    python -m tests.cli_runner CASES.json RESULTS.json     # from the repository root
 
 CASES: {"script": "train.py", "kind": "absl" | "argparse", "cases": [{"args": [...], "fault": ...}]}.
 A fault simulates what a test cannot arrange for real here (it runs as root):
@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 class _FullDisk(io.RawIOBase):

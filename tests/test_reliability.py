@@ -409,7 +409,7 @@ def _runner(script, cases, tmp_path, kind="absl"):
     results = tmp_path / f"{Path(script).stem}_results.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ADADIFF_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/cli_runner.py"), str(spec), str(results)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cli_runner", str(spec), str(results)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, results
 
