@@ -5,6 +5,28 @@ import torch
 from configs.digits_uvit_tiny import get_config
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny convolutions are overhead-bound; more threads only add contention on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """A folder with a tiny VAE (``autoencoder_kl.pth`` in CompVis names + ``vae.json``) and a
+    tiny CLIP text encoder (``clip/``), see tests/tiny_assets.py. Read-only for the tests."""
+    from tests.tiny_assets import save_tiny_clip, save_tiny_vae
+
+    root = tmp_path_factory.mktemp("tiny_assets")
+    save_tiny_vae(root)
+    save_tiny_clip(root / "clip")
+    return root
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""

@@ -7,12 +7,7 @@ import torch
 from libs.clip import ClipNotFoundError, FrozenCLIPEmbedder, resolve_clip_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def byte_level_vocab():

@@ -1,4 +1,5 @@
-"""Contracts of the latent datasets and feature files (libs/data/) on tiny fake copies of the feature formats (CPU, seconds)."""
+"""Contracts of the latent datasets and feature files (libs/data/) on tiny fake copies of
+the feature formats (CPU, seconds)."""
 
 import pickle
 

@@ -261,6 +261,7 @@ def test_stale_checkpoint_temporaries_are_cleaned_at_start(run_copy):
     assert [p.name for p in list_checkpoints(ckpts)] == ["1.ckpt", "2.ckpt"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write(run_copy):
     code = ("import sys, time, torch\n"
             "import libs.checkpoint as ck\n"
@@ -427,6 +428,7 @@ def _check(name, cases, proc, results):
         assert "Traceback" not in r["stderr"], (args, r["stderr"][-3000:])
 
 
+@pytest.mark.slow
 def test_bad_inputs_table(good_run, tmp_path):
     work = tmp_path
     good = str(good_run)
@@ -547,6 +549,7 @@ def test_bad_inputs_table(good_run, tmp_path):
         assert not (work / fresh / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_real_cli_exit_status_and_one_line(tmp_path):
     r = subprocess.run([sys.executable, "train.py", *TRAIN, f"--workdir={tmp_path / 'w'}",
                         "--config.train.batch_size=0"], cwd=ROOT, capture_output=True, text=True,

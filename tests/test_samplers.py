@@ -14,23 +14,8 @@ from diffusers import DDPMScheduler
 from libs.model_fn import (CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE, cfg_model_fn, conditional_model_fn,
                            with_time_scale)
 from libs.samplers import euler_maruyama_grid, euler_maruyama_ode, euler_maruyama_sde
-from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
+from tests.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
 
-F64 = torch.float64
-MU = torch.tensor([1.0, -0.5], dtype=F64)
-S = torch.tensor([0.5, 2.0], dtype=F64)
-SCHEDULES = {"continuous": LinearVPSchedule(), "discrete": DiscreteVPSchedule.stable_diffusion()}
-
-
-def gaussian_eps_fn(schedule):
-    """Exact eps prediction for N(MU, diag(S^2)); samplers pass equal times to all rows."""
-
-    def model_fn(x, t):
-        t = t[:1].to(F64)
-        a, sg = schedule.marginal_alpha(t), schedule.marginal_std(t)
-        return sg * (x - a * MU) / (a**2 * S**2 + sg**2)
-
-    return model_fn
 
 
 def marginal_sample(schedule, t, n, generator):
@@ -38,19 +23,6 @@ def marginal_sample(schedule, t, n, generator):
     t = torch.tensor(t, dtype=F64)
     a, sg = schedule.marginal_alpha(t), schedule.marginal_std(t)
     return a * MU + torch.sqrt(a**2 * S**2 + sg**2) * torch.randn(n, 2, dtype=F64, generator=generator)
-
-
-class CallLog:
-    """Wraps a model_fn and records the time of every call."""
-
-    def __init__(self, fn):
-        self.fn, self.times = fn, []
-
-    def __call__(self, x, t):
-        assert t.shape == (x.shape[0],) and t.dtype in (torch.float32, F64)
-        assert torch.all(t == t[0])
-        self.times.append(t[0].item())
-        return self.fn(x, t)
 
 
 # ----------------------------------------------------------------------------- schedules
