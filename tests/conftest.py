@@ -5,13 +5,17 @@ import torch
 from configs.digits_uvit_tiny import get_config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
-    tiny convolutions are overhead-bound; more threads only add contention on a busy CPU."""
+    """Every test runs on one intra-op thread, torch's and BLAS's: the tests' tensors are tiny, so
+    more threads only add contention, and on a CPU shared with other work a lot of it (several
+    times the wall time). Subprocesses get OMP_NUM_THREADS=1 from their tests."""
+    from threadpoolctl import threadpool_limits
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(n)
 
 

@@ -23,9 +23,6 @@ from libs.checkpoint import atomic_save
 TINY = dict(block_out_channels=[8, 16], norm_num_groups=4)  # downsample factor 2
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 # ----------------------------------------------------------------------------
 # An independent description of the ldm (CompVis) AutoencoderKL: every parameter with its
 # CompVis name, the diffusers name it must land on, and its CompVis shape. Written from the

@@ -7,9 +7,6 @@ import torch
 from libs.clip import ClipNotFoundError, FrozenCLIPEmbedder, resolve_clip_folder
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def byte_level_vocab():
     """CLIP's byte-to-unicode alphabet, each symbol also with the end-of-word suffix, plus the
     two special tokens: with no merges every word is spelled byte by byte."""

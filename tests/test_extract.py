@@ -24,9 +24,6 @@ from tests.tiny_assets import TINY_VAE, make_coco, make_imagenet
 REPO = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def load_script(name):
     import importlib.util
 
