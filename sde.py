@@ -1,6 +1,6 @@
 """Continuous-time VP-SDE training: noise sampling and the training objectives.
 
-Forward process (SPEC section 4): beta(t) = 0.1 + 19.9 t, t ~ U(0, 1),
+Forward process (the VP-SDE of Song et al. 2021, as U-ViT): beta(t) = 0.1 + 19.9 t, t ~ U(0, 1),
 x_t = alpha_t x_0 + sigma_t eps with alpha_t^2 = exp(-(0.1 t + 9.95 t^2)); the network sees
 the time input 999 t and predicts the noise eps. Samplers live in ``libs/samplers.py`` and
 ``dpm_solver_pp.py``; the schedule maths in ``libs/schedules.py``.
@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from libs.losses import adadiff_loss, uvit_loss
+from libs.model_fn import CONTINUOUS_TIME_SCALE
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule, VPSchedule
 
 OBJECTIVES = ("adadiff", "uvit")
@@ -20,7 +21,7 @@ OBJECTIVES = ("adadiff", "uvit")
 class ContinuousNoise:
     """t ~ U(0, 1) on the continuous linear VP-SDE; network time input 999 t."""
 
-    def __init__(self, schedule: Optional[VPSchedule] = None, time_scale: float = 999.0):
+    def __init__(self, schedule: Optional[VPSchedule] = None, time_scale: float = CONTINUOUS_TIME_SCALE):
         self.schedule = schedule or LinearVPSchedule()
         self.time_scale = time_scale
 
@@ -35,7 +36,7 @@ class ContinuousNoise:
 
 
 class DiscreteNoise:
-    """n ~ U{1..N} on a discrete DDPM chain; network time input n (SPEC section 4)."""
+    """n ~ U{1..N} on a discrete DDPM chain; network time input n."""
 
     def __init__(self, schedule: Optional[DiscreteVPSchedule] = None):
         self.schedule = schedule or DiscreteVPSchedule.stable_diffusion()

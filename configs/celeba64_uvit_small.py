@@ -1,13 +1,11 @@
 """CelebA 64x64, U-ViT-S/4, unconditional: AdaDiff fine-tuning (released values).
 U-ViT pre-training used batch 128, lr 2e-4 (--config.loss.objective=uvit)."""
-from configs.common import base_config, d
+from configs.common import base_config, d, uvit_nnet
 
 
 def get_config():
     config = base_config()
-    config.nnet = d(name="uvit", img_size=64, patch_size=4, in_chans=3, embed_dim=512, depth=12, num_heads=8,
-                    mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=-1, use_checkpoint=False,
-                    conv=True, skip=True, uem_time_aware=False)
+    config.nnet = uvit_nnet("small", img_size=64, patch_size=4, in_chans=3, num_classes=-1, use_checkpoint=False)
     config.dataset = d(name="celeba64", path="assets/datasets/celeba", resolution=64, random_flip=True)
     config.train.update(n_steps=200000, batch_size=1024, save_interval=25000)
     config.optimizer.update(lr=8e-4, betas=(0.99, 0.99))

@@ -4,7 +4,7 @@ Field guide (flags that mirror fields: --workdir -> workdir, --pretrained_weight
 train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_threshold -> sample.exit_policy,
 --output_path -> output_path):
   nnet        network constructor arguments (name picks the class, see libs/nets.py)
-  dataset     get_dataset(**dataset) arguments (libs/datasets.py)
+  dataset     get_dataset(**dataset) arguments (libs/data/registry.py)
   loss        objective 'adadiff' (released AdaDiff loss) or 'uvit' (plain U-ViT loss);
               uem_coef, layer_coef, layer_weight ('batch_normalized' released | 'per_sample' paper);
               p_uncond: label dropout for classifier-free guidance

@@ -1,4 +1,5 @@
-"""Frozen Stable Diffusion v1 KL-f8 autoencoder (SPEC section 6), built on diffusers' ``AutoencoderKL``.
+"""Frozen Stable Diffusion v1 KL-f8 autoencoder (the latent space of U-ViT's ImageNet and
+MS-COCO models, Rombach et al. 2022), built on diffusers' ``AutoencoderKL``.
 
 Latent-space models train on *moments* (quant_conv output: mean and log-variance
 concatenated on channels) stored on disk, and draw a latent per step::
@@ -143,7 +144,8 @@ class FrozenAutoencoderKL(nn.Module):
 
     The submodules are those of diffusers' ``AutoencoderKL`` (``encoder``, ``decoder``,
     ``quant_conv``, ``post_quant_conv``), so ``state_dict()`` has diffusers key names.
-    ``scale_factor`` multiplies latents (0.18215 for ImageNet, 0.23010 for MS-COCO, SPEC 6).
+    ``scale_factor`` multiplies latents (0.18215 for ImageNet, 0.23010 for MS-COCO, as in
+    the released U-ViT configs).
     """
 
     def __init__(self, config: Optional[Mapping] = None, scale_factor: float = 0.18215):

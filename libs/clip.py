@@ -1,4 +1,5 @@
-"""Frozen CLIP text encoder for text-to-image models (SPEC section 6), through transformers.
+"""Frozen CLIP text encoder for text-to-image models (U-ViT's MS-COCO setting:
+CLIP ViT-L/14, Radford et al. 2021), through transformers.
 
     clip = FrozenCLIPEmbedder("openai/clip-vit-large-patch14", device="cuda")
     context = clip.encode(["a cat", "a dog"])     # (2, 77, 768): the full last_hidden_state

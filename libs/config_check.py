@@ -86,7 +86,7 @@ def _divisor_near(n, k):
 
 
 def _check_sample(c: _Checker):
-    from libs.eval_engine import SAMPLERS
+    from libs.sampler_registry import SAMPLERS
     from libs.exit_policy import ExitPolicyError, parse_policies
     from libs.tasks import CONDITIONS
 

@@ -27,35 +27,11 @@ from libs.exit_policy import FULL, ExitPolicy, parse_policies
 from libs.exit_stats import ExitRecorder
 from libs.image_io import images_to_uint8, save_grid, save_png
 from libs.model_fn import cfg_model_fn, conditional_model_fn, with_time_scale
+from libs.sampler_registry import make_sampler
 
 _RNG_XT, _RNG_SAMPLER, _RNG_CALIBRATION = 11, 12, 15  # (13, 14: libs/tasks.py)
 
-SAMPLERS = ("euler_maruyama_sde", "euler_maruyama_ode", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_2m")
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- samplers
-def make_sampler(sample_cfg, schedule):
-    """``sample(model_fn, x_T, generator) -> x_0`` for ``sample_cfg.algorithm``."""
-    from dpm_solver_pp import dpm_solver_sample
-    from libs.samplers import euler_maruyama_ode, euler_maruyama_sde
-
-    name, steps = sample_cfg.algorithm, sample_cfg.sample_steps
-    if name == "euler_maruyama_sde":
-        return lambda f, x, g: euler_maruyama_sde(f, x, schedule, steps, generator=g)
-    if name == "euler_maruyama_ode":
-        return lambda f, x, g: euler_maruyama_ode(f, x, schedule, steps)
-    if name == "dpm_solver":  # released continuous setting: noise prediction, DPM-Solver-fast on logSNR steps
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
-                                                 predict="noise", skip_type="logSNR")
-    if name == "dpm_solver_pp":  # released discrete setting: data prediction, fast orders, every call on one
-        # (steps + 1)-point time-uniform grid (not 1/3, 2/3 of lambda intervals), see dpm_solver_pp.py
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep",
-                                                 predict="data", skip_type="time_uniform")
-    if name == "dpm_solver_pp_2m":
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=2, method="multistep",
-                                                 predict="data", skip_type=sample_cfg.get("skip_type", "time_uniform"))
-    raise ValueError(f"unknown sampler config.sample.algorithm={name!r}; choose one of {SAMPLERS}")
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -1,6 +1,6 @@
 """Training objectives as pure functions of tensors (no model, no schedule).
 
-Notation (SPEC section 3): eps = true noise (B, C, H, W); preds[i] = eps_i, the shared
+Notation (as in the AdaDiff paper, arXiv 2309.17074): eps = true noise (B, C, H, W); preds[i] = eps_i, the shared
 output head on block i (N = depth + 1 blocks, preds[-1] = eps_hat); certainties[i] = c_i,
 the certainty map of block i in (0, 1); mos(a) = mean of a^2 over all non-batch dims.
 

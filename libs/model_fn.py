@@ -3,7 +3,7 @@
 Samplers (``libs/samplers.py``, ``dpm_solver_pp.py``) call ``model_fn(x, t) -> eps_hat``
 with x: (B, ...) and t: (B,) float tensor of *schedule time* t in (0, 1]. A network is
 called as ``net_fn(x, t_net, *cond) -> eps_hat`` with its own *network time* t_net. The
-conversions (SPEC section 4) live here, at the edge, and nowhere else:
+conversions live here, at the edge, and nowhere else:
 
 * Continuous VP-SDE models (trained with t ~ U(0, 1)): t_net = 999 t
   (``CONTINUOUS_TIME_SCALE``), for Euler-Maruyama and DPM-Solver alike.
@@ -39,16 +39,6 @@ def with_time_scale(net_fn: Callable[..., torch.Tensor], scale: float) -> Callab
         return net_fn(x, scale * t, *args, **kwargs)
 
     return fn
-
-
-def continuous_time(net_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Network time for continuous VP-SDE models: t_net = 999 t."""
-    return with_time_scale(net_fn, CONTINUOUS_TIME_SCALE)
-
-
-def discrete_time(net_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Network time for discrete-schedule models: t_net = 1000 t (= n on the knots t = n/1000)."""
-    return with_time_scale(net_fn, DISCRETE_TIME_SCALE)
 
 
 def conditional_model_fn(net_fn: Callable[..., torch.Tensor], cond) -> ModelFn:

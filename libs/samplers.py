@@ -1,6 +1,6 @@
 """Euler-Maruyama samplers for the reverse VP-SDE and its probability-flow ODE.
 
-Samplers are pure functions of a model function (STYLE.md): they know nothing of U-ViT,
+Samplers are pure functions of a model function: they know nothing of U-ViT,
 early exit, guidance or accelerate. The sampler-side model function is
 
     model_fn(x, t) -> eps_hat,   x: (B, ...),  t: (B,) float tensor of schedule time in (0, 1],
@@ -9,7 +9,7 @@ returning the noise prediction with the shape of x. Conditioning, guidance and t
 conversion to the network's own time input are bound by wrappers (``libs/model_fn.py``).
 DPM-Solver / DPM-Solver++ live in ``dpm_solver_pp.py``.
 
-Time grid (SPEC section 4, as the released U-ViT / AdaDiff scripts): ``[0] +
+Time grid (as the released U-ViT / AdaDiff scripts): ``[0] +
 linspace(eps, T, N)``, N+1 points, walked from t = T down to 0 in N steps. Step i goes
 from t_i to s = t_{i-1} < t_i and calls the model once at t_i, so the model is called N
 times at t = T, ..., eps; the last step (eps -> 0) adds no noise.

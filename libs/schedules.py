@@ -11,7 +11,7 @@ else is derived from it:
     lambda_t = log(alpha_t / sigma_t)                       (half log-SNR, DPM-Solver eq. (3.2))
     beta(t)  = -2 d log(alpha_t) / dt                       (VP-SDE: dx = -beta/2 x dt + sqrt(beta) dw)
 
-Two schedules (SPEC section 4):
+Two schedules:
 
 * ``LinearVPSchedule``: the continuous linear VP-SDE of score_sde / U-ViT, beta(t) = 0.1 +
   19.9 t, so alpha_t^2 = exp(-(0.1 t + 9.95 t^2)).
@@ -24,7 +24,7 @@ Two schedules (SPEC section 4):
 
 All methods take a tensor of times (any shape, dtype and device) and return a tensor of
 the same shape, dtype and device. Samplers evaluate them on float64 CPU tensors.
-Training-noise sampling lives elsewhere (``libs/sde.py``); this file is schedule maths only.
+Training-noise sampling lives elsewhere (``sde.py`` at the repository root); this file is schedule maths only.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class LinearVPSchedule(VPSchedule):
     """Continuous linear VP-SDE: beta(t) = beta_0 + (beta_1 - beta_0) t.
 
     log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2; with the defaults
-    alpha_t^2 = exp(-(0.1 t + 9.95 t^2)) (SPEC section 4).
+    alpha_t^2 = exp(-(0.1 t + 9.95 t^2)) (Song et al. 2021, score_sde's VP-SDE).
     """
 
     beta_0: float = 0.1

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from libs.data.value_range import unpreprocess
 from libs.data_order import mix_seed
 from libs.model_fn import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
 from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
@@ -100,7 +101,7 @@ class PixelTask:
             raise ValueError("config.loss.p_uncond > 0 needs a class-conditional network (config.nnet.num_classes > 0)")
         self.real_classes = self.num_classes - 1 if self.p_uncond > 0 else self.num_classes
         if load_data:
-            from libs.datasets import get_dataset
+            from libs.data.registry import get_dataset
             self.dataset = get_dataset(**config.dataset)
             self.train_dataset = self.dataset.train
             self._check_dataset(config)
@@ -143,7 +144,7 @@ class PixelTask:
     @staticmethod
     def decode(x0: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1]."""
-        return ((x0.float() + 1) / 2).clamp(0, 1)
+        return unpreprocess(x0.float())
 
 
 class LatentDecoder:
@@ -173,7 +174,7 @@ class LatentDecoder:
             from libs.autoencoder import load_autoencoder
             self._model = load_autoencoder(self.path, self.scale_factor, device=z.device, config=self.arch)
         x = self._model.decode_chunked(z, self.chunk) if self.chunk > 0 else self._model.decode(z)
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return unpreprocess(x.float())
 
 
 class LatentTask(PixelTask):
@@ -227,7 +228,7 @@ class TextTask(PromptTask):
     image, as the released evaluation (``sample_captions``)."""
 
     def __init__(self, config, load_data: bool = True, need_decoder: bool = True):
-        from libs.datasets import get_dataset
+        from libs.data.registry import get_dataset
 
         # The features folder holds the empty context and the validation captions, which
         # sampling needs too; training additionally reads train/.

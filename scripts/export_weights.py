@@ -6,14 +6,10 @@
 weights: loading it initialises fresh heads). The file is written atomically.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from libs.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights  # noqa: E402
+from libs.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights
 
 
 def main(argv=None):

@@ -1,19 +1,16 @@
-"""CLIP context of the empty prompt, the unconditional input of classifier-free guidance (SPEC section 6).
+"""CLIP context of the empty prompt, the unconditional input of classifier-free guidance.
 
     python scripts/extract_empty_feature.py
 
 Writes ``<output>`` = float32 (77, 768); does nothing if it already exists.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+import torch
 
-import torch  # noqa: E402
-
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_empty_context  # noqa: E402
+from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.data.feature_writers import extract_empty_context
 
 
 def parse_args(argv=None):

@@ -1,4 +1,5 @@
-"""Encode the ImageNet train images into autoencoder moments (SPEC section 6).
+"""Encode the ImageNet train images into autoencoder moments, as the released
+U-ViT ImageNet features.
 
     python scripts/extract_imagenet_feature.py --path assets/datasets/imagenet [--resolution 512]
 
@@ -9,15 +10,12 @@ released script's order (each batch's originals, then its flips). Rerunning skip
 batches already written.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+import torch
 
-import torch  # noqa: E402
-
-from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder  # noqa: E402
-from libs.latent_datasets import extract_imagenet_features, imagenet_train_images  # noqa: E402
+from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
+from libs.data.feature_writers import extract_imagenet_features
+from libs.data.imagenet import imagenet_train_images
 
 
 def parse_args(argv=None):

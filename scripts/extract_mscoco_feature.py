@@ -1,4 +1,5 @@
-"""Encode MS-COCO 2014 images (autoencoder moments) and captions (CLIP contexts) (SPEC section 6).
+"""Encode MS-COCO 2014 images (autoencoder moments) and captions (CLIP contexts), as
+the released U-ViT MS-COCO features.
 
     python scripts/extract_mscoco_feature.py --split train     # then --split val
 
@@ -7,16 +8,13 @@ Images: central square crop, LANCZOS resize to 256. For the i-th image in image-
 context (77, 768) of its k-th caption. Rerunning skips the images already written.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+import torch
 
-import torch  # noqa: E402
-
-from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder  # noqa: E402
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_mscoco_features, read_coco_captions  # noqa: E402
+from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
+from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.data.feature_writers import extract_mscoco_features, read_coco_captions
 
 
 def parse_args(argv=None):

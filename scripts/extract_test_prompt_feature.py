@@ -1,4 +1,4 @@
-"""CLIP contexts of the prompts shown in sample grids during text-to-image training (SPEC section 6).
+"""CLIP contexts of the prompts shown in sample grids during text-to-image training.
 
     python scripts/extract_test_prompt_feature.py --prompts my_prompts.txt
 
@@ -7,15 +7,12 @@ non-empty line of the prompts file (a built-in list when no file is given). Reru
 the files already written (and refuses if they hold other prompts).
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `libs`
+import torch
 
-import torch  # noqa: E402
-
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder  # noqa: E402
-from libs.latent_datasets import extract_prompt_features  # noqa: E402
+from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.data.feature_writers import extract_prompt_features
 
 # COCO-style captions used when no --prompts file is given.
 DEFAULT_PROMPTS = [

@@ -5,15 +5,11 @@
 
 For a folder or an .npz of images use ``python tools/fid_stats.py SOURCE OUT.npz``.
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from libs.entry import run  # noqa: E402
+from libs.entry import run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration whose dataset to use.", lock_config=False)
@@ -28,7 +24,8 @@ def dataset_statistics(config, out, limit=None, device=None, batch_size=100, pro
     """Stream the dataset's reference images through Inception; save and return (mu, sigma)."""
     from tqdm.auto import tqdm
 
-    from libs.datasets import get_dataset, reference_images
+    from libs.data.reference import reference_images
+    from libs.data.registry import get_dataset
     from tools.fid import FIDAccumulator, default_device, save_statistics
     from tools.inception import load_inception
 

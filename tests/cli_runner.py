@@ -2,9 +2,9 @@
 ``if __name__ == '__main__'`` would (libs.entry.run for absl scripts, libs.cli_errors.guarded
 for argparse ones), recording its exit status and stderr.
 
-    python tests/cli_runner.py SPEC.json RESULTS.json
+    python -m tests.cli_runner CASES.json RESULTS.json     # from the repository root
 
-SPEC: {"script": "train.py", "kind": "absl" | "argparse", "cases": [{"args": [...], "fault": ...}]}.
+CASES: {"script": "train.py", "kind": "absl" | "argparse", "cases": [{"args": [...], "fault": ...}]}.
 A fault simulates what a test cannot arrange for real here (it runs as root):
   {"enospc": "<suffix>"}   writes through libs.atomic to files ending in <suffix> fail: disk full
   {"erofs": "<folder>"}    creating files or folders under <folder> fails: read-only file system
@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 class _FullDisk(io.RawIOBase):

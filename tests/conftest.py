@@ -5,10 +5,37 @@ import torch
 from configs.digits_uvit_tiny import get_config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Every test runs on one intra-op thread, torch's and BLAS's: the tests' tensors are tiny, so
+    more threads only add contention, and on a CPU shared with other work a lot of it (several
+    times the wall time). Subprocesses get OMP_NUM_THREADS=1 from their tests."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """A folder with a tiny VAE (``autoencoder_kl.pth`` in CompVis names + ``vae.json``) and a
+    tiny CLIP text encoder (``clip/``), see tests/tiny_assets.py. Read-only for the tests."""
+    from tests.tiny_assets import save_tiny_clip, save_tiny_vae
+
+    root = tmp_path_factory.mktemp("tiny_assets")
+    save_tiny_vae(root)
+    save_tiny_clip(root / "clip")
+    return root
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
-    from libs.datasets import get_dataset, reference_images
+    from libs.data.reference import reference_images
+    from libs.data.registry import get_dataset
     from libs.tasks import PixelTask
     from libs.train_engine import train
     from tools.fid import FIDAccumulator, save_statistics

@@ -23,15 +23,6 @@ from libs.checkpoint import atomic_save
 TINY = dict(block_out_channels=[8, 16], norm_num_groups=4)  # downsample factor 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are overhead-bound; intra-op threads only add contention on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------
 # An independent description of the ldm (CompVis) AutoencoderKL: every parameter with its
 # CompVis name, the diffusers name it must land on, and its CompVis shape. Written from the

@@ -7,14 +7,6 @@ import torch
 from libs.clip import ClipNotFoundError, FrozenCLIPEmbedder, resolve_clip_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def byte_level_vocab():
     """CLIP's byte-to-unicode alphabet, each symbol also with the end-of-word suffix, plus the
     two special tokens: with no merges every word is spelled byte by byte."""

@@ -15,22 +15,10 @@ import ml_collections
 
 import dpm_solver_pp as dpm
 from dpm_solver_pp import dpm_solver_sample, get_time_steps, singlestep_orders
-from libs.eval_engine import make_sampler
-from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
+from libs.sampler_registry import make_sampler
+from libs.schedules import DiscreteVPSchedule
+from tests.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
 
-F64 = torch.float64
-MU = torch.tensor([1.0, -0.5], dtype=F64)
-S = torch.tensor([0.5, 2.0], dtype=F64)
-SCHEDULES = {"continuous": LinearVPSchedule(), "discrete": DiscreteVPSchedule.stable_diffusion()}
-
-
-def gaussian_eps_fn(schedule):
-    def model_fn(x, t):
-        t = t[:1].to(F64)  # samplers give every row the same time
-        a, sg = schedule.marginal_alpha(t), schedule.marginal_std(t)
-        return sg * (x - a * MU) / (a**2 * S**2 + sg**2)
-
-    return model_fn
 
 
 def _coefs(schedule, t):
@@ -49,16 +37,6 @@ def gaussian_ode_solution(schedule, x_s, s, t):
     (a_s, sg_s), (a_t, sg_t) = _coefs(schedule, s), _coefs(schedule, t)
     v_s, v_t = a_s**2 * S**2 + sg_s**2, a_t**2 * S**2 + sg_t**2
     return a_t * MU + torch.sqrt(v_t / v_s) * (x_s - a_s * MU)
-
-
-class CallLog:
-    def __init__(self, fn):
-        self.fn, self.times = fn, []
-
-    def __call__(self, x, t):
-        assert t.shape == (x.shape[0],) and torch.all(t == t[0])
-        self.times.append(t[0].item())
-        return self.fn(x, t)
 
 
 # ----------------------------------------------------------------------------- step schedules and calls

@@ -49,6 +49,7 @@ def _eval(args, cwd=ROOT, processes=1, timeout=300):
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_eval_sweep_end_to_end(trained, tmp_path):
     nnet, ref = trained
     r = _eval([f"--nnet_path={nnet}", "--exit_threshold=0.5,0.7,0.9", f"--output_path={tmp_path}",
@@ -75,6 +76,7 @@ def _digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).glob("*.png")}
 
 
+@pytest.mark.slow
 def test_two_process_eval_writes_exactly_n_distinct_images(trained, tmp_path):
     nnet, _ = trained
     common = [f"--nnet_path={nnet}", "--exit_threshold=0.7", "--config.sample.fid_stat=",
@@ -91,6 +93,7 @@ def test_two_process_eval_writes_exactly_n_distinct_images(trained, tmp_path):
         assert two == _digests(tmp_path / "one/png" / tau)  # same images whatever the process count
 
 
+@pytest.mark.slow
 def test_eval_errors(trained, tmp_path):
     nnet, _ = trained
     r = _eval([f"--nnet_path={nnet}", "--exit_threshold=1.3", f"--output_path={tmp_path}"])

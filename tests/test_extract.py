@@ -14,25 +14,14 @@ from PIL import Image
 
 from libs.autoencoder import load_autoencoder
 from libs.clip import FrozenCLIPEmbedder
-from libs.latent_datasets import (
-    DatasetNotFoundError,
-    center_crop_arr,
-    center_crop_resize,
-    get_dataset,
-    load_pair,
-)
+from libs.data.crops import center_crop_arr, center_crop_resize
+from libs.data.feature_files import load_pair
+from libs.data.paths import DatasetNotFoundError
+from libs.data.registry import get_dataset
 
-from tests.tiny_assets import TINY_VAE, make_coco, make_imagenet, save_tiny_clip, save_tiny_vae
+from tests.tiny_assets import TINY_VAE, make_coco, make_imagenet
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def load_script(name):
@@ -42,15 +31,6 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Tiny VAE weights (CompVis names) + config JSON, tiny CLIP folder."""
-    root = tmp_path_factory.mktemp("assets")
-    save_tiny_vae(root)
-    save_tiny_clip(root / "clip")
-    return root
 
 
 
@@ -72,17 +52,17 @@ def mtimes(folder):
 
 
 
-def test_extract_imagenet_features_end_to_end_and_resume(tmp_path, assets):
+def test_extract_imagenet_features_end_to_end_and_resume(tmp_path, tiny_assets):
     make_imagenet(tmp_path / "imagenet")
     out = tmp_path / "imagenet256_features"
     script = load_script("extract_imagenet_feature")
     argv = ["--path", str(tmp_path / "imagenet"), "--output", str(out), "--batch_size", "2", "--num_workers", "0",
-            "--no_progress", *vae_args(assets)]
+            "--no_progress", *vae_args(tiny_assets)]
     assert script.main(argv) == 10
     assert sorted(os.listdir(out), key=lambda s: int(s.split(".")[0])) == [f"{i}.npy" for i in range(10)]
 
     # File i = image i (class folders sorted: n01 first), file 5 + i = its flip (global layout).
-    vae = load_autoencoder(assets / "autoencoder_kl.pth", config=TINY_VAE)
+    vae = load_autoencoder(tiny_assets / "autoencoder_kl.pth", config=TINY_VAE)
     files = sorted((tmp_path / "imagenet" / "train").glob("*/*.JPEG"))
     x = []
     for f in files:
@@ -108,15 +88,15 @@ def test_extract_imagenet_features_end_to_end_and_resume(tmp_path, assets):
     assert len(ds.train) == 10 and ds.train[7][0].shape == (8, 32, 32)
 
 
-def test_extract_imagenet_per_batch_layout(tmp_path, assets):
+def test_extract_imagenet_per_batch_layout(tmp_path, tiny_assets):
     make_imagenet(tmp_path / "imagenet")
     out = tmp_path / "released"
     script = load_script("extract_imagenet_feature")
     script.main(["--path", str(tmp_path / "imagenet"), "--output", str(out), "--batch_size", "2", "--num_workers",
-                 "0", "--no_progress", "--layout", "per_batch", *vae_args(assets)])
+                 "0", "--no_progress", "--layout", "per_batch", *vae_args(tiny_assets)])
     global_out = tmp_path / "global"
     script.main(["--path", str(tmp_path / "imagenet"), "--output", str(global_out), "--batch_size", "4",
-                 "--num_workers", "0", "--no_progress", *vae_args(assets)])
+                 "--num_workers", "0", "--no_progress", *vae_args(tiny_assets)])
     # Released order with batches of 2: [0, 1, 0f, 1f, 2, 3, 2f, 3f, 4, 4f].
     order = [0, 1, 5, 6, 2, 3, 7, 8, 4, 9]
     for i, j in enumerate(order):
@@ -126,11 +106,11 @@ def test_extract_imagenet_per_batch_layout(tmp_path, assets):
         assert la == lb
 
 
-def test_extract_imagenet_wrong_layout(tmp_path, assets):
+def test_extract_imagenet_wrong_layout(tmp_path, tiny_assets):
     (tmp_path / "imagenet" / "train").mkdir(parents=True)
     script = load_script("extract_imagenet_feature")
     with pytest.raises(DatasetNotFoundError, match="n01440764"):
-        script.main(["--path", str(tmp_path / "imagenet"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+        script.main(["--path", str(tmp_path / "imagenet"), "--output", str(tmp_path / "o"), *vae_args(tiny_assets)])
     assert not (tmp_path / "o").exists()
 
 
@@ -140,20 +120,20 @@ def test_extract_imagenet_wrong_layout(tmp_path, assets):
 
 
 
-def test_extract_mscoco_end_to_end(tmp_path, assets):
+def test_extract_mscoco_end_to_end(tmp_path, tiny_assets):
     coco, out = tmp_path / "coco", tmp_path / "coco256_features"
     expected = make_coco(coco, "train")
     make_coco(coco, "val", n_captions=(1, 2))
-    common = ["--root", str(coco), "--output", str(out), "--clip", str(assets / "clip"), "--batch_size", "2",
-              "--num_workers", "0", "--no_progress", *vae_args(assets)]
+    common = ["--root", str(coco), "--output", str(out), "--clip", str(tiny_assets / "clip"), "--batch_size", "2",
+              "--num_workers", "0", "--no_progress", *vae_args(tiny_assets)]
     script = load_script("extract_mscoco_feature")
     assert script.main(["--split", "train", *common]) == 3
     assert script.main(["--split", "val", *common]) == 2
     assert sorted(os.listdir(out / "train")) == sorted(["0.npy", "0_0.npy", "1.npy", "1_0.npy", "1_1.npy", "1_2.npy",
                                                        "2.npy", "2_0.npy", "2_1.npy"])
 
-    vae = load_autoencoder(assets / "autoencoder_kl.pth", config=TINY_VAE)
-    clip = FrozenCLIPEmbedder(str(assets / "clip"), device="cpu")
+    vae = load_autoencoder(tiny_assets / "autoencoder_kl.pth", config=TINY_VAE)
+    clip = FrozenCLIPEmbedder(str(tiny_assets / "clip"), device="cpu")
     for i, (path, captions) in enumerate(expected):  # image 7, 19, 42
         with Image.open(path) as img:
             x = torch.from_numpy(center_crop_resize(img.convert("RGB"), 256)).permute(2, 0, 1).float() / 127.5 - 1
@@ -175,13 +155,14 @@ def test_extract_mscoco_end_to_end(tmp_path, assets):
 
     # Empty context and sample-grid prompts, then the dataset reads the whole layout.
     empty = load_script("extract_empty_feature")
-    assert empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(assets / "clip"), "--device", "cpu"])
-    assert not empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(assets / "clip")])
+    assert empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(tiny_assets / "clip"),
+                       "--device", "cpu"])
+    assert not empty.main(["--output", str(out / "empty_context.npy"), "--clip", str(tiny_assets / "clip")])
     np.testing.assert_allclose(np.load(out / "empty_context.npy"), clip.encode([""])[0].numpy(), rtol=1e-5, atol=1e-6)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red bus\n\na cat on a sofa\n")
     vis = load_script("extract_test_prompt_feature")
-    vis_args = ["--prompts", str(prompts), "--output", str(out / "run_vis"), "--clip", str(assets / "clip"),
+    vis_args = ["--prompts", str(prompts), "--output", str(out / "run_vis"), "--clip", str(tiny_assets / "clip"),
                 "--device", "cpu"]
     assert vis.main(vis_args) == 2
     assert vis.main(vis_args) == 0
@@ -196,24 +177,25 @@ def test_extract_mscoco_end_to_end(tmp_path, assets):
     assert ds.empty_context.shape == (77, 16)
 
 
-def test_extract_mscoco_wrong_layout(tmp_path, assets):
+def test_extract_mscoco_wrong_layout(tmp_path, tiny_assets):
     script = load_script("extract_mscoco_feature")
     (tmp_path / "coco" / "train2014").mkdir(parents=True)
     with pytest.raises(DatasetNotFoundError, match="captions_train2014.json"):
-        script.main(["--root", str(tmp_path / "coco"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+        script.main(["--root", str(tmp_path / "coco"), "--output", str(tmp_path / "o"), *vae_args(tiny_assets)])
     make_coco(tmp_path / "coco2")
     next((tmp_path / "coco2" / "train2014").iterdir()).unlink()
     with pytest.raises(DatasetNotFoundError, match="1 of the 3 images"):
-        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(tiny_assets)])
     (tmp_path / "coco2" / "annotations" / "captions_train2014.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="not a COCO annotation file"):
-        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(assets)])
+        script.main(["--root", str(tmp_path / "coco2"), "--output", str(tmp_path / "o"), *vae_args(tiny_assets)])
 
 
-def test_script_runs_as_a_file_from_another_directory(tmp_path, assets):
+@pytest.mark.slow
+def test_script_runs_as_a_file_from_another_directory(tmp_path, tiny_assets):
     """`python scripts/X.py` finds the project's modules whatever the working directory."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "extract_empty_feature.py"), "--output",
-                             "out/empty_context.npy", "--clip", str(assets / "clip"), "--device", "cpu"],
+                             "out/empty_context.npy", "--clip", str(tiny_assets / "clip"), "--device", "cpu"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]

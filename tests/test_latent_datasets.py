@@ -1,4 +1,5 @@
-"""Contracts of libs/latent_datasets.py on tiny fake copies of the feature formats (CPU, seconds)."""
+"""Contracts of the latent datasets and feature files (libs/data/) on tiny fake copies of
+the feature formats (CPU, seconds)."""
 
 import pickle
 
@@ -8,17 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from libs.datasets import get_dataset as pixel_get_dataset
-from libs.latent_datasets import (
-    DatasetNotFoundError,
-    center_crop_arr,
-    center_crop_resize,
-    get_dataset,
-    imagenet_feature_indices,
-    load_pair,
-    save_npy,
-    save_pair,
-)
+from libs.data.crops import center_crop_arr, center_crop_resize
+from libs.data.feature_files import load_pair, save_npy, save_pair
+from libs.data.feature_writers import imagenet_feature_indices
+from libs.data.paths import DatasetNotFoundError
+from libs.data.registry import get_dataset
 
 # ----------------------------------------------------------------------------
 # Fake data in the real formats.
@@ -118,7 +113,6 @@ def test_imagenet_feature_indices():
 def test_imagenet256_features(tmp_path):
     moments, labels = make_imagenet_features(tmp_path / "feat")
     ds = get_dataset("imagenet256_features", path=str(tmp_path / "feat"))
-    assert pixel_get_dataset is get_dataset  # one registry for pixel and latent datasets
     assert len(ds.train) == 6 and ds.data_shape == (4, 32, 32) and ds.moments_shape == (8, 32, 32)
     assert ds.has_labels and ds.num_classes == 1000
     assert ds.fid_stat == "assets/fid_stats/fid_stats_imagenet256_guided_diffusion.npz"

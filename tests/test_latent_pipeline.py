@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_assets import TINY_CLIP_DIM, make_coco, make_imagenet, save_tiny_clip, save_tiny_vae
+from tests.tiny_assets import TINY_CLIP_DIM, make_coco, make_imagenet
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NNET = ["--config.nnet.embed_dim=32", "--config.nnet.depth=2", "--config.nnet.num_heads=2",
              "--config.nnet.patch_size=4", "--config.nnet.use_checkpoint=False"]
@@ -30,14 +31,6 @@ def run(script, *args):
     return r
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latent_assets")
-    save_tiny_vae(root)
-    save_tiny_clip(root / "clip")
-    return root
-
-
 def vae_flags(assets):
     return [f"--config.autoencoder.pretrained_path={assets / 'autoencoder_kl.pth'}",
             f"--config.autoencoder.config={assets / 'vae.json'}"]
@@ -52,17 +45,17 @@ def check_report(folder, thresholds):
 
 
 @pytest.mark.parametrize("time", ["continuous", "discrete"])
-def test_class_conditional_latents(tmp_path, assets, time):
+def test_class_conditional_latents(tmp_path, tiny_assets, time):
     make_imagenet(tmp_path / "imagenet")  # 2 classes, 5 images
     feats = tmp_path / "features"
     run("scripts/extract_imagenet_feature.py", "--path", tmp_path / "imagenet", "--output", feats, "--batch_size", 4,
-        "--num_workers", 0, "--no_progress", "--autoencoder", assets / "autoencoder_kl.pth",
-        "--autoencoder_config", assets / "vae.json", "--device", "cpu")
+        "--num_workers", 0, "--no_progress", "--autoencoder", tiny_assets / "autoencoder_kl.pth",
+        "--autoencoder_config", tiny_assets / "vae.json", "--device", "cpu")
     run("tools/fid_stats.py", tmp_path / "imagenet", tmp_path / "ref.npz", "--device", "cpu")
     suffix = "" if time == "continuous" else "_discrete"
     config = "configs/imagenet256_uvit_large.py" if time == "continuous" else "configs/imagenet256_uvit_huge.py"
-    common = [f"--config={config}", *TINY_NNET, "--config.nnet.num_classes=3", "--config.dataset.num_classes=2", *vae_flags(assets),
-              f"--config.dataset.path={feats}", f"--workdir={tmp_path / 'run'}"]
+    common = [f"--config={config}", *TINY_NNET, "--config.nnet.num_classes=3", "--config.dataset.num_classes=2",
+              *vae_flags(tiny_assets), f"--config.dataset.path={feats}", f"--workdir={tmp_path / 'run'}"]
     run(f"train_ldm{suffix}.py", *common, *TRAIN)
     ckpt = tmp_path / "run/ckpts/3.ckpt/nnet_ema.pth"
     assert ckpt.is_file()
@@ -77,20 +70,21 @@ def test_class_conditional_latents(tmp_path, assets, time):
     assert r.returncode != 0 and f"train_ldm{suffix}.py" in r.stderr
 
 
-def test_text_to_image(tmp_path, assets):
+def test_text_to_image(tmp_path, tiny_assets):
     coco, feats = tmp_path / "coco", tmp_path / "coco_features"
     make_coco(coco, "train")
     make_coco(coco, "val", n_captions=(1, 2))
-    extract = ["--root", coco, "--output", feats, "--clip", assets / "clip", "--batch_size", 2, "--num_workers", 0,
-               "--no_progress", "--autoencoder", assets / "autoencoder_kl.pth", "--autoencoder_config",
-               assets / "vae.json", "--device", "cpu"]
+    extract = ["--root", coco, "--output", feats, "--clip", tiny_assets / "clip", "--batch_size", 2, "--num_workers", 0,
+               "--no_progress", "--autoencoder", tiny_assets / "autoencoder_kl.pth", "--autoencoder_config",
+               tiny_assets / "vae.json", "--device", "cpu"]
     run("scripts/extract_mscoco_feature.py", "--split", "train", *extract)
     run("scripts/extract_mscoco_feature.py", "--split", "val", *extract)
-    run("scripts/extract_empty_feature.py", "--output", feats / "empty_context.npy", "--clip", assets / "clip", "--device", "cpu")
+    run("scripts/extract_empty_feature.py", "--output", feats / "empty_context.npy", "--clip", tiny_assets / "clip",
+        "--device", "cpu")
     run("tools/fid_stats.py", coco / "val2014", tmp_path / "ref.npz", "--device", "cpu")
     common = ["--config=configs/mscoco_uvit_small.py", *TINY_NNET, f"--config.nnet.clip_dim={TINY_CLIP_DIM}",
-              *vae_flags(assets), f"--config.dataset.path={feats}", f"--config.clip.version={assets / 'clip'}",
-              f"--workdir={tmp_path / 'run'}"]
+              *vae_flags(tiny_assets), f"--config.dataset.path={feats}",
+              f"--config.clip.version={tiny_assets / 'clip'}", f"--workdir={tmp_path / 'run'}"]
     run("train_t2i_discrete.py", *common, *TRAIN, "--config.train.batch_size=2")
     ckpt = tmp_path / "run/ckpts/3.ckpt/nnet_ema.pth"
     run("eval_t2i_discrete.py", *common, *SAMPLE, f"--nnet_path={ckpt}", "--exit_threshold=0.5,0.9",

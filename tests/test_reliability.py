@@ -261,6 +261,7 @@ def test_stale_checkpoint_temporaries_are_cleaned_at_start(run_copy):
     assert [p.name for p in list_checkpoints(ckpts)] == ["1.ckpt", "2.ckpt"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write(run_copy):
     code = ("import sys, time, torch\n"
             "import libs.checkpoint as ck\n"
@@ -409,7 +410,7 @@ def _runner(script, cases, tmp_path, kind="absl"):
     results = tmp_path / f"{Path(script).stem}_results.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ADADIFF_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/cli_runner.py"), str(spec), str(results)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cli_runner", str(spec), str(results)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, results
 
@@ -427,6 +428,7 @@ def _check(name, cases, proc, results):
         assert "Traceback" not in r["stderr"], (args, r["stderr"][-3000:])
 
 
+@pytest.mark.slow
 def test_bad_inputs_table(good_run, tmp_path):
     work = tmp_path
     good = str(good_run)
@@ -547,6 +549,7 @@ def test_bad_inputs_table(good_run, tmp_path):
         assert not (work / fresh / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_real_cli_exit_status_and_one_line(tmp_path):
     r = subprocess.run([sys.executable, "train.py", *TRAIN, f"--workdir={tmp_path / 'w'}",
                         "--config.train.batch_size=0"], cwd=ROOT, capture_output=True, text=True,

@@ -12,25 +12,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from libs.model_fn import (CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE, cfg_model_fn, conditional_model_fn,
-                           continuous_time, discrete_time)
+                           with_time_scale)
 from libs.samplers import euler_maruyama_grid, euler_maruyama_ode, euler_maruyama_sde
-from libs.schedules import DiscreteVPSchedule, LinearVPSchedule
+from tests.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
 
-F64 = torch.float64
-MU = torch.tensor([1.0, -0.5], dtype=F64)
-S = torch.tensor([0.5, 2.0], dtype=F64)
-SCHEDULES = {"continuous": LinearVPSchedule(), "discrete": DiscreteVPSchedule.stable_diffusion()}
-
-
-def gaussian_eps_fn(schedule):
-    """Exact eps prediction for N(MU, diag(S^2)); samplers pass equal times to all rows."""
-
-    def model_fn(x, t):
-        t = t[:1].to(F64)
-        a, sg = schedule.marginal_alpha(t), schedule.marginal_std(t)
-        return sg * (x - a * MU) / (a**2 * S**2 + sg**2)
-
-    return model_fn
 
 
 def marginal_sample(schedule, t, n, generator):
@@ -38,19 +23,6 @@ def marginal_sample(schedule, t, n, generator):
     t = torch.tensor(t, dtype=F64)
     a, sg = schedule.marginal_alpha(t), schedule.marginal_std(t)
     return a * MU + torch.sqrt(a**2 * S**2 + sg**2) * torch.randn(n, 2, dtype=F64, generator=generator)
-
-
-class CallLog:
-    """Wraps a model_fn and records the time of every call."""
-
-    def __init__(self, fn):
-        self.fn, self.times = fn, []
-
-    def __call__(self, x, t):
-        assert t.shape == (x.shape[0],) and t.dtype in (torch.float32, F64)
-        assert torch.all(t == t[0])
-        self.times.append(t[0].item())
-        return self.fn(x, t)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -197,14 +169,14 @@ def test_cfg_one_batched_call(null_shape):
 def test_time_conversions():
     net = DummyNet()
     x, t, y = torch.randn(2, 1, 2, 2), torch.tensor([0.25, 1.0]), torch.tensor([1, 2])
-    continuous_time(net)(x, t, y)
-    discrete_time(net)(x, t, y)
+    with_time_scale(net, CONTINUOUS_TIME_SCALE)(x, t, y)
+    with_time_scale(net, DISCRETE_TIME_SCALE)(x, t, y)
     torch.testing.assert_close(net.times[0], t * CONTINUOUS_TIME_SCALE)  # 999 t
     torch.testing.assert_close(net.times[1], t * DISCRETE_TIME_SCALE)  # 1000 t
     assert CONTINUOUS_TIME_SCALE == 999 and DISCRETE_TIME_SCALE == 1000
     # Composed with guidance and a sampler: the net sees 999 t for t = 1 .. 1e-3.
     net = DummyNet()
-    model_fn = cfg_model_fn(continuous_time(net), torch.tensor([1, 2]), torch.tensor(10), 1.0)
+    model_fn = cfg_model_fn(with_time_scale(net, CONTINUOUS_TIME_SCALE), torch.tensor([1, 2]), torch.tensor(10), 1.0)
     euler_maruyama_ode(model_fn, torch.randn(2, 1, 2, 2), SCHEDULES["continuous"], 4)
     assert net.batches == [4] * 4
     expected = (999 * torch.linspace(1e-3, 1, 4, dtype=F64)).flip(0).tolist()

@@ -98,6 +98,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.equal(good[k], v) for k, v in weights(tmp_path / "ckpts/3.ckpt").items())
 
 
+@pytest.mark.slow
 def test_config_errors_before_work(tmp_path):
     config = tiny_config(tmp_path)
     config.nnet.in_chans = 3
@@ -127,6 +128,7 @@ def _launch(tmp_path, batch_size, n_steps=2):
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_launch(tmp_path):
     r = _launch(tmp_path / "ok", batch_size=16)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Frechet Inception Distance (SPEC section 7; pytorch-fid's protocol).
+"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol).
 
 Statistics (mu, sigma) of Inception pool features come from a folder of images, an
 `.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images
@@ -11,7 +11,6 @@ prints the FID between A and B, each a folder, a statistics .npz or an image .np
 
 import argparse
 import os
-import sys
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,11 +21,8 @@ from scipy import linalg
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python tools/fid.py`: make `tools` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from libs.atomic import atomic_write  # noqa: E402
-from tools.inception import FEATURE_DIM, load_inception  # noqa: E402
+from libs.atomic import atomic_write
+from tools.inception import FEATURE_DIM, load_inception
 
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 IMAGE_ARRAY_KEYS = ("images", "arr_0")

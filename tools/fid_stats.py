@@ -7,16 +7,11 @@ under 'images' or 'arr_0'. OUT.npz has keys mu and sigma, as assets/fid_stats/*.
 """
 
 import argparse
-import os
-import sys
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):  # run as `python tools/fid_stats.py`: make `tools` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.fid import (Stats, add_inception_arguments, default_device, is_statistics_file,  # noqa: E402
+from tools.fid import (Stats, add_inception_arguments, default_device, is_statistics_file,
                        save_statistics, statistics_of)
-from tools.inception import load_inception  # noqa: E402
+from tools.inception import load_inception
 
 
 def compute_reference_statistics(source: str, out: str, batch_size: int = 50,

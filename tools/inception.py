@@ -1,4 +1,4 @@
-"""Inception-v3 pool features for FID (SPEC section 7), offline.
+"""Inception-v3 pool features for FID, offline.
 
 The network is pytorch-fid's FID Inception-v3 (TF "2015-12-05" weights): torchvision's
 Inception3 with pytorch-fid's patched blocks, cut after the final average pool, so

@@ -1,0 +1,44 @@
+"""Every dataset a config can name, built by name::
+
+    dataset = get_dataset(**config.dataset)      # e.g. name='cifar10', path='assets/datasets/cifar10'
+    x, y = dataset.train[0]                      # x float32 (C, H, W) in [-1, 1]; y int class label
+
+``y`` is always present so that one training loop serves conditional and unconditional
+models: unconditional datasets return y = 0 and have ``has_labels == False``,
+``num_classes == 0``. Latent datasets return (moments, label) or (moments, context) items
+(``libs/data/latents.py``).
+
+Datasets read the files directly (no torchvision download or md5 machinery), so nothing
+here ever touches the network. A missing dataset raises ``DatasetNotFoundError``, whose
+message shows the expected directory tree, the paths looked at and how to get the data.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from libs.data.base import PixelDataset
+from libs.data.imagenet import ImageNet64
+from libs.data.latents import ImageNet256Features, ImageNet512Features, MSCOCO256Features
+from libs.data.pixel import CIFAR10, CelebA64, Digits
+
+DATASETS = MappingProxyType({
+    "cifar10": CIFAR10,
+    "celeba64": CelebA64,
+    "celeba": CelebA64,
+    "digits": Digits,
+    "imagenet64": ImageNet64,
+    "imagenet256_features": ImageNet256Features,
+    "imagenet512_features": ImageNet512Features,
+    "mscoco256_features": MSCOCO256Features,
+})
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def get_dataset(name: str, **kwargs) -> PixelDataset:
+    """Build a dataset by registered name; kwargs go to its constructor."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return DATASETS[name](**kwargs)
