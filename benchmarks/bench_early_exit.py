@@ -23,15 +23,13 @@ import argparse
 import importlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from libs.exit_policy import StaticExit  # noqa: E402
-from libs.uvit import UViT  # noqa: E402
+from libs.exit_policy import StaticExit
+from libs.uvit import UViT
 
 SCENARIOS = ("full", "none", "block1", "trunc1", "mid", "half")
 

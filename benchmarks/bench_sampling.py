@@ -20,19 +20,16 @@ image exited after the same blocks (equal outputs up to batched-GEMM rounding).
 import argparse
 import importlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from libs.checkpoint import load_weights  # noqa: E402
-from libs.eval_engine import generate  # noqa: E402
-from libs.exit_policy import parse_policies  # noqa: E402
-from libs.exit_stats import ExitRecorder  # noqa: E402
-from libs.nets import build_nnet  # noqa: E402
-from libs.tasks import PixelTask  # noqa: E402
+from libs.checkpoint import load_weights
+from libs.eval_engine import generate
+from libs.exit_policy import parse_policies
+from libs.exit_stats import ExitRecorder
+from libs.nets import build_nnet
+from libs.tasks import PixelTask
 
 
 def main(argv=None):

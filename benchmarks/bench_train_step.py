@@ -10,16 +10,13 @@ is measured side by side.
 import argparse
 import importlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from libs.nets import build_nnet  # noqa: E402
-from libs.train_engine import TrainForward  # noqa: E402
-from sde import ContinuousNoise, training_losses  # noqa: E402
+from libs.nets import build_nnet
+from libs.train_engine import TrainForward
+from sde import ContinuousNoise, training_losses
 
 
 def main(argv=None):
