@@ -322,3 +322,31 @@ def test_sources_errors(tmp_path, image_dir):
         fid_lib.load_image_array(bad)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         fid_lib.FIDAccumulator(model=None).update(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_feature_cache_computes_each_distinct_image_once():
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.seen = 0
+
+        def forward(self, x):
+            self.seen += x.shape[0]
+            return x.float().flatten(1)[:, :4].repeat(1, 2) * self.w  # (B, 8)
+
+    model, cache = Fake(), fid_lib.FeatureCache()
+    rng = np.random.default_rng(7)
+    a = torch.as_tensor(rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
+    b = a.clone()
+    b[3:] = torch.as_tensor(rng.integers(0, 256, (3, 1, 4, 4), dtype=np.uint8))  # 3 shared, 3 new
+    plain, cached = fid_lib.FIDAccumulator(model, dims=8), fid_lib.FIDAccumulator(model, dims=8, cache=cache)
+    cached.update(a)
+    cached.update(b)
+    assert model.seen == 9 and cache.hits == 3
+    model.seen = 0
+    plain.update(a)
+    plain.update(b)
+    assert model.seen == 12
+    for x, y in zip(plain.compute(), cached.compute()):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)
