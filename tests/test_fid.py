@@ -350,3 +350,6 @@ def test_feature_cache_computes_each_distinct_image_once():
     assert model.seen == 12
     for x, y in zip(plain.compute(), cached.compute()):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)
+    big = torch.zeros(2, 3, 256, 300, dtype=torch.uint8)  # sides beyond a byte
+    assert cache.features(model, big, 2, "cpu").shape == (2, 8) and cache.hits == 3
+    assert cache.features(model, big, 2, "cpu").shape == (2, 8) and cache.hits == 5

@@ -200,7 +200,7 @@ class FeatureCache:
 
     @staticmethod
     def _key(image: torch.Tensor) -> bytes:
-        return hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest() + bytes(image.shape)
+        return hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest() + str(tuple(image.shape)).encode()
 
     @torch.no_grad()
     def features(self, model: nn.Module, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
