@@ -25,7 +25,7 @@ import time
 import torch
 
 from libs.checkpoint import load_weights
-from libs.eval_engine import calibrate_policy, generate, make_sampler
+from libs.eval_engine import calibrate_policy, generate, initial_noise, make_sampler, sampler_generator
 from libs.exit_policy import FULL, parse_policies
 from libs.exit_stats import ExitRecorder
 from libs.model_fn import conditional_model_fn, with_time_scale
@@ -35,16 +35,12 @@ from libs.tasks import PixelTask
 
 def bare_sampling(net, task, sample_cfg, indices, blocks_per_call, seed, batch_seed, device):
     """The same sampling run with a bare truncated forward per call (no policy, no recorder)."""
-    from libs.data_order import mix_seed
-    from libs.eval_engine import _RNG_SAMPLER, _RNG_XT
-
-    x_T = torch.stack([torch.randn(task.sample_shape, generator=torch.Generator().manual_seed(
-        mix_seed(seed, _RNG_XT, i))) for i in indices]).to(device)
+    x_T = initial_noise(task, indices, seed, device)
     cond = task.conditions(indices, device)
     calls = iter(blocks_per_call)
     net_fn = with_time_scale(lambda x, t, c: net._forward_truncated(x, t, c, next(calls)), task.time_scale)
-    generator = torch.Generator(device=device).manual_seed(mix_seed(seed, _RNG_SAMPLER, batch_seed))
-    return make_sampler(sample_cfg, task.schedule)(conditional_model_fn(net_fn, cond), x_T, generator)
+    return make_sampler(sample_cfg, task.schedule)(conditional_model_fn(net_fn, cond), x_T,
+                                                   sampler_generator(seed, batch_seed, device))
 
 
 def main(argv=None):

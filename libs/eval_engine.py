@@ -35,13 +35,22 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- sampling
+def initial_noise(task, indices: Sequence[int], seed: int, device) -> torch.Tensor:
+    """x_T of the given image indices: one seed per image, whatever the batch or process."""
+    return torch.stack([torch.randn(task.sample_shape, generator=torch.Generator().manual_seed(
+        mix_seed(seed, _RNG_XT, i))) for i in indices]).to(device)
+
+
+def sampler_generator(seed: int, batch_seed: int, device) -> torch.Generator:
+    """The sampler's own randomness (SDE noise) for one batch."""
+    return torch.Generator(device=device).manual_seed(mix_seed(seed, _RNG_SAMPLER, batch_seed))
+
+
 def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorder: ExitRecorder,
              seed: int, batch_seed: int, device, decode: bool = True) -> torch.Tensor:
     """One batch of images in [0, 1] (or x_0 itself with ``decode=False``) for the given image
     indices under one exit policy."""
-    shape = task.sample_shape
-    x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(mix_seed(seed, _RNG_XT, i)))
-                       for i in indices]).to(device)
+    x_T = initial_noise(task, indices, seed, device)
     cond = task.conditions(indices, device)
     recorder.start_run()
     net_fn = with_time_scale(recorder.wrap(net, exit_policy), task.time_scale)
@@ -50,8 +59,7 @@ def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorde
         model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)
     else:
         model_fn = conditional_model_fn(net_fn, cond)
-    generator = torch.Generator(device=device).manual_seed(mix_seed(seed, _RNG_SAMPLER, batch_seed))
-    x0 = make_sampler(sample_cfg, task.schedule)(model_fn, x_T, generator)
+    x0 = make_sampler(sample_cfg, task.schedule)(model_fn, x_T, sampler_generator(seed, batch_seed, device))
     return task.decode(x0) if decode else x0
 
 
@@ -144,7 +152,7 @@ def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
     grid_n = min(int(sc.get("grid_size", 64)), n)
     net.eval()
     results = []
-    cache = FeatureCache()  # policies often give byte-identical images: their features are computed once
+    cache = FeatureCache()  # byte-identical images across policies get their features once
     for policy in policies:
         if policy.needs_calibration:
             policy = calibrate_policy(policy, net, task, config, device, accelerator.autocast, logger)

@@ -346,20 +346,16 @@ def parse_policy(item) -> ExitPolicy:
     low = text.lower()
     if low in FULL_DEPTH_WORDS:
         return FULL
-    if ":" not in low:
-        value = _number(text, text)
-        if not 0.0 <= value <= 1.0:
-            raise ExitPolicyError(f"exit threshold {value:g} is out of range: it is a mean certainty in [0, 1] "
-                                  f"(1.0, 'full' or 'none' = full depth)")
-        return as_policy(value)
-    family, _, arg = (s.strip() for s in low.partition(":"))
+    bare = ":" not in low  # a bare number is a threshold
+    family, _, arg = ("threshold", "", text) if bare else (part.strip() for part in low.partition(":"))
     if family not in FAMILIES or family == "full":
         raise ExitPolicyError(f"unknown exit policy {text!r}; spell policies as {SPELLING}")
     value = _number(arg, text)
     if family == "threshold":
         if not 0.0 <= value <= 1.0:
-            raise ExitPolicyError(f"exit threshold {value:g} in {text!r} is out of range: it is a mean certainty "
-                                  f"in [0, 1] (1.0 = full depth)")
+            where = "" if bare else f" in {text!r}"
+            raise ExitPolicyError(f"exit threshold {value:g}{where} is out of range: it is a mean certainty in "
+                                  f"[0, 1] (1.0, 'full' or 'none' = full depth)")
         return as_policy(value)
     if family == "static":
         if value != int(value) or value < 0:

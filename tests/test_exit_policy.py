@@ -14,15 +14,19 @@ from libs.exit_stats import ExitRecorder
 TINY = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, qkv_bias=False)
 
 
+def _sharp(net):
+    """Random heads give ~0.5 everywhere; scale them so samples differ."""
+    with torch.no_grad():
+        for h in net.uem_heads:
+            h.proj.weight.mul_(40.0)
+            h.proj.bias.normal_(0, 0.5)
+    return net
+
+
 def tiny(num_classes=-1, sharp=True, **kw):
     torch.manual_seed(0)
     net = uvit.UViT(**{**TINY, "num_classes": num_classes, **kw}).eval()
-    if sharp:  # random heads give ~0.5 everywhere; scale them so samples differ
-        with torch.no_grad():
-            for h in net.uem_heads:
-                h.proj.weight.mul_(40.0)
-                h.proj.bias.normal_(0, 0.5)
-    return net
+    return _sharp(net) if sharp else net
 
 
 # ------------------------------------------------------------------ parsing
@@ -238,14 +242,6 @@ def test_a_rule_without_its_own_decide_one_runs_at_batch_one():
                 ref = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_threshold=tau)
                 assert torch.equal(one.sample, ref.sample) and torch.equal(one.exit_block, ref.exit_block)
                 assert one.exit_block.item() == batch.exit_block[i].item()
-
-
-def _sharp(net):
-    with torch.no_grad():
-        for h in net.uem_heads:
-            h.proj.weight.mul_(40.0)
-            h.proj.bias.normal_(0, 0.5)
-    return net
 
 
 def tiny_t2i():

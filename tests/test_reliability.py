@@ -25,6 +25,7 @@ from libs.config_check import ConfigError, check_config
 from libs.manifest import CorruptCheckpointError
 from libs.nets import build_nnet
 from libs.run_lock import LauncherGoneError, LauncherWatch, RunLock, WorkdirBusyError
+from tests.test_train import tiny_config
 from libs.tasks import PixelTask
 from libs.train_engine import train
 
@@ -36,13 +37,7 @@ TRAIN = TINY + ["--config.train.batch_size=16", "--config.train.n_steps=2", "--c
 
 
 def tiny(workdir, **train_fields):
-    config = get_config()
-    config.nnet.update(embed_dim=32, depth=2, num_heads=2)
-    config.workdir = str(workdir)
-    config.train.update({**dict(n_steps=2, batch_size=16, log_interval=1, save_interval=1), **train_fields})
-    config.optimizer.lr = 2e-3
-    config.lr_scheduler.warmup_steps = 2
-    return config
+    return tiny_config(workdir, **{**dict(n_steps=2, save_interval=1), **train_fields})
 
 
 def run(config):

@@ -200,12 +200,12 @@ class FeatureCache:
 
     @staticmethod
     def _key(image: torch.Tensor) -> bytes:
-        return hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest() + str(tuple(image.shape)).encode()
+        return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() + str(tuple(image.shape)).encode()
 
     @torch.no_grad()
     def features(self, model: nn.Module, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
         """(B, D) features of uint8 ``images``; only the ones not seen before go through ``model``."""
-        keys = [self._key(im) for im in images]
+        keys = [self._key(im) for im in images.cpu()]  # one device-to-host copy per batch
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         computed = {}
         for start in range(0, len(missing), batch_size):
