@@ -11,7 +11,9 @@ with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement th
     output_head(h) -> eps                the shared head, (B, C, H, W)
     certainty_map(i, h, carry)           head i's certainty map (B, C, H, W), for training
     mean_certainty(i, h, carry)          (B,) float32 mean certainty, for the exit test
-    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float
+    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float (the
+                                         loop may call it for an earlier block i of the
+                                         patience window, with that block's h)
     exit_patience(i) -> int              passing blocks a row needs before it may exit after i
     flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/flops.py)
     cond_name                            keyword of the conditioning ('y', 'context', ...)
@@ -40,7 +42,6 @@ from libs.exit_policy import ExitPolicy, as_policy
 from libs.flops import NetworkFlops
 
 
-@dataclass
 class EarlyExitOutput:
     """Result of an early-exit forward.
 
@@ -48,11 +49,37 @@ class EarlyExitOutput:
     exit_block: (B,) int64 index of the block each sample exited after (0-based;
         ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
     uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
+
+    A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
+    also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
+    become tensors on first access.
     """
 
-    sample: torch.Tensor
-    exit_block: torch.Tensor
-    uem_evals: torch.Tensor
+    __slots__ = ("sample", "_exit_block", "_uem_evals")
+
+    def __init__(self, sample: torch.Tensor, exit_block, uem_evals):
+        self.sample = sample
+        self._exit_block, self._uem_evals = exit_block, uem_evals
+
+    def _tensor(self, v) -> torch.Tensor:
+        return torch.full((1,), v, dtype=torch.long, device=self.sample.device) if isinstance(v, int) else v
+
+    @property
+    def exit_block(self) -> torch.Tensor:
+        self._exit_block = self._tensor(self._exit_block)
+        return self._exit_block
+
+    @property
+    def uem_evals(self) -> torch.Tensor:
+        self._uem_evals = self._tensor(self._uem_evals)
+        return self._uem_evals
+
+    @property
+    def one_row(self) -> Optional[Tuple[int, int]]:
+        """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
+        if isinstance(self._exit_block, int) and isinstance(self._uem_evals, int):
+            return self._exit_block, self._uem_evals
+        return None
 
     @property
     def blocks_run(self) -> torch.Tensor:
@@ -150,6 +177,8 @@ class ExitBackbone(nn.Module):
 
     def _forward_static(self, x, timesteps, cond, last: int) -> EarlyExitOutput:
         sample = self._forward_truncated(x, timesteps, cond, last)
+        if x.shape[0] == 1:
+            return EarlyExitOutput(sample, last, 0)
         exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
         return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
 

@@ -11,41 +11,51 @@ Two forms, with the same result per sample (bitwise on CPU in fp32):
 * ``run_one``: a batch of one. The decision is taken on Python values
   (``ExitPolicy.decide_one``): the row either exits (output head, return) or continues, so
   there is no index, compaction or scatter at all; one host read of the certainty per test.
+  A rule may also ask for the certainty of an earlier block of the patience window
+  (``certainty(block)``): the threshold rule evaluates a patience block's head only once a
+  later block passes, since before that it cannot change the decision.
 * ``run_batch``: one host read per deciding block (how many rows pass); no compaction work
   when none does, no index work when all do; the outputs are scattered back to their rows
   only when rows exited at different blocks.
 
-Both return ``(sample, exit_block, uem_evals)`` as ``EarlyExitOutput`` describes them.
+Both return ``(sample, exit_block, uem_evals)`` as ``EarlyExitOutput`` describes them
+(``run_one``: Python ints).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 
-Result = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Result = Tuple[torch.Tensor, Union[torch.Tensor, int], Union[torch.Tensor, int]]
 
 
 def run_one(net, h: torch.Tensor, carry, policy) -> Result:
-    """Blocks and exit tests for a batch of one row; ``h``, ``carry`` from ``net.embed``."""
+    """Blocks and exit tests for a batch of one row; ``h``, ``carry`` from ``net.embed``.
+    Returns the exit block and the heads evaluated as Python ints (``EarlyExitOutput`` takes
+    them so)."""
     last = net.num_blocks - 1
     state, evals, i = None, 0, 0
+    window = {}  # outputs of the blocks with patience > 1, whose heads a rule may evaluate later
 
-    def certainty() -> float:
+    def certainty(block: Optional[int] = None) -> float:
         nonlocal evals
         evals += 1
-        return net.mean_certainty_one(i, h, carry)  # the host read
+        if block is None or block == i:
+            return net.mean_certainty_one(i, h, carry)  # the host read
+        return net.mean_certainty_one(block, window[block], carry)
 
     for i in range(net.num_blocks):
         h = net.run_block(i, h, carry)
         if i == last:
             break  # the last block needs no exit test
-        exits, state = policy.decide_one(i, net.exit_patience(i), certainty, state)
+        patience = net.exit_patience(i)
+        if patience > 1:
+            window[i] = h
+        exits, state = policy.decide_one(i, patience, certainty, state)
         if exits:
             break
-    device = h.device
-    return (net.output_head(h), torch.full((1,), i, dtype=torch.long, device=device),
-            torch.full((1,), evals, dtype=torch.long, device=device))
+    return net.output_head(h), i, evals
 
 
 def run_batch(net, h: torch.Tensor, carry, policy) -> Result:

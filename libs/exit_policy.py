@@ -116,12 +116,14 @@ class ExitPolicy:
         network then skips the host synchronisation of the decision)."""
         return None, state
 
-    def decide_one(self, block: int, patience: int, certainty: Callable[[], float],
+    def decide_one(self, block: int, patience: int, certainty: Callable[..., float],
                    state) -> Tuple[Optional[bool], object]:
         """``decide`` for a batch of one row, on Python values: ``certainty()`` returns the row's
-        mean certainty as a float, ``state`` starts as None, ``exits`` is a bool (or None: the row
-        cannot exit here). Must decide exactly as ``decide`` does. This default runs ``decide``
-        on one-element CPU tensors; rules override it to spare those ops."""
+        mean certainty after this block as a float (``certainty(j)``: after an earlier block j
+        of the patience window, i.e. one with patience > 1, for rules that evaluate heads
+        lazily); ``state`` starts as None; ``exits`` is a bool (or None: the row cannot exit
+        here). Must decide exactly as ``decide`` does (it may evaluate fewer heads). This
+        default runs ``decide`` on one-element CPU tensors; rules override it to spare those ops."""
         if state is None:
             state = self.init_state(1, "cpu")
         exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32),
@@ -177,13 +179,25 @@ class ThresholdExit(ExitPolicy):
         return passed, state
 
     def decide_one(self, block, patience, certainty, state):
-        passed = certainty() > float32(self.tau)  # as the tensor comparison: in float32
-        if patience > 1:
-            state = (state or 0) + passed
-            if block + 1 < patience:
-                return None, state
-            passed = state >= patience
-        return passed, state
+        tau = float32(self.tau)  # as the tensor comparison: in float32
+        if patience <= 1:
+            return certainty() > tau, state
+        # Patience, lazily: the row exits after the patience-th passing block of the window.
+        # A block that fails cannot be that one (else the row would have exited earlier), so
+        # no head runs until the current block passes; only then are the heads of the window's
+        # earlier blocks that were not evaluated yet ("pending") counted, oldest first. The
+        # exits are those of ``decide``; fewer heads run.
+        passes, pending = state if state is not None else (0, ())
+        if block + 1 < patience:  # too few blocks yet to exit: defer this block's head
+            return None, (passes, pending + (block,))
+        if not certainty() > tau:
+            return False, (passes, pending)
+        passes += 1
+        for n, j in enumerate(pending):
+            if passes >= patience:
+                return True, (passes, pending[n:])
+            passes += certainty(j) > tau
+        return passes >= patience, (passes, ())
 
 
 class StaticExit(ExitPolicy):

@@ -155,24 +155,73 @@ def test_threshold_rule_is_unchanged_bit_for_bit():
     assert spread >= 3  # some threshold mixes exits within the batch
 
 
+def _lazy_head_count(passing, exit_block, in_blocks, patience):
+    """Heads a batch of one evaluates (closed form of the lazy patience rule): every block from
+    ``patience - 1`` up to the exit block (the last block has no test), plus the heads of the
+    in-blocks before ``patience - 1`` once some later in-block up to the exit has passed."""
+    num_tests = len(passing)  # blocks 0 .. num_blocks - 2 have a test
+    tested = [k for k in range(min(exit_block, num_tests - 1) + 1) if not (k < in_blocks and k < patience - 1)]
+    later_in_pass = any(passing[k] for k in range(patience - 1, min(exit_block + 1, in_blocks)))
+    return len(tested) + (min(patience - 1, in_blocks) if later_in_pass else 0)
+
+
 def test_batch_of_one_is_unchanged_bit_for_bit():
-    """The batch-of-one fast path (Python decisions, no compaction) against the previous loop."""
+    """The batch-of-one fast path (Python decisions, no compaction) against the previous loop:
+    the same samples and exits bit for bit; the in-blocks' heads are evaluated lazily."""
     for net, cond in ((tiny(num_classes=11), torch.randint(0, 11, (8,))),
                       (_sharp(tiny_t2i()), torch.randn(8, 5, 16))):
         torch.manual_seed(4)
         x, t = torch.randn(8, 3, 8, 8), torch.rand(8) * 999
         with torch.no_grad():
-            certainties = net.forward_all_exits(x, t, cond).certainties.mean(dim=(2, 3, 4)).flatten().sort().values
-            exits = set()
+            means = net.forward_all_exits(x, t, cond).certainties.mean(dim=(2, 3, 4))  # (N, B)
+            certainties = means.flatten().sort().values
+            exits, fewer = set(), 0
             for tau in [0.0, 0.999] + (certainties[::5] - 1e-6).clamp(0, 0.99).tolist():
                 for i in range(8):
                     one = (x[i:i + 1], t[i:i + 1], cond[i:i + 1])
                     ref, ref_exit, ref_uem = _old_threshold_loop(net, *one, tau)
                     out = net.forward_early_exit(*one, exit_threshold=tau)
                     assert torch.equal(out.sample, ref) and torch.equal(out.exit_block, ref_exit)
-                    assert torch.equal(out.uem_evals, ref_uem)
+                    passing = (means[:-1, i] > tau).tolist()
+                    expected = _lazy_head_count(passing, ref_exit.item(), net.depth // 2, net.exit_patience(0))
+                    assert out.uem_evals.tolist() == [expected] and expected <= ref_uem.item()
                     exits.add(ref_exit.item())
+                    fewer += expected < ref_uem.item()
         assert len(exits) >= 3
+        assert (fewer > 0) == (net.exit_patience(0) > 1)  # the text model has no patience: no head deferred
+
+
+@pytest.mark.parametrize("patience", [2, 3])
+def test_lazy_patience_exits_as_eager(patience):
+    """Every pass pattern over 7 tests (3 patience in-blocks): the lazy one-row rule exits
+    after the same block as the eager batch rule, with the closed-form count of heads."""
+    rule, in_blocks = ThresholdExit(0.5), 3
+    for bits in range(2 ** 7):
+        passing = [bool(bits >> k & 1) for k in range(7)]
+        state, eager_exit, eager_heads = rule.init_state(1, "cpu"), 7, 0
+        for k in range(7):
+            eager_heads += 1
+            exits, state = rule.decide(k, patience if k < in_blocks else 1,
+                                       lambda: torch.tensor([0.9 if passing[k] else 0.1]), state)
+            if exits is not None and bool(exits[0]):
+                eager_exit = k
+                break
+        asked = []
+
+        def certainty(block=None):
+            asked.append(k if block is None else block)
+            assert asked[-1] <= k and (block is None or block < in_blocks)
+            return 0.9 if passing[asked[-1]] else 0.1
+
+        state, lazy_exit = None, 7
+        for k in range(7):
+            exits, state = rule.decide_one(k, patience if k < in_blocks else 1, certainty, state)
+            if exits:
+                lazy_exit = k
+                break
+        assert lazy_exit == eager_exit, passing
+        assert len(asked) == len(set(asked)), "a head evaluated twice"
+        assert len(asked) == _lazy_head_count(passing, lazy_exit, in_blocks, patience) <= eager_heads
 
 
 def test_mean_certainty_is_the_certainty_maps_mean_bitwise():
@@ -202,10 +251,15 @@ def test_decide_one_decides_as_decide(tau):
                 for prior in (0, 1):
                     state = torch.tensor([prior])
                     exits, new = rule.decide(block, patience, lambda: c.reshape(1), state)
-                    one_state = prior if isinstance(rule, ThresholdExit) else state.clone()
-                    exits_one, new_one = rule.decide_one(block, patience, lambda: c.item(), one_state)
+                    if isinstance(rule, ThresholdExit):  # lazy state: (passes, blocks not evaluated yet)
+                        exits_one, _ = rule.decide_one(block, patience, lambda: c.item(), (prior, ()))
+                        if exits is None:  # a deferred head: no exit here either
+                            assert not exits_one
+                            continue
+                    else:
+                        exits_one, new_one = rule.decide_one(block, patience, lambda: c.item(), state.clone())
+                        assert int(new) == int(new_one)
                     assert (None if exits is None else bool(exits[0])) == exits_one, (c.item(), block, prior)
-                    assert int(new) == int(new_one)
 
 
 class _Generic(ExitPolicy):

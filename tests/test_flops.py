@@ -33,14 +33,23 @@ def test_analytic_flops_match_counter(kind):
     x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
     with torch.no_grad():
         assert counted(lambda: net(x, t, cond)) == pytest.approx(f.full, rel=1e-9)
-        # Force an exit after block 3 (an out-block): 4 blocks and 4 heads are evaluated.
+        # Force an exit after block 3 (an out-block): 4 blocks and 4 heads are evaluated, or 3
+        # with the in-blocks' patience: at batch 1 in-block 0's head waits for a later in-block
+        # to pass, and none does.
         for i, h in enumerate(net.uem_heads):
             h.proj.weight.zero_()
             h.proj.bias.fill_(10.0 if i == 3 else -10.0)
+        heads = 4 if kind == "text" else 3
         o = net.forward_early_exit(x, t, cond, exit_threshold=0.5)
-        assert o.exit_block.item() == 3 and o.uem_evals.item() == 4
+        assert o.exit_block.item() == 3 and o.uem_evals.item() == heads
         measured = counted(lambda: net.forward_early_exit(x, t, cond, exit_threshold=0.5))
-    assert measured == pytest.approx(f.mean_call([3], [4]), rel=1e-9)
+        assert measured == pytest.approx(f.mean_call([3], [heads]), rel=1e-9)
+        # A batch decides for all rows at once: every head up to the exit runs.
+        x2, t2, cond2 = x.repeat(2, 1, 1, 1), t.repeat(2), None if cond is None else cond.repeat(2, *[1] * (cond.dim() - 1))
+        o2 = net.forward_early_exit(x2, t2, cond2, exit_threshold=0.5)
+        assert o2.exit_block.tolist() == [3, 3] and o2.uem_evals.tolist() == [4, 4]
+        measured2 = counted(lambda: net.forward_early_exit(x2, t2, cond2, exit_threshold=0.5))
+    assert measured2 == pytest.approx(2 * f.mean_call([3], [4]), rel=1e-9)
     assert f.mean_call([3, 4], [4, 4]) == pytest.approx((f.mean_call([3], [4]) + f.mean_call([4], [4])) / 2)
 
 
