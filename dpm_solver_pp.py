@@ -128,9 +128,7 @@ class _Point:
 
 def _points(schedule: VPSchedule, ts: torch.Tensor) -> List[_Point]:
     ts = ts.to(torch.float64)
-    alpha = schedule.marginal_alpha(ts).tolist()
-    sigma = schedule.marginal_std(ts).tolist()
-    lam = schedule.marginal_lambda(ts).tolist()
+    alpha, sigma, lam = (v.tolist() for v in schedule.marginals(ts))
     return [_Point(*v) for v in zip(ts.tolist(), alpha, sigma, lam)]
 
 

@@ -49,7 +49,14 @@ def sampler_generator(seed: int, batch_seed: int, device) -> torch.Generator:
 def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorder: ExitRecorder,
              seed: int, batch_seed: int, device, decode: bool = True) -> torch.Tensor:
     """One batch of images in [0, 1] (or x_0 itself with ``decode=False``) for the given image
-    indices under one exit policy."""
+    indices under one exit policy. Runs under ``torch.inference_mode`` (cheaper per op than
+    ``no_grad``: it matters at small batches), so the images it returns are inference tensors:
+    clone them before using them in autograd."""
+    with torch.inference_mode():
+        return _generate(net, task, sample_cfg, indices, exit_policy, recorder, seed, batch_seed, device, decode)
+
+
+def _generate(net, task, sample_cfg, indices, exit_policy, recorder, seed, batch_seed, device, decode):
     x_T = initial_noise(task, indices, seed, device)
     cond = task.conditions(indices, device)
     recorder.start_run()

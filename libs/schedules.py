@@ -71,6 +71,14 @@ class VPSchedule:
         log_sigma = 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
         return log_alpha - log_sigma
 
+    def marginals(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t: bitwise what
+        ``marginal_alpha``, ``marginal_std`` and ``marginal_lambda`` give, in half the ops
+        (the samplers compute them at every evaluation point)."""
+        log_alpha = self.marginal_log_mean_coeff(t)
+        one_minus_alpha2 = -torch.expm1(2.0 * log_alpha)  # sigma_t^2
+        return torch.exp(log_alpha), torch.sqrt(one_minus_alpha2), log_alpha - 0.5 * torch.log(one_minus_alpha2)
+
     @staticmethod
     def _log_alpha_from_lambda(lamb: torch.Tensor) -> torch.Tensor:
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -1/2 log(1 + exp(-2 lambda))

@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from einops import rearrange
 
 from libs import flops as fl
 from libs.backbone import AllExitsOutput, EarlyExitOutput, ExitBackbone  # noqa: F401 (re-exported)
@@ -35,10 +34,19 @@ from libs.exit_policy import float32
 from libs.flops import NetworkFlops
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim)."""
+def timestep_frequencies(dim: int, max_period: float = 10000.0, device=None) -> torch.Tensor:
+    """The sinusoidal embedding's frequencies, (dim // 2,) float32."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       freqs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim).
+    ``freqs``: ``timestep_frequencies(dim, max_period)`` computed once by the caller (the
+    same numbers; it spares four small ops per network call)."""
+    if freqs is None:
+        freqs = timestep_frequencies(dim, max_period, timesteps.device)
     args = timesteps[:, None].float() * freqs[None]  # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -52,7 +60,10 @@ def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
     p = int(patch_dim ** 0.5)
     h = w = int(x.shape[1] ** 0.5)
     assert p * p * channels == x.shape[2] and h * w == x.shape[1], f"cannot unpatchify shape {tuple(x.shape)}"
-    return rearrange(x, "B (h w) (p1 p2 C) -> B C (h p1) (w p2)", h=h, p1=p, p2=p)
+    # "B (h w) (p1 p2 C) -> B C (h p1) (w p2)" as plain views (einops' parsing is a visible
+    # share of a small model's call at batch 1); the same copy, the same numbers.
+    B = x.shape[0]
+    return x.reshape(B, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(B, channels, h * p, w * p)
 
 
 class PatchEmbed(nn.Module):
@@ -82,9 +93,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = rearrange(self.qkv(x), "B L (K H D) -> K B H L D", K=3, H=self.num_heads)
+        # Plain views for "B L (K H D) -> K B H L D" and back (einops' per-call parsing costs
+        # about as much as a small block's layer norm at batch 1); the same strides and numbers.
+        B, L, _ = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # (B, H, L, D)
-        return self.proj(rearrange(x, "B H L D -> B L (H D)"))
+        return self.proj(x.transpose(1, 2).reshape(B, L, -1))
 
 
 class Mlp(nn.Module):
@@ -218,6 +232,8 @@ class UViTBackbone(ExitBackbone):
         self.uem_heads = nn.ModuleList(
             [UncertaintyHead(embed_dim, patch_dim, time_aware=uem_time_aware) for _ in range(self.num_blocks)])
         self.use_skip = skip
+        # Not part of the checkpoint: the time embedding's frequencies, computed once.
+        self.register_buffer("time_freqs", timestep_frequencies(embed_dim), persistent=False)
 
     def _init_weights(self):
         # Called by subclasses once pos_embed exists: trunc-normal(.02) Linear weights and
@@ -247,7 +263,8 @@ class UViTBackbone(ExitBackbone):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         tokens = self.patch_embed(x)  # (B, L, D)
-        time_emb = self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(tokens.dtype))  # (B, D)
+        freqs = self.time_freqs if self.time_freqs.dtype == torch.float32 else None  # None: cast by .half()
+        time_emb = self.time_embed(timestep_embedding(timesteps, self.embed_dim, freqs=freqs).to(tokens.dtype))
         extras = self._extra_tokens(time_emb[:, None, :], cond)  # (B, extras, D)
         tokens = torch.cat([extras.to(tokens.dtype), tokens], dim=1) + self.pos_embed
         return tokens, time_emb
