@@ -55,31 +55,33 @@ class EarlyExitOutput:
     become tensors on first access.
     """
 
-    __slots__ = ("sample", "_exit_block", "_uem_evals")
+    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row")
 
     def __init__(self, sample: torch.Tensor, exit_block, uem_evals):
         self.sample = sample
-        self._exit_block, self._uem_evals = exit_block, uem_evals
+        one = isinstance(exit_block, int) and isinstance(uem_evals, int)
+        self._one_row = (exit_block, uem_evals) if one else None
+        self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
 
-    def _tensor(self, v) -> torch.Tensor:
-        return torch.full((1,), v, dtype=torch.long, device=self.sample.device) if isinstance(v, int) else v
+    def _as_tensor(self, v: int) -> torch.Tensor:
+        return torch.full((1,), v, dtype=torch.long, device=self.sample.device)
 
     @property
     def exit_block(self) -> torch.Tensor:
-        self._exit_block = self._tensor(self._exit_block)
+        if self._exit_block is None:
+            self._exit_block = self._as_tensor(self._one_row[0])
         return self._exit_block
 
     @property
     def uem_evals(self) -> torch.Tensor:
-        self._uem_evals = self._tensor(self._uem_evals)
+        if self._uem_evals is None:
+            self._uem_evals = self._as_tensor(self._one_row[1])
         return self._uem_evals
 
     @property
     def one_row(self) -> Optional[Tuple[int, int]]:
         """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
-        if isinstance(self._exit_block, int) and isinstance(self._uem_evals, int):
-            return self._exit_block, self._uem_evals
-        return None
+        return self._one_row
 
     @property
     def blocks_run(self) -> torch.Tensor:

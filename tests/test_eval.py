@@ -36,6 +36,42 @@ def test_exit_recorder_summary_matches_flops():
     assert s["gflops_per_image"] * 1e9 == pytest.approx(flops.mean_call(exits, uems) * 12 / 4)
 
 
+def test_exit_recorder_one_row_calls_count_as_tensor_calls():
+    """One-row calls (Python ints, counted on the host) and batched calls add up the same,
+    also when the counts were made under inference mode and recorded outside it."""
+    mixed, tensors = ExitRecorder(num_blocks=5), ExitRecorder(num_blocks=5)
+    calls = [[(3, 4)], [(1, 2), (4, 4)], [(0, 0)], [(2, 3)]]  # (exit block, heads) per row, per call
+    for run in range(3):
+        for rec in (mixed, tensors):
+            rec.start_run()
+        with torch.inference_mode(run == 0):  # run 0 makes the count tensors under inference mode
+            for rows in calls:
+                exits, heads = (torch.tensor(v) for v in zip(*rows))
+                tensors.record(exits, heads)
+                if len(rows) == 1:
+                    mixed.record_one(*rows[0])
+                else:
+                    mixed.record(exits, heads)
+    assert torch.equal(mixed.counts, tensors.counts) and mixed.counts.sum() == 3 * 5
+    assert int(mixed.head_evals) == int(tensors.head_evals) == 3 * 13
+    assert mixed.summary(None, 3) == tensors.summary(None, 3)
+
+
+def test_one_row_forward_hands_the_recorder_python_ints():
+    net = UViT(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=4, num_heads=2, num_classes=-1).eval()
+    rec = ExitRecorder(net.num_blocks)
+    with torch.no_grad():
+        for policy in ("full", 0.5, 0.0):
+            kw = {} if policy == "full" else {"exit_threshold": policy}
+            out = net.forward_early_exit(torch.randn(1, 1, 8, 8), torch.rand(1), **kw)
+            assert isinstance(out.one_row, tuple) and out.exit_block.tolist() == [out.one_row[0]]
+            assert out.uem_evals.tolist() == [out.one_row[1]]
+            rec.wrap(net, 1.0 if policy == "full" else policy)(torch.randn(1, 1, 8, 8), torch.rand(1))
+        out = net.forward_early_exit(torch.randn(2, 1, 8, 8), torch.rand(2), exit_threshold=0.5)
+        assert out.one_row is None and out.exit_block.shape == (2,)
+    assert int(rec.counts.sum()) == 3
+
+
 def _eval(args, cwd=ROOT, processes=1, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1" if processes > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
     if processes > 1:
