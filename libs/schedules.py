@@ -63,21 +63,25 @@ class VPSchedule:
 
     def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
         """sigma_t = sqrt(1 - alpha_t^2), written with expm1 for accuracy at small t."""
-        return torch.sqrt(-torch.expm1(2.0 * self.marginal_log_mean_coeff(t)))
+        return torch.sqrt(self._variance(self.marginal_log_mean_coeff(t)))
 
     def marginal_lambda(self, t: torch.Tensor) -> torch.Tensor:
         """lambda_t = log alpha_t - log sigma_t (half the log signal-to-noise ratio)."""
         log_alpha = self.marginal_log_mean_coeff(t)
-        log_sigma = 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
-        return log_alpha - log_sigma
+        return log_alpha - 0.5 * torch.log(self._variance(log_alpha))
 
     def marginals(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t: bitwise what
         ``marginal_alpha``, ``marginal_std`` and ``marginal_lambda`` give, in half the ops
         (the samplers compute them at every evaluation point)."""
         log_alpha = self.marginal_log_mean_coeff(t)
-        one_minus_alpha2 = -torch.expm1(2.0 * log_alpha)  # sigma_t^2
-        return torch.exp(log_alpha), torch.sqrt(one_minus_alpha2), log_alpha - 0.5 * torch.log(one_minus_alpha2)
+        variance = self._variance(log_alpha)
+        return torch.exp(log_alpha), torch.sqrt(variance), log_alpha - 0.5 * torch.log(variance)
+
+    @staticmethod
+    def _variance(log_alpha: torch.Tensor) -> torch.Tensor:
+        """sigma_t^2 = 1 - alpha_t^2 from log alpha_t."""
+        return -torch.expm1(2.0 * log_alpha)
 
     @staticmethod
     def _log_alpha_from_lambda(lamb: torch.Tensor) -> torch.Tensor:
