@@ -9,13 +9,13 @@
 depth is always evaluated too, as the baseline of the measured speedup. A released U-ViT
 file (no uncertainty heads) evaluates at full depth only.
 """
-from libs.entry import define_flags, eval_main, run
+from libs.cli.entry import define_flags, eval_main, run
 
 FLAGS = define_flags("eval")
 
 
 def main(argv):
-    from libs.tasks import PixelTask
+    from libs.tasks.pixel import PixelTask
     eval_main(FLAGS, lambda config: PixelTask(config, load_data=False), "eval.py")
 
 

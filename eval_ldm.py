@@ -3,13 +3,13 @@
     python eval_ldm.py --config=configs/imagenet256_uvit_large.py --nnet_path=<...>/nnet_ema.pth \
         --exit_threshold=0.9,0.92,none
 """
-from libs.entry import define_flags, eval_main, run
+from libs.cli.entry import define_flags, eval_main, run
 
 FLAGS = define_flags("eval")
 
 
 def main(argv):
-    from libs.tasks import LatentTask
+    from libs.tasks.latent import LatentTask
     eval_main(FLAGS, lambda config: LatentTask(config, load_data=False), "eval_ldm.py", "continuous")
 
 

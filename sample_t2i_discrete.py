@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from libs.entry import define_flags, run
+from libs.cli.entry import define_flags, run
 
 FLAGS = define_flags("eval")
 flags.DEFINE_string("input_path", None, "Prompts file, one prompt per line.")
@@ -24,16 +24,16 @@ flags.mark_flags_as_required(["input_path"])
 def main(argv):
     import torch
 
-    from libs.checkpoint import load_weights
-    from libs.clip import FrozenCLIPEmbedder
-    from libs.config_check import check_config
-    from libs.entry import check_time, resolve_eval_config
-    from libs.eval_engine import calibrate_policy, generate
-    from libs.exit_policy import parse_policies
-    from libs.exit_stats import ExitRecorder
-    from libs.image_io import images_to_uint8, save_png
-    from libs.nets import build_nnet
-    from libs.tasks import PromptTask
+    from libs.run.checkpoint import load_weights
+    from libs.models.clip import FrozenCLIPEmbedder
+    from libs.cli.config_check import check_config
+    from libs.cli.entry import check_time, resolve_eval_config
+    from libs.evaluation.engine import calibrate_policy, generate
+    from libs.exits.policy import parse_policies
+    from libs.exits.recorder import ExitRecorder
+    from libs.evaluation.image_io import images_to_uint8, save_png
+    from libs.models.registry import build_nnet
+    from libs.tasks.text import PromptTask
 
     config = resolve_eval_config(FLAGS)
     check_time(config, "sample_t2i_discrete.py", "discrete")

@@ -6,13 +6,13 @@
 
 A run resumes automatically from the latest complete checkpoint in <workdir>/ckpts.
 """
-from libs.entry import define_flags, train_main, run
+from libs.cli.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
 
 def main(argv):
-    from libs.tasks import PixelTask
+    from libs.tasks.pixel import PixelTask
     train_main(FLAGS, lambda config, sampling: PixelTask(config), "train.py")
 
 

@@ -3,13 +3,13 @@
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train_ldm_discrete.py \
         --config=configs/imagenet256_uvit_huge.py --pretrained_weight=assets/pretrained/<released U-ViT>.pth
 """
-from libs.entry import define_flags, train_main, run
+from libs.cli.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
 
 def main(argv):
-    from libs.tasks import LatentTask
+    from libs.tasks.latent import LatentTask
     train_main(FLAGS, lambda config, sampling: LatentTask(config, need_decoder=sampling), "train_ldm_discrete.py", "discrete")
 
 

@@ -3,13 +3,13 @@
     accelerate launch --multi_gpu --num_processes 4 --mixed_precision fp16 train_t2i_discrete.py \
         --config=configs/mscoco_uvit_small.py --pretrained_weight=assets/pretrained/mscoco_uvit_small.pth
 """
-from libs.entry import define_flags, train_main, run
+from libs.cli.entry import define_flags, train_main, run
 
 FLAGS = define_flags("train")
 
 
 def main(argv):
-    from libs.tasks import TextTask
+    from libs.tasks.text import TextTask
     train_main(FLAGS, lambda config, sampling: TextTask(config, need_decoder=sampling), "train_t2i_discrete.py",
                "discrete")
 

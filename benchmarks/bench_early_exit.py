@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from libs.exit_policy import StaticExit
-from libs.uvit import UViT
+from libs.exits.policy import StaticExit
+from libs.models.uvit import UViT
 
 SCENARIOS = ("full", "none", "block1", "trunc1", "mid", "half")
 

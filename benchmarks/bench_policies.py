@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from libs.checkpoint import load_weights
-from libs.eval_engine import calibrate_policy, generate, initial_noise, make_sampler, sampler_generator
-from libs.exit_policy import FULL, parse_policies
-from libs.exit_stats import ExitRecorder
-from libs.model_fn import conditional_model_fn, with_time_scale
-from libs.nets import build_nnet
-from libs.tasks import PixelTask
+from libs.run.checkpoint import load_weights
+from libs.evaluation.engine import calibrate_policy, generate, initial_noise, make_sampler, sampler_generator
+from libs.exits.policy import FULL, parse_policies
+from libs.exits.recorder import ExitRecorder
+from libs.diffusion.wrappers import conditional_model_fn, with_time_scale
+from libs.models.registry import build_nnet
+from libs.tasks.pixel import PixelTask
 
 
 def bare_sampling(net, task, sample_cfg, indices, blocks_per_call, seed, batch_seed, device):

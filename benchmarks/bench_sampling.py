@@ -24,12 +24,12 @@ import time
 
 import torch
 
-from libs.checkpoint import load_weights
-from libs.eval_engine import generate
-from libs.exit_policy import parse_policies
-from libs.exit_stats import ExitRecorder
-from libs.nets import build_nnet
-from libs.tasks import PixelTask
+from libs.run.checkpoint import load_weights
+from libs.evaluation.engine import generate
+from libs.exits.policy import parse_policies
+from libs.exits.recorder import ExitRecorder
+from libs.models.registry import build_nnet
+from libs.tasks.pixel import PixelTask
 
 
 def main(argv=None):

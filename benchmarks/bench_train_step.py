@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from libs.nets import build_nnet
-from libs.train_engine import TrainForward
-from sde import ContinuousNoise, training_losses
+from libs.models.registry import build_nnet
+from libs.training.engine import TrainForward
+from libs.diffusion.noise import ContinuousNoise
+from libs.training.objectives import training_losses
 
 
 def main(argv=None):

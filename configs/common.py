@@ -3,18 +3,18 @@
 Field guide (flags that mirror fields: --workdir -> workdir, --pretrained_weight ->
 train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_threshold -> sample.exit_policy,
 --output_path -> output_path):
-  nnet        network constructor arguments (name picks the class, see libs/nets.py)
+  nnet        network constructor arguments (name picks the class, see libs/models/registry.py)
   dataset     get_dataset(**dataset) arguments (libs/data/registry.py)
   loss        objective 'adadiff' (released AdaDiff loss) or 'uvit' (plain U-ViT loss);
               uem_coef, layer_coef, layer_weight ('batch_normalized' released | 'per_sample' paper);
               p_uncond: label dropout for classifier-free guidance
   train       steps, batch size (global, over all processes), intervals, EMA rate, clipping;
               select_best_by_fid: FID of every saved checkpoint (full depth, select_best_n_samples
-              images) and at the end the best one (ckpts/best.json; libs/best_checkpoint.py);
+              images) and at the end the best one (ckpts/best.json; libs/training/best_checkpoint.py);
               max_abs_weight: a weight (or EMA weight) larger than this in magnitude, or NaN/inf,
               means the run diverged: it stops before saving (0 = only NaN/inf)
   sample      sampler and FID evaluation settings; exit_policy: one policy or a sweep
-              '0.8,0.9,static:5,profile:0.9,budget:0.7,full' (libs/exit_policy.py; a bare number is
+              '0.8,0.9,static:5,profile:0.9,budget:0.7,full' (libs/exits/policy.py; a bare number is
               a threshold, 1.0 / none / full = full depth); calib_samples: images that profile:
               and budget: policies calibrate on; conditions: 'balanced' (label i mod K, caption 0
               of val image i) or 'random' (released: random labels, a random caption of a shuffled

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Early-exit evaluation, imagenet, at the released threshold (0.92) with full depth as the baseline.
 # Usage: NUM_GPUS=8 bash scripts/eval_imagenet.sh [--config.x=y ...]; THRESHOLD=0.9,0.92,none for a sweep;
-# EXIT_POLICY=0.92,static:6,profile:0.92,budget:0.6 for other exit policies (libs/exit_policy.py).
+# EXIT_POLICY=0.92,static:6,profile:0.92,budget:0.6 for other exit policies (libs/exits/policy.py).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 CONFIG=${CONFIG:-configs/imagenet256_uvit_large.py}

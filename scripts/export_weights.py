@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from libs.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights
+from libs.run.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights
 
 
 def main(argv=None):
@@ -29,5 +29,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.models.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
 from libs.data.feature_writers import extract_empty_context
 
 
@@ -33,5 +33,5 @@ def main(argv=None) -> bool:
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

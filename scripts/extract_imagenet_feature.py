@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
+from libs.models.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
 from libs.data.feature_writers import extract_imagenet_features
 from libs.data.imagenet import imagenet_train_images
 
@@ -48,5 +48,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

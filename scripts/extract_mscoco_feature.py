@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from libs.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.models.autoencoder import DEFAULT_AUTOENCODER_PATH, load_autoencoder
+from libs.models.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
 from libs.data.feature_writers import extract_mscoco_features, read_coco_captions
 
 
@@ -55,5 +55,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from libs.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
+from libs.models.clip import DEFAULT_CLIP, FrozenCLIPEmbedder
 from libs.data.feature_writers import extract_prompt_features
 
 # COCO-style captions used when no --prompts file is given.
@@ -60,5 +60,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

@@ -9,7 +9,7 @@ For a folder or an .npz of images use ``python tools/fid_stats.py SOURCE OUT.npz
 from absl import flags
 from ml_collections import config_flags
 
-from libs.entry import run
+from libs.cli.entry import run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration whose dataset to use.", lock_config=False)
@@ -26,8 +26,8 @@ def dataset_statistics(config, out, limit=None, device=None, batch_size=100, pro
 
     from libs.data.reference import reference_images
     from libs.data.registry import get_dataset
-    from tools.fid import FIDAccumulator, default_device, save_statistics
-    from tools.inception import load_inception
+    from libs.evaluation.fid import FIDAccumulator, default_device, save_statistics
+    from libs.evaluation.inception import load_inception
 
     dataset = get_dataset(**config.dataset)
     acc = FIDAccumulator(load_inception(config.get("inception_path") or None, device=device or default_device()),

@@ -22,8 +22,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """A folder with a tiny VAE (``autoencoder_kl.pth`` in CompVis names + ``vae.json``) and a
-    tiny CLIP text encoder (``clip/``), see tests/tiny_assets.py. Read-only for the tests."""
-    from tests.tiny_assets import save_tiny_clip, save_tiny_vae
+    tiny CLIP text encoder (``clip/``), see tests/helpers/tiny_assets.py. Read-only for the tests."""
+    from tests.helpers.tiny_assets import save_tiny_clip, save_tiny_vae
 
     root = tmp_path_factory.mktemp("tiny_assets")
     save_tiny_vae(root)
@@ -36,10 +36,10 @@ def trained(tmp_path_factory):
     """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
     from libs.data.reference import reference_images
     from libs.data.registry import get_dataset
-    from libs.tasks import PixelTask
-    from libs.train_engine import train
-    from tools.fid import FIDAccumulator, save_statistics
-    from tools.inception import load_inception
+    from libs.tasks.pixel import PixelTask
+    from libs.training.engine import train
+    from libs.evaluation.fid import FIDAccumulator, save_statistics
+    from libs.evaluation.inception import load_inception
 
     tmp = tmp_path_factory.mktemp("digits")
     config = get_config()
@@ -57,8 +57,8 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def trained_digits(trained):
     """(network, config) of the ``trained`` model, loaded on the CPU in eval mode."""
-    from libs.checkpoint import load_weights
-    from libs.nets import build_nnet
+    from libs.run.checkpoint import load_weights
+    from libs.models.registry import build_nnet
 
     config = get_config()
     config.nnet.update(embed_dim=32, depth=2, num_heads=2)

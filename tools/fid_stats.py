@@ -9,9 +9,9 @@ under 'images' or 'arr_0'. OUT.npz has keys mu and sigma, as assets/fid_stats/*.
 import argparse
 from typing import Optional, Sequence
 
-from tools.fid import (Stats, add_inception_arguments, default_device, is_statistics_file,
+from libs.evaluation.fid import (Stats, add_inception_arguments, default_device, is_statistics_file,
                        save_statistics, statistics_of)
-from tools.inception import load_inception
+from libs.evaluation.inception import load_inception
 
 
 def compute_reference_statistics(source: str, out: str, batch_size: int = 50,
@@ -40,5 +40,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    from libs.cli_errors import guarded
+    from libs.run.errors import guarded
     guarded(main)()

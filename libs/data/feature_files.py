@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from libs.atomic import atomic_write
+from libs.run.atomic import atomic_write
 from libs.data.paths import PathLike
 
 

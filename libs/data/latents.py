@@ -10,7 +10,7 @@ mscoco256_features     (moments (8, 32, 32), context (77, 768))     (4, 32, 32)
 =====================  ==========================================  ===========================
 
 The datasets return *moments*; the training task draws the latent with
-``FrozenAutoencoderKL.sample`` (libs/autoencoder.py). The features are written by
+``FrozenAutoencoderKL.sample`` (libs/models/autoencoder.py). The features are written by
 ``libs/data/feature_writers.py`` (driven by ``scripts/extract_*.py``).
 """
 from __future__ import annotations
@@ -214,7 +214,7 @@ _MSCOCO_HOWTO = """\
     python scripts/extract_mscoco_feature.py --split val
     python scripts/extract_empty_feature.py
     python scripts/extract_test_prompt_feature.py
-  (needs assets/stable-diffusion/autoencoder_kl.pth and a local CLIP ViT-L/14, see libs/clip.py)"""
+  (needs assets/stable-diffusion/autoencoder_kl.pth and a local CLIP ViT-L/14, see libs/models/clip.py)"""
 
 
 def _mscoco_folder(root: Path, split: str, name: str, looked_root: list[Path]) -> MSCOCOFeatureFolder:

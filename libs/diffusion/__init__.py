@@ -1,0 +1,11 @@
+"""Diffusion maths: nothing here knows U-ViT, early exit or accelerate.
+
+==================  ========================================================================
+``schedules``       VP noise schedules (continuous linear, discrete betas): alpha, sigma, lambda
+``noise``           the forward-noise process of training (continuous / discrete time)
+``wrappers``        ``model_fn -> model_fn`` wrappers: guidance, time conversion, conditions
+``euler_maruyama``  Euler-Maruyama SDE / probability-flow ODE samplers
+``dpm_solver``      DPM-Solver / DPM-Solver++ (singlestep fast, singlestep, multistep)
+``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names
+==================  ========================================================================
+"""

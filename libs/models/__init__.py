@@ -1,0 +1,14 @@
+"""Networks.
+
+================  ==========================================================================
+``backbone``      the backbone contract (``ExitBackbone``): the hooks every exit rule runs on
+``exit_loop``     the one early-exit loop over those hooks (batch compaction, batch of one)
+``uvit_core``     ``UViTBackbone``: U-ViT blocks, long skips, uncertainty heads
+``uvit``          ``UViT``: unconditional / class-conditional
+``uvit_t2i``      ``UViT`` for text-to-image (CLIP context tokens)
+``flops``         FLOP counts of the building blocks, ``NetworkFlops``
+``registry``      ``build_nnet(config.nnet)``
+``autoencoder``   the frozen Stable Diffusion KL-f8 VAE
+``clip``          the frozen CLIP text encoder
+================  ==========================================================================
+"""

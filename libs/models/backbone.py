@@ -1,0 +1,211 @@
+"""The backbone contract: what the engines, the early-exit loop and the compute accounting
+need from a network, and the forwards built on it.
+
+A backbone is a stack of ``num_blocks`` blocks between an embedding and a shared output head,
+with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement the hooks:
+
+    embed(x, t, cond) -> (h, carry)      tokens and the per-row state carried between blocks
+                                         (U-ViT: its long-skip stack and time embedding)
+    run_block(i, h, carry) -> h          block i (may push to / pop from the carry)
+    select_rows(carry, rows) -> carry    the carry of the rows that stay (batch compaction)
+    output_head(h) -> eps                the shared head, (B, C, H, W)
+    certainty_map(i, h, carry)           head i's certainty map (B, C, H, W), for training
+    mean_certainty(i, h, carry)          (B,) float32 mean certainty, for the exit test
+    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float (the
+                                         loop may call it for an earlier block i of the
+                                         patience window, with that block's h)
+    exit_patience(i) -> int              passing blocks a row needs before it may exit after i
+    flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/models/flops.py)
+    cond_name                            keyword of the conditioning ('y', 'context', ...)
+
+and get, from this class:
+
+* ``forward(x, t, cond)``: full depth, no uncertainty head (the plain network's cost);
+  ``forward(..., exit_threshold=tau)`` or ``exit_policy=...``: per-sample early exit;
+* ``forward_early_exit``: the same with per-sample accounting (``EarlyExitOutput``);
+* ``forward_all_exits``: every block's prediction and certainty (``AllExitsOutput``), what
+  the AdaDiff objective trains on.
+
+The early-exit loop (``libs.models.exit_loop``) uses only these hooks, so a new backbone (a DiT,
+say) is one new file. ``libs.models.uvit_core.UViTBackbone`` is the reference implementation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from libs.models import exit_loop
+from libs.exits.policy import ExitPolicy, as_policy
+from libs.models.flops import NetworkFlops
+
+
+class EarlyExitOutput:
+    """Result of an early-exit forward.
+
+    sample: (B, C, H, W) noise prediction of each sample at its exit block.
+    exit_block: (B,) int64 index of the block each sample exited after (0-based;
+        ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
+    uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
+
+    A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
+    also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
+    become tensors on first access.
+    """
+
+    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row")
+
+    def __init__(self, sample: torch.Tensor, exit_block, uem_evals):
+        self.sample = sample
+        one = isinstance(exit_block, int) and isinstance(uem_evals, int)
+        self._one_row = (exit_block, uem_evals) if one else None
+        self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
+
+    def _as_tensor(self, v: int) -> torch.Tensor:
+        return torch.full((1,), v, dtype=torch.long, device=self.sample.device)
+
+    @property
+    def exit_block(self) -> torch.Tensor:
+        if self._exit_block is None:
+            self._exit_block = self._as_tensor(self._one_row[0])
+        return self._exit_block
+
+    @property
+    def uem_evals(self) -> torch.Tensor:
+        if self._uem_evals is None:
+            self._uem_evals = self._as_tensor(self._one_row[1])
+        return self._uem_evals
+
+    @property
+    def one_row(self) -> Optional[Tuple[int, int]]:
+        """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
+        return self._one_row
+
+    @property
+    def blocks_run(self) -> torch.Tensor:
+        return self.exit_block + 1
+
+
+@dataclass
+class AllExitsOutput:
+    """Training output: every block's prediction and certainty, each computed once.
+
+    preds: (N, B, C, H, W) shared output head applied to each of the N blocks;
+        ``preds[-1]`` is the full-depth prediction.
+    certainties: (N, B, C, H, W) certainty maps in (0, 1), computed on detached features.
+    """
+
+    preds: torch.Tensor
+    certainties: torch.Tensor
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return self.preds[-1]
+
+
+class ExitBackbone(nn.Module):
+    """Base class of early-exit networks: the hooks above, and the forwards built on them."""
+
+    num_blocks: int
+    cond_name: str = "cond"
+
+    # ----------------------------------------------------------------------------- hooks
+    def embed(self, x: torch.Tensor, timesteps: torch.Tensor, cond) -> Tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def run_block(self, i: int, h: torch.Tensor, carry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select_rows(self, carry, rows: torch.Tensor):
+        raise NotImplementedError
+
+    def output_head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def certainty_map(self, i: int, h: torch.Tensor, carry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean_certainty(self, i: int, h: torch.Tensor, carry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean_certainty_one(self, i: int, h: torch.Tensor, carry) -> float:
+        return float(self.mean_certainty(i, h, carry)[0])
+
+    def exit_patience(self, i: int) -> int:
+        return 1
+
+    def flops(self) -> NetworkFlops:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- forwards
+    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
+                exit_policy: Optional[ExitPolicy] = None, **kwargs) -> torch.Tensor:
+        """Noise prediction (B, C, H, W). ``exit_threshold`` (a float, < 1 = the released rule
+        per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
+        cond = self._cond_from_args(args, kwargs)
+        policy = _policy_from_args(exit_threshold, exit_policy)
+        if policy.is_full:
+            return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
+        return self._forward_early_exit(x, timesteps, cond, policy).sample
+
+    def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
+                           exit_policy: Optional[ExitPolicy] = None, **kwargs) -> EarlyExitOutput:
+        """Early-exit forward with per-sample compute accounting (see EarlyExitOutput)."""
+        cond = self._cond_from_args(args, kwargs)
+        policy = _policy_from_args(exit_threshold, exit_policy)
+        if policy.is_full:  # no sample can exit, so no head is evaluated
+            return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
+        return self._forward_early_exit(x, timesteps, cond, policy)
+
+    def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
+        """Every block's prediction (shared head) and certainty map, for training."""
+        cond = self._cond_from_args(args, kwargs)
+        h, carry = self.embed(x, timesteps, cond)
+        preds, certs = [], []
+        for i in range(self.num_blocks):
+            h = self.run_block(i, h, carry)
+            preds.append(self.output_head(h))  # (B, C, H, W)
+            certs.append(self.certainty_map(i, h, carry))
+        return AllExitsOutput(torch.stack(preds), torch.stack(certs))  # (N, B, C, H, W) each
+
+    def _forward_truncated(self, x, timesteps, cond, last: int) -> torch.Tensor:
+        """Blocks 0..last and the output head, for every row (no uncertainty head)."""
+        h, carry = self.embed(x, timesteps, cond)
+        for i in range(last + 1):
+            h = self.run_block(i, h, carry)
+        return self.output_head(h)
+
+    def _forward_static(self, x, timesteps, cond, last: int) -> EarlyExitOutput:
+        sample = self._forward_truncated(x, timesteps, cond, last)
+        if x.shape[0] == 1:
+            return EarlyExitOutput(sample, last, 0)
+        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
+        return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
+
+    def _forward_early_exit(self, x, timesteps, cond, policy: ExitPolicy) -> EarlyExitOutput:
+        static = policy.static_exit(self.num_blocks)
+        if static is not None:  # every row exits after a known block: a truncated forward
+            if not 0 <= static < self.num_blocks:
+                raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
+                                 f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
+            return self._forward_static(x, timesteps, cond, static)
+        h, carry = self.embed(x, timesteps, cond)
+        run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
+        return EarlyExitOutput(*run(self, h, carry, policy))
+
+    def _cond_from_args(self, args, kwargs):
+        """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""
+        if len(args) > 1:
+            raise TypeError(f"expected at most one conditioning argument, got {len(args)}")
+        cond = args[0] if args else kwargs.pop(self.cond_name, None)
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (conditioning is '{self.cond_name}=')")
+        return cond
+
+
+def _policy_from_args(exit_threshold, exit_policy) -> ExitPolicy:
+    if exit_threshold is not None and exit_policy is not None:
+        raise TypeError("pass exit_threshold (a float) or exit_policy (an ExitPolicy), not both")
+    return as_policy(exit_policy if exit_policy is not None else exit_threshold)

@@ -1,0 +1,69 @@
+"""Analytic compute accounting for networks with early exit.
+
+FLOPs count a multiply-add as 2 FLOPs and include matrix products (linear layers,
+attention scores and weighted sums) and convolutions; LayerNorm, softmax, activations and
+additions are ignored (they are < 1% here). Everything is per image and per network call.
+
+    cost of a call exiting after block k (0-based) =
+        embed + sum_{j<=k} block_j + uem_evals * uem_head + output_head
+
+where ``uem_evals`` is the number of uncertainty heads the call ran (k + 1 under the
+threshold rule, as the last block has no exit test; 0 at full depth and for static exits).
+
+Each network describes its own pieces (``flops()`` of the backbone contract,
+``libs/models/backbone.py``) with the helpers below; the accounting never re-derives a network
+from its config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class NetworkFlops:
+    """Per-image FLOPs of the pieces of one network call."""
+
+    embed: float  # input embedding (e.g. patch embedding as a matmul, context embedding)
+    blocks: tuple  # FLOPs of each block, in execution order
+    uem_head: float  # one uncertainty head
+    output_head: float  # the shared output head
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def full(self) -> float:
+        """A plain full-depth call (no uncertainty head evaluated)."""
+        return self.embed + sum(self.blocks) + self.output_head
+
+    def mean_call(self, exit_blocks: Sequence[int], uem_evals: Sequence[int]) -> float:
+        """Mean FLOPs over calls (e.g. every sample at every sampling step) that exited after
+        ``exit_blocks[j]`` having run ``uem_evals[j]`` uncertainty heads."""
+        cum = [0.0]
+        for b in self.blocks:
+            cum.append(cum[-1] + b)
+        n = len(exit_blocks)
+        total = sum(cum[int(k) + 1] for k in exit_blocks) + self.uem_head * float(sum(int(u) for u in uem_evals))
+        return self.embed + self.output_head + total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- building blocks
+def linear(tokens: int, d_in: int, d_out: int) -> float:
+    """A Linear(d_in, d_out) applied to ``tokens`` tokens."""
+    return 2.0 * tokens * d_in * d_out
+
+
+def attention(tokens: int, dim: int) -> float:
+    """Multi-head self-attention of width ``dim``: qkv, QK^T and AV, output projection."""
+    return linear(tokens, dim, 3 * dim) + 2.0 * 2 * tokens * tokens * dim + linear(tokens, dim, dim)
+
+
+def mlp(tokens: int, dim: int, hidden: int) -> float:
+    """Linear(dim, hidden) -> activation -> Linear(hidden, dim)."""
+    return linear(tokens, dim, hidden) + linear(tokens, hidden, dim)
+
+
+def conv2d(c_in: int, c_out: int, kernel: int, out_h: int, out_w: int) -> float:
+    return 2.0 * c_in * c_out * kernel * kernel * out_h * out_w

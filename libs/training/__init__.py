@@ -1,0 +1,10 @@
+"""Training.
+
+==================  ========================================================================
+``engine``          ``train(config, task)``: the training loop and its interval hooks
+``losses``          the AdaDiff and U-ViT loss terms
+``objectives``      ``training_losses``: an objective by name over the noise process
+``data_order``      the deterministic, resumable data order
+``best_checkpoint`` optional choice of the checkpoint with the best FID
+==================  ========================================================================
+"""

@@ -1,0 +1,67 @@
+"""Deterministic, resumable data order: everything is a function of (seed, step).
+
+The global batch of step s (1-based) is a slice of the permutation of epoch
+e = (s - 1) // batches_per_epoch, drawn from ``seed + e``; each process takes its
+contiguous share of that global batch. Random augmentation inside ``Dataset.__getitem__``
+(e.g. horizontal flips drawn from torch's global generator) is made reproducible by
+seeding it per item from (seed, step, position), in a forked RNG state. A run resumed at
+step s therefore sees exactly the batches an uninterrupted run would, with no sampler
+state to save.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Tuple
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from libs.run.seeds import mix_seed
+
+
+class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
+    """Yields, for steps start_step+1, start_step+2, ..., this process's list of
+    (dataset index, item seed) pairs. Infinite; incomplete last batches of an epoch are dropped."""
+
+    def __init__(self, num_items: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 start_step: int = 0):
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} is not divisible by the number of processes {world_size}")
+        if num_items < global_batch:
+            raise ValueError(f"the dataset has {num_items} items, fewer than one batch of {global_batch}")
+        self.n, self.batch, self.rank, self.world = num_items, global_batch, rank, world_size
+        self.seed, self.start_step = seed, start_step
+        self.per_epoch = num_items // global_batch
+        self.local = global_batch // world_size
+
+    def indices(self, step: int) -> List[Tuple[int, int]]:
+        epoch, pos = divmod(step - 1, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        lo = pos * self.batch + self.rank * self.local
+        idx = perm[lo: lo + self.local].tolist()
+        return [(i, mix_seed(self.seed, step, self.rank * self.local + j)) for j, i in enumerate(idx)]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            step += 1
+            yield self.indices(step)
+
+    def __len__(self):  # infinite; DataLoader only needs this for its length hint
+        return 2 ** 62
+
+
+class SeededItems(Dataset):
+    """Wrap a dataset so that item (index, seed) runs ``dataset[index]`` with torch's global
+    RNG seeded by ``seed`` (state restored afterwards)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]

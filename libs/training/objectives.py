@@ -1,0 +1,27 @@
+"""The training objectives by name (``config.loss.objective``): one batch's per-sample loss
+terms from the network, the forward-noise process and x_0."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from libs.training.losses import adadiff_loss, uvit_loss
+
+OBJECTIVES = ("adadiff", "uvit")
+
+
+def training_losses(model: Callable, noise, x0: torch.Tensor, cond=None, *, objective: str = "adadiff",
+                    generator: Optional[torch.Generator] = None, **objective_kwargs) -> Dict[str, torch.Tensor]:
+    """Per-sample loss terms (B,) for one batch.
+
+    ``model(x_t, t_net, cond)`` returns the noise prediction for objective 'uvit' and the
+    pair (preds (N, B, ...), certainties (N, B, ...)) of every block for 'adadiff'.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    x_t, t_net, eps = noise.sample(x0, generator)
+    if objective == "uvit":
+        return uvit_loss(eps, model(x_t, t_net, cond))
+    preds, certainties = model(x_t, t_net, cond)
+    return adadiff_loss(eps, preds.float(), certainties.float(), **objective_kwargs)
