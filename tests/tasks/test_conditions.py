@@ -74,3 +74,38 @@ def test_text_task_conditions_use_the_chosen_captions(mode):
     task.dataset, task.condition_mode, task.seed = SimpleNamespace(val=Val()), mode, 5
     out = task.conditions(range(9), "cpu")
     assert [tuple(map(int, c[0])) for c in out] == sample_captions(range(9), NUM_CAPTIONS, mode, 5)
+
+
+def _released_label_dropout(y, p_uncond, null_label, generator):
+    """The label dropout as first written here: one draw of y's shape, the null label where it falls."""
+    drop = torch.rand(y.shape, device=y.device, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def _released_context_dropout(context, empty, p_uncond, generator):
+    drop = torch.rand(context.shape[0], device=context.device, generator=generator) < p_uncond
+    return torch.where(drop[:, None, None], empty.to(context.device, context.dtype), context)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_condition_dropout_is_one_draw_per_row_for_labels_and_contexts(p):
+    from libs.tasks.conditions import drop_condition
+
+    y = torch.arange(64) % 10
+    got = drop_condition(y, torch.tensor(10), p, torch.Generator().manual_seed(3))
+    assert torch.equal(got, _released_label_dropout(y, p, 10, torch.Generator().manual_seed(3)))
+    assert 0 < int((got == 10).sum()) < 64
+
+    ctx, empty = torch.randn(64, 5, 3), torch.randn(5, 3)
+    got = drop_condition(ctx, empty, p, torch.Generator().manual_seed(4))
+    assert torch.equal(got, _released_context_dropout(ctx, empty, p, torch.Generator().manual_seed(4)))
+
+
+def test_condition_dropout_off_draws_nothing():
+    from libs.tasks.conditions import drop_condition
+
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    y = torch.arange(8)
+    assert drop_condition(y, torch.tensor(99), 0.0, g) is y
+    assert torch.equal(g.get_state(), state)
