@@ -28,7 +28,7 @@ def enabled(config) -> bool:
     return bool(config.train.get("select_best_by_fid", False))
 
 
-def check_config(config) -> None:
+def check_selection(config) -> None:
     """Fail before training when the option cannot work (no reference statistics)."""
     if not enabled(config):
         return

@@ -3,15 +3,19 @@
 A run is described entirely by its config (saved as ``<workdir>/config.json``); what differs
 between pixel, latent and text-to-image training is a small ``task`` object (see
 ``libs/tasks/``): the training dataset, the forward-noise process and how a data batch
-becomes ``(x0, cond)``. The loop below is linear:
+becomes ``(x0, cond)``. ``_train`` reads as one page:
 
-    set up -> resume or load pretrained -> [batch, loss, step, EMA, log, sample, save] * n
+    set up -> resume or initialise -> [step (batch, loss, update, EMA), guards, log, sample,
+    evaluate, save] * n -> choose the best checkpoint
+
+``Run`` holds what stays fixed over a run, ``TrainState`` what the steps change; the guards and
+interval hooks are named functions in ``libs/training/hooks.py``.
 
 Every random draw is a function of (seed, process rank, step), so a resumed run continues
 exactly as an uninterrupted one would (the data order too, see ``libs/training/data_order.py``).
 
 What a run guarantees (README "What a run guarantees"): the config is checked before any
-work (libs/cli/config_check.py); one run per workdir (libs/run/lock.py); checkpoints are written
+work (libs/cli/config_check.py, by the entry scripts); one run per workdir (libs/run/lock.py); checkpoints are written
 atomically with a checksum manifest and resume falls back to the newest intact one
 (libs/run/checkpoint.py); diverged weights (NaN/inf or |w| > config.train.max_abs_weight) stop
 the run before they are saved (libs/run/weight_guard.py); config.json is written once the run's
@@ -20,10 +24,12 @@ weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,20 +37,17 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from libs.training import best_checkpoint
-from libs.run.atomic import atomic_write_text
-from libs.run.checkpoint import (clean_stale_temporaries, latest_checkpoint, list_checkpoints, load_weights,
-                             newest_intact_checkpoint, save_checkpoint)
-from libs.run.config_io import config_diff, config_to_json, load_config_json
-from libs.run.seeds import Stream, mix_seed
-from libs.training.data_order import SeededItems, StepBatchSampler
-from libs.evaluation.engine import evaluate, sample_grid, sweep_policies
+from libs.evaluation.engine import sweep_policies
 from libs.models.registry import build_nnet
+from libs.run.atomic import atomic_write_text
+from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_checkpoint, save_checkpoint
+from libs.run.config_io import config_to_json
 from libs.run.lock import LauncherWatch, RunLock
 from libs.run.log import MetricsWriter, setup_logger
-from libs.run.weight_guard import describe_bad_weight, first_bad_weight
+from libs.run.seeds import Stream, mix_seed
+from libs.training import best_checkpoint, hooks
+from libs.training.data_order import SeededItems, StepBatchSampler
 from libs.training.objectives import training_losses
-
 
 
 class TrainForward(nn.Module):
@@ -88,208 +91,249 @@ def train(config, task) -> Path:
         return _train(config, task, lock)
 
 
-def _train(config, task, lock: RunLock) -> Path:
-    tc = config.train
-    workdir = Path(config.workdir)
-    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(workdir))
-    is_main = accelerator.is_main_process
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
+@dataclass
+class Run:
+    """What stays fixed over one run: its config and task, the processes, the log and stats
+    files, the policies sampled at intervals and the per-step random generator (re-seeded from
+    (seed, stream, rank, step) before every use)."""
+    config: Any
+    task: Any
+    accelerator: Accelerator
+    logger: logging.Logger
+    metrics: MetricsWriter
+    policies: List[Any]
+    loss_kwargs: Dict[str, Any]
+    generator: torch.Generator
 
-    # ---------------------------------------------------------------- checks before any work
+    @property
+    def workdir(self) -> Path:
+        return Path(self.config.workdir)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.workdir / "ckpts"
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def trackers(self) -> bool:
+        return bool(self.config.train.get("log_with"))
+
+
+@dataclass
+class TrainState:
+    """What the steps change: the network, its EMA, the optimiser and schedule, the last step
+    done and the newest checkpoint (None before the first save of a fresh run)."""
+    net: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    params: List[nn.Parameter]
+    step: int = 0
+    last_ckpt: Optional[Path] = None
+    model: Optional[nn.Module] = None  # TrainForward(net) as accelerate prepared it (DDP, mixed precision)
+
+
+def _train(config, task, lock: RunLock) -> Path:
+    tc, n_steps = config.train, config.train.n_steps
+    # Set up: processes, checks before any work, the workdir and its log.
+    run, resuming = _setup(config, task, lock)
+
+    # Resume or initialise.
+    state = _build(run)
+    _resume_or_init(run, state, resuming)
+    batches = _batches(run, state.step)
+    _prepare(run, state)
+    watch, meter = LauncherWatch(), hooks.LossMeter()
+
+    with tqdm(total=n_steps, initial=state.step, disable=not run.is_main, desc="train", dynamic_ncols=True) as bar:
+        for step in range(state.step + 1, n_steps + 1):
+            # Batch, loss, update, EMA.
+            terms, grad_norm = _step(run, state, next(batches), step)
+            log_due = hooks.every(step, tc.log_interval) or step == n_steps
+            save_due = hooks.every(step, tc.save_interval) or step == n_steps
+
+            # Stop before diverged weights are logged or saved, or when the launcher is gone.
+            if log_due or save_due:
+                hooks.check_weights(state.net, state.ema, tc.get("max_abs_weight", 0.0), step, state.last_ckpt)
+            watch.check(step)
+
+            # Log.
+            meter.add(terms)
+            bar.update(1)
+            if log_due:
+                row = meter.flush(run.accelerator, step, state.optimizer.param_groups[0]["lr"], grad_norm,
+                                  tc.batch_size)
+                hooks.write_log_row(row, run.metrics, run.accelerator, run.trackers, bar, run.logger)
+
+            # Sample grids (main process) and evaluate FID (all processes) with the EMA network.
+            if run.is_main and hooks.every(step, tc.get("sample_interval")):
+                hooks.sample_grids(state.ema, task, config, run.policies, step, run.logger)
+            if hooks.every(step, tc.get("eval_interval")):
+                hooks.evaluate_fid(state.ema, task, config, run.policies, run.accelerator, step, run.metrics,
+                                   run.logger)
+
+            # Save.
+            if save_due:
+                _save(run, state)
+
+    # Choose the best checkpoint by FID.
+    if best_checkpoint.enabled(config):
+        state.last_ckpt = best_checkpoint.finish(config, run.accelerator, run.workdir, state.last_ckpt, run.logger)
+    run.accelerator.end_training()
+    return state.last_ckpt
+
+
+def sampling_policies(config) -> list:
+    """Full depth and the configured exit policies (config.sample.exit_policy); a plain U-ViT
+    objective trains no heads, so only the policies that need none (static:K) are kept."""
+    adadiff = config.loss.objective == "adadiff"
+    return [p for p in sweep_policies(str(config.sample.exit_policy))
+            if adadiff or not (p.uses_heads or p.needs_calibration)]
+
+
+def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
+    """The accelerator, the checks that need it, the logger and the workdir (main process);
+    returns the run and whether a checkpoint to resume from exists."""
+    tc = config.train
+    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir))
+    world, device = accelerator.num_processes, accelerator.device
     if tc.batch_size % world:
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "
                          f"processes ({world}); choose a multiple of {world}")
-    objective = config.loss.objective
-    # Full depth, and the configured exit policies; a plain U-ViT objective trains no heads,
-    # so only the policies that need none (static:K) are sampled.
-    sampling_policies = [p for p in sweep_policies(str(config.sample.exit_policy))
-                         if objective == "adadiff" or not (p.uses_heads or p.needs_calibration)]
-    best_checkpoint.check_config(config)
-    ckpt_root = workdir / "ckpts"
-    resume_from = latest_checkpoint(ckpt_root)
+    policies = sampling_policies(config)
+    best_checkpoint.check_selection(config)
+    workdir, is_main = Path(config.workdir), accelerator.is_main_process
+    resuming = latest_checkpoint(workdir / "ckpts") is not None
 
     logger = setup_logger("adadiff.train", workdir, is_main)
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None and (workdir / "config.json").exists():
-            changed = config_diff(load_config_json(workdir / "config.json").to_dict(), config.to_dict())
-            if changed:
-                logger.warning("config differs from the run's saved config.json in: %s", ", ".join(changed))
-        if lock.takeover_message():
-            logger.warning("%s", lock.takeover_message())
-        for note in clean_stale_temporaries(ckpt_root):
-            logger.warning("%s", note)
+        hooks.prepare_workdir(config, lock, resuming, logger)
     logger.info("workdir %s, %d process(es) on %s, mixed precision %s", workdir, world, device,
                 accelerator.mixed_precision)
+    loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
+        if config.loss.objective == "adadiff" else {}
+    return Run(config, task, accelerator, logger, MetricsWriter(workdir / "stats.jsonl", enabled=is_main),
+               policies, loss_kwargs, torch.Generator(device=device)), resuming
 
-    # ---------------------------------------------------------------- model, EMA, optimiser
+
+def _build(run: Run) -> TrainState:
+    """The network (initialised from config.seed), its EMA copy, AdamW over the trained
+    parameters and the warmup schedule."""
+    config = run.config
     torch.manual_seed(config.seed)
     net = build_nnet(config.nnet)
-    for policy in sampling_policies:
+    for policy in run.policies:
         policy.check(net.num_blocks)
-    if objective == "uvit":  # plain U-ViT training: the uncertainty heads take no part
+    if config.loss.objective == "uvit":  # plain U-ViT training: the uncertainty heads take no part
         net.uem_heads.requires_grad_(False)
-    nnet_ema = copy.deepcopy(net).requires_grad_(False).eval()
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
     params = [p for p in net.parameters() if p.requires_grad]
     oc = config.optimizer
     if oc.name != "adamw":
         raise ValueError(f"config.optimizer.name={oc.name!r}: only 'adamw' is supported")
     optimizer = torch.optim.AdamW(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas))
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.lr_scheduler.warmup_steps))
-    logger.info("network %s: %.2fM parameters (%.2fM trained)", config.nnet.name,
-                sum(p.numel() for p in net.parameters()) / 1e6, sum(p.numel() for p in params) / 1e6)
+    run.logger.info("network %s: %.2fM parameters (%.2fM trained)", config.nnet.name,
+                    sum(p.numel() for p in net.parameters()) / 1e6, sum(p.numel() for p in params) / 1e6)
+    return TrainState(net, ema, optimizer, lr_scheduler, params)
 
-    start_step = 0
-    resume_from, saved = newest_intact_checkpoint(ckpt_root) if resume_from is not None else (None, None)
+
+def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
+    """Resume from the newest intact checkpoint (the config's hyper-parameters win, see
+    ``hooks.override_hyperparameters``), else load config.train.pretrained_weight, else start
+    from scratch; then record config.json (main process)."""
+    config = run.config
+    resume_from, saved = newest_intact_checkpoint(run.ckpt_root) if resuming else (None, None)
     if resume_from is not None:
-        load_weights(net, saved["nnet.pth"], str(resume_from / "nnet.pth"))
-        load_weights(nnet_ema, saved["nnet_ema.pth"], str(resume_from / "nnet_ema.pth"))
-        optimizer.load_state_dict(saved["optimizer.pth"])
-        lr_scheduler.load_state_dict(saved["lr_scheduler.pth"])
-        start_step = int(saved["step.pth"])
-        del saved
-        # The config, not the saved optimiser, decides the hyper-parameters from here on.
-        lr_scheduler.base_lrs = [oc.lr] * len(optimizer.param_groups)
-        for g in optimizer.param_groups:
-            g.update(initial_lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas),
-                     lr=oc.lr * lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch))
-        logger.info("resumed from %s (step %d)", resume_from, start_step)
+        load_weights(state.net, saved["nnet.pth"], str(resume_from / "nnet.pth"))
+        load_weights(state.ema, saved["nnet_ema.pth"], str(resume_from / "nnet_ema.pth"))
+        state.optimizer.load_state_dict(saved["optimizer.pth"])
+        state.lr_scheduler.load_state_dict(saved["lr_scheduler.pth"])
+        state.step, state.last_ckpt = int(saved["step.pth"]), resume_from
+        hooks.override_hyperparameters(state.optimizer, state.lr_scheduler, config.optimizer)
+        run.logger.info("resumed from %s (step %d)", resume_from, state.step)
     elif config.train.get("pretrained_weight"):
-        load_weights(net, config.train.pretrained_weight)  # logs what it loaded (fresh heads, ...)
-        nnet_ema.load_state_dict(net.state_dict())
+        load_weights(state.net, config.train.pretrained_weight)  # logs what it loaded (fresh heads, ...)
+        state.ema.load_state_dict(state.net.state_dict())
     else:
-        logger.info("training from scratch (no --pretrained_weight)")
-    if is_main:  # the run's record, now that its weights loaded
-        atomic_write_text(workdir / "config.json", config_to_json(config))
+        run.logger.info("training from scratch (no --pretrained_weight)")
+    if run.is_main:  # the run's record, now that its weights loaded
+        atomic_write_text(run.workdir / "config.json", config_to_json(config))
 
-    # ---------------------------------------------------------------- data
-    sampler = StepBatchSampler(len(task.train_dataset), tc.batch_size, rank, world, config.seed, start_step)
-    loader = DataLoader(SeededItems(task.train_dataset), batch_sampler=sampler, num_workers=tc.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=tc.num_workers > 0)
-    batches = iter(loader)
 
-    model, optimizer = accelerator.prepare(TrainForward(net, objective == "adadiff"), optimizer)
-    nnet_ema.to(device)
-    generator = torch.Generator(device=device)
-    loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
-        if objective == "adadiff" else {}
-    if tc.get("log_with"):
-        accelerator.init_trackers(workdir.name, config={k: str(v) for k, v in config.to_dict().items()})
-    metrics = MetricsWriter(workdir / "stats.jsonl", enabled=is_main)
-    if metrics.drop_after(start_step):
-        logger.info("stats.jsonl: dropped the rows after step %d (redone from here)", start_step)
-    watch = LauncherWatch()
+def _batches(run: Run, start_step: int) -> Iterator:
+    """This process's batches for steps start_step+1, ... (``libs/training/data_order.py``)."""
+    tc, acc = run.config.train, run.accelerator
+    dataset = run.task.train_dataset
+    sampler = StepBatchSampler(len(dataset), tc.batch_size, acc.process_index, acc.num_processes, run.config.seed,
+                               start_step)
+    return iter(DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=tc.num_workers,
+                           pin_memory=acc.device.type == "cuda", persistent_workers=tc.num_workers > 0))
 
-    # ---------------------------------------------------------------- loop
-    last_ckpt = resume_from
-    sums, count, t_last = {}, 0, time.perf_counter()
-    bar = tqdm(total=tc.n_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
-    for step in range(start_step + 1, tc.n_steps + 1):
-        # Batch and noise: per-step, per-process randomness.
-        generator.manual_seed(mix_seed(config.seed, Stream.BATCH, rank, step))
-        x0, cond = task.make_batch(next(batches), device, generator)
-        generator.manual_seed(mix_seed(config.seed, Stream.NOISE, rank, step))
-        terms = training_losses(model, task.noise, x0, cond, objective=objective, generator=generator,
-                                **loss_kwargs)
-        loss = terms["loss"].mean()
 
-        # Stop before a non-finite loss reaches the weights; every process agrees.
-        if not bool(torch.isfinite(accelerator.gather(loss.detach()[None])).all()):
-            bar.close()
-            raise FloatingPointError(
-                f"non-finite loss at step {step}; stopping without saving. The last good checkpoint is "
-                f"{last_ckpt or 'none'}. Try a lower config.optimizer.lr, config.train.grad_clip, or bf16.")
+def _prepare(run: Run, state: TrainState) -> None:
+    """Wrap the forward pass and optimiser for the processes, move the EMA, start the trackers
+    and drop the stats rows of the steps a resume redoes."""
+    acc = run.accelerator
+    state.model, state.optimizer = acc.prepare(TrainForward(state.net, run.config.loss.objective == "adadiff"),
+                                               state.optimizer)
+    state.ema.to(acc.device)
+    if run.trackers:
+        acc.init_trackers(run.workdir.name, config={k: str(v) for k, v in run.config.to_dict().items()})
+    if run.metrics.drop_after(state.step):
+        run.logger.info("stats.jsonl: dropped the rows after step %d (redone from here)", state.step)
 
-        # Update.
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        optimizer.step()
-        lr_scheduler.step()
 
-        # Update EMA.
-        ema_update(nnet_ema, net, tc.ema_rate)
+def _step(run: Run, state: TrainState, batch, step: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step and the EMA update; returns the per-sample loss terms and the
+    gradient norm before clipping. Every draw is seeded from (seed, stream, rank, step)."""
+    config, acc, generator = run.config, run.accelerator, run.generator
+    tc = config.train
+    # Batch and noise: per-step, per-process randomness.
+    generator.manual_seed(mix_seed(config.seed, Stream.BATCH, acc.process_index, step))
+    x0, cond = run.task.make_batch(batch, acc.device, generator)
+    generator.manual_seed(mix_seed(config.seed, Stream.NOISE, acc.process_index, step))
+    terms = training_losses(state.model, run.task.noise, x0, cond, objective=config.loss.objective,
+                            generator=generator, **run.loss_kwargs)
+    loss = terms["loss"].mean()
 
-        # Stop before diverged weights are logged or saved (same weights, same verdict on every process).
-        if (tc.log_interval and step % tc.log_interval == 0) or (tc.save_interval and step % tc.save_interval == 0) \
-                or step == tc.n_steps:
-            _check_weights(net, nnet_ema, tc.get("max_abs_weight", 0.0), step, last_ckpt)
-        watch.check(step)
+    # Stop before a non-finite loss reaches the weights; every process agrees.
+    hooks.check_loss_finite(loss, acc, step, state.last_ckpt)
 
-        # Log.
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().mean()
-        count += 1
-        bar.update(1)
-        if (tc.log_interval and step % tc.log_interval == 0) or step == tc.n_steps:
-            means = accelerator.reduce(torch.stack([sums[k] for k in sorted(sums)]) / count, reduction="mean")
-            dt = time.perf_counter() - t_last
-            row = {k: float(v) for k, v in zip(sorted(sums), means)}
-            row.update(step=step, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
-                       steps_per_s=count / dt, images_per_s=count * tc.batch_size / dt)
-            metrics.write(**row)
-            if tc.get("log_with"):
-                accelerator.log(row, step=step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-            logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
-            sums, count, t_last = {}, 0, time.perf_counter()
+    # Update.
+    state.optimizer.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    grad_norm = acc.clip_grad_norm_(state.params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    state.optimizer.step()
+    state.lr_scheduler.step()
 
-        # Sample a grid with the EMA network (full depth and the configured exit policies).
-        if is_main and tc.get("sample_interval") and step % tc.sample_interval == 0:
-            for policy in sampling_policies:
-                name = f"{step}.png" if policy.is_full else f"{step}_{policy.slug}.png"
-                sample_grid(nnet_ema, task, config, workdir / "samples" / name, policy)
-            logger.info("sample grids in %s", workdir / "samples")
+    # Update EMA.
+    ema_update(state.ema, state.net, tc.ema_rate)
+    state.step = step
+    return terms, grad_norm
 
-        # Evaluate FID and compute at full depth and the configured exit policies (all processes).
-        if tc.get("eval_interval") and step % tc.eval_interval == 0:
-            results = evaluate(nnet_ema, task, config, sampling_policies, accelerator,
-                               workdir / "eval" / f"step_{step}", logger, progress=False)
-            metrics.write(step=step, eval=[r.row() for r in results])
-            if tc.get("log_with"):
-                accelerator.log({f"fid_{r.policy}": r.fid for r in results}, step=step)
 
-        # Save.
-        if (tc.save_interval and step % tc.save_interval == 0) or step == tc.n_steps:
-            accelerator.wait_for_everyone()
-            if is_main:
-                last_ckpt = save_checkpoint(ckpt_root, step, {
-                    "nnet.pth": _cpu_state(net), "nnet_ema.pth": _cpu_state(nnet_ema),
-                    "optimizer.pth": optimizer.state_dict(), "lr_scheduler.pth": lr_scheduler.state_dict(),
-                    "step.pth": step}, {"config.json": config_to_json(config)})
-                _prune(ckpt_root, tc.get("keep_ckpts", 0))
-                logger.info("saved %s", last_ckpt)
-            else:
-                last_ckpt = ckpt_root / f"{step}.ckpt"
-            accelerator.wait_for_everyone()
-            if best_checkpoint.enabled(config):
-                best_checkpoint.evaluate_checkpoint(nnet_ema, task, config, accelerator, workdir, step, logger)
-    bar.close()
+def _save(run: Run, state: TrainState) -> None:
+    """Checkpoint ``state.step`` atomically (main process; the others wait), prune to
+    config.train.keep_ckpts and, with select_best_by_fid, evaluate the saved EMA network."""
+    config, acc, step = run.config, run.accelerator, state.step
+    acc.wait_for_everyone()
+    if run.is_main:
+        state.last_ckpt = save_checkpoint(run.ckpt_root, step, {
+            "nnet.pth": _cpu_state(state.net), "nnet_ema.pth": _cpu_state(state.ema),
+            "optimizer.pth": state.optimizer.state_dict(), "lr_scheduler.pth": state.lr_scheduler.state_dict(),
+            "step.pth": step}, {"config.json": config_to_json(config)})
+        hooks.prune_checkpoints(run.ckpt_root, config.train.get("keep_ckpts", 0))
+        run.logger.info("saved %s", state.last_ckpt)
+    else:
+        state.last_ckpt = run.ckpt_root / f"{step}.ckpt"
+    acc.wait_for_everyone()
     if best_checkpoint.enabled(config):
-        last_ckpt = best_checkpoint.finish(config, accelerator, workdir, last_ckpt, logger)
-    accelerator.end_training()
-    return last_ckpt
-
-
-def _check_weights(net: nn.Module, ema: nn.Module, max_abs: float, step: int, last_ckpt) -> None:
-    """Raise FloatingPointError if the network or its EMA holds NaN/inf or |w| > max_abs."""
-    for which, module in (("network", net), ("EMA network", ema)):
-        bad = first_bad_weight(module.named_parameters(), max_abs)
-        if bad is not None:
-            raise FloatingPointError(
-                f"the {which} diverged at step {step}: {describe_bad_weight(bad, max_abs)} "
-                f"(config.train.max_abs_weight={max_abs:g}); stopping without saving. The last good checkpoint is "
-                f"{last_ckpt or 'none'}. Try a lower config.optimizer.lr, config.train.grad_clip, or bf16.")
+        best_checkpoint.evaluate_checkpoint(state.ema, run.task, config, acc, run.workdir, step, run.logger)
 
 
 def _cpu_state(net: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def _prune(root: Path, keep: int) -> None:
-    """Keep only the newest ``keep`` checkpoints (0 = keep all, as the released code)."""
-    if keep and keep > 0:
-        import shutil
-        for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)

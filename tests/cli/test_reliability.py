@@ -25,7 +25,7 @@ from libs.cli.config_check import ConfigError, check_config
 from libs.run.manifest import CorruptCheckpointError
 from libs.models.registry import build_nnet
 from libs.run.lock import LauncherGoneError, LauncherWatch, RunLock, WorkdirBusyError
-from tests.training.test_engine import tiny_config
+from tests.helpers.configs import tiny_config
 from libs.tasks.pixel import PixelTask
 from libs.training.engine import train
 

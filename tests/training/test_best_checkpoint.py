@@ -37,14 +37,14 @@ def test_choose_best_skips_pruned_checkpoints(tmp_path, caplog):
 def test_config_checks(tmp_path):
     config = get_config()
     assert config.train.select_best_by_fid is False  # off for the digits main job
-    best_checkpoint.check_config(config)
+    best_checkpoint.check_selection(config)
     config.train.select_best_by_fid = True
     config.sample.fid_stat = ""
     with pytest.raises(ValueError, match="config.sample.fid_stat"):
-        best_checkpoint.check_config(config)
+        best_checkpoint.check_selection(config)
     config.sample.fid_stat = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        best_checkpoint.check_config(config)
+        best_checkpoint.check_selection(config)
 
 
 def test_training_selects_the_best_checkpoint_on_digits(tmp_path, monkeypatch):

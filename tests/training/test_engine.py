@@ -1,4 +1,5 @@
-"""Training engine on the embedded digits data: runs, learns, saves, resumes exactly."""
+"""Training engine on the embedded digits data: runs, learns, saves, resumes exactly (also with
+changed hyper-parameters), prunes, stops on divergence. Its hooks alone: test_hooks.py."""
 import json
 import os
 import subprocess
@@ -8,23 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.digits_uvit_tiny import get_config
 from libs.run.checkpoint import list_checkpoints, save_weights
 from libs.models.registry import build_nnet
 from libs.tasks.pixel import PixelTask
-from libs.training.engine import train
+from libs.training.engine import sampling_policies, train
+from tests.helpers.configs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_config(workdir, **train):
-    config = get_config()
-    config.nnet.update(embed_dim=32, depth=2, num_heads=2)
-    config.workdir = str(workdir)
-    config.train.update({**dict(n_steps=6, batch_size=16, log_interval=1, save_interval=3), **train})
-    config.optimizer.lr = 2e-3
-    config.lr_scheduler.warmup_steps = 2
-    return config
 
 
 def weights(ckpt, name="nnet.pth"):
@@ -96,6 +87,43 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         train(blowup, PixelTask(blowup))
     assert [p.name for p in list_checkpoints(tmp_path / "ckpts")] == ["3.ckpt"]
     assert all(torch.equal(good[k], v) for k, v in weights(tmp_path / "ckpts/3.ckpt").items())
+
+
+def test_resume_with_changed_hyperparameters_follows_the_config(tmp_path):
+    first = tiny_config(tmp_path, n_steps=3)
+    train(first, PixelTask(first))
+    resumed = tiny_config(tmp_path, n_steps=5, save_interval=5)
+    resumed.optimizer.update(lr=1e-3, weight_decay=0.1)
+    train(resumed, PixelTask(resumed))
+    rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 2e-3, 2e-3, 1e-3, 1e-3])  # warmup 2, then the new rate
+    [group] = torch.load(tmp_path / "ckpts/5.ckpt/optimizer.pth", weights_only=True)["param_groups"]
+    assert group["lr"] == pytest.approx(1e-3) and group["weight_decay"] == 0.1
+    log = (tmp_path / "log.txt").read_text()
+    assert "config differs from the run's saved config.json in: optimizer.lr, optimizer.weight_decay, " \
+           "train.n_steps, train.save_interval" in log and "resumed from" in log
+
+
+def test_keep_ckpts_prunes_older_checkpoints(tmp_path):
+    config = tiny_config(tmp_path, n_steps=6, save_interval=2, keep_ckpts=2)
+    assert train(config, PixelTask(config)) == tmp_path / "ckpts" / "6.ckpt"
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpts")] == ["4.ckpt", "6.ckpt"]
+
+
+def test_max_abs_weight_stops_before_anything_is_saved(tmp_path):
+    config = tiny_config(tmp_path, n_steps=3, log_interval=0, save_interval=2, max_abs_weight=1e-3)
+    with pytest.raises(FloatingPointError, match=r"the network diverged at step 2: .*max_abs_weight=0\.001.* none"):
+        train(config, PixelTask(config))
+    assert not list_checkpoints(tmp_path / "ckpts") and not (tmp_path / "stats.jsonl").exists()  # nor logged
+
+
+def test_sampling_policies_of_a_plain_uvit_objective(tmp_path):
+    config = tiny_config(tmp_path)
+    config.sample.exit_policy = "threshold:0.9,static:1"
+    assert [p.family for p in sampling_policies(config)] == ["full", "threshold", "static"]
+    config.loss.objective = "uvit"  # no trained heads: only the policies that need none
+    assert [p.family for p in sampling_policies(config)] == ["full", "static"]
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""AdaDiff objective: values against hand computation, and where gradients flow."""
+"""AdaDiff and U-ViT loss terms: values against hand computation, and where gradients flow (and, for
+now, the forward-noise marginals the objectives draw from)."""
 import pytest
 import torch
 
 from libs.training.losses import adadiff_loss, mos, uvit_loss
 from libs.models.uvit import UViT
 from libs.diffusion.noise import ContinuousNoise, DiscreteNoise
-from libs.training.objectives import training_losses
 
 
 def test_mos_and_uvit_loss():
@@ -79,21 +79,3 @@ def test_noise_sampling_marginals(noise):
         ab = torch.cumprod(1 - betas, 0)[t_net.long() - 1].float()
     torch.testing.assert_close(xt[:, 0], ab.sqrt() * 2.0 + (1 - ab).sqrt() * eps[:, 0], atol=1e-5, rtol=1e-5)
     assert abs(eps.mean()) < 0.03 and abs(eps.std() - 1) < 0.03
-
-
-def test_training_losses_dispatch():
-    torch.manual_seed(0)
-    net = UViT(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=-1)
-    x0 = torch.randn(2, 1, 8, 8)
-
-    def all_exits(x, t, c):
-        o = net.forward_all_exits(x, t, c)
-        return o.preds, o.certainties
-
-    a = training_losses(all_exits, ContinuousNoise(), x0, generator=torch.Generator().manual_seed(1))
-    b = training_losses(lambda x, t, c: net(x, t, c), ContinuousNoise(), x0, objective="uvit",
-                        generator=torch.Generator().manual_seed(1))
-    assert set(a) == {"loss", "denoise", "uem", "layerwise"} and set(b) == {"loss", "denoise"}
-    torch.testing.assert_close(a["denoise"], b["denoise"], atol=1e-5, rtol=1e-5)  # same noise, same output
-    with pytest.raises(ValueError, match="unknown objective"):
-        training_losses(all_exits, ContinuousNoise(), x0, objective="nope")

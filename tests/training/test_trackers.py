@@ -7,7 +7,7 @@ import pytest
 
 from libs.tasks.pixel import PixelTask
 from libs.training.engine import train
-from tests.training.test_engine import tiny_config
+from tests.helpers.configs import tiny_config
 
 TERMS = ("loss", "denoise", "uem", "layerwise")
 
