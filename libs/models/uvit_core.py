@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 
 from libs.models import flops as fl
 from libs.models.backbone import AllExitsOutput, EarlyExitOutput, ExitBackbone  # noqa: F401 (re-exported)
+from libs.models.backbone import NetworkConfigError, constructor_defaults, integer_problem, positive_problem
 from libs.exits.policy import float32
 from libs.models.flops import NetworkFlops
 
@@ -81,12 +82,19 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def heads_problem(dim: int, num_heads: int) -> Optional[str]:
+    """Why ``num_heads`` heads cannot split width ``dim`` (None: they can, ``dim % num_heads == 0``)."""
+    if num_heads >= 1 and dim % num_heads == 0:
+        return None
+    near = min((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: (abs(d - num_heads), d))
+    return (f"config.nnet.embed_dim={dim} is not divisible by config.nnet.num_heads={num_heads}: choose "
+            f"num_heads dividing embed_dim (e.g. {near})")
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, qk_scale: Optional[float] = None):
         super().__init__()
-        if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}: choose num_heads "
-                             f"dividing embed_dim (config.nnet.num_heads)")
+        NetworkConfigError.raise_for([p for p in [heads_problem(dim, num_heads)] if p])
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -196,19 +204,38 @@ class UViTCarry:
 
 class UViTBackbone(ExitBackbone):
     """Shared U-ViT body. Subclasses add the conditioning embedding and define
-    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order."""
+    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order; a
+    subclass constructor takes its own arguments and passes the backbone's through
+    (``**backbone_kw``), after raising ``check_args`` of all of them."""
 
     #: number of in-block passes a sample needs before it may exit in the in-blocks
     in_block_patience: int = 2
+
+    @classmethod
+    def check_args(cls, **kwargs) -> List[str]:
+        """Sizes are integers >= 1 with ``img_size % patch_size == 0``, ``embed_dim % num_heads
+        == 0`` and an even ``depth`` (in- and out-blocks pair up through the long skips);
+        ``mlp_ratio`` and ``qk_scale`` (unless None) are finite numbers > 0."""
+        problems = super().check_args(**kwargs)
+        a = {**constructor_defaults(UViTBackbone), **kwargs}
+        sizes = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+        bad = {f: integer_problem(f, a[f], 1) for f in sizes}
+        bad["mlp_ratio"] = positive_problem("mlp_ratio", a["mlp_ratio"])
+        bad["qk_scale"] = None if a["qk_scale"] is None else positive_problem("qk_scale", a["qk_scale"])
+        if not (bad["img_size"] or bad["patch_size"]) and a["img_size"] % a["patch_size"]:
+            bad["img_size"] = (f"config.nnet.img_size={a['img_size']} is not divisible by "
+                               f"config.nnet.patch_size={a['patch_size']}: choose a patch size dividing it")
+        if not (bad["embed_dim"] or bad["num_heads"]):
+            bad["num_heads"] = heads_problem(a["embed_dim"], a["num_heads"])
+        if not bad["depth"] and a["depth"] % 2:
+            bad["depth"] = (f"config.nnet.depth={a['depth']}: must be even (in- and out-blocks pair up "
+                            f"through the long skips)")
+        return problems + [p for p in bad.values() if p]
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, qkv_bias=False, qk_scale=None, mlp_time_embed=False, use_checkpoint=False,
                  conv=True, skip=True, uem_time_aware=False):
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        if depth % 2:
-            raise ValueError(f"depth must be even (in/out blocks pair up with long skips), got {depth}")
         self.in_chans = in_chans
         self.img_size = img_size
         self.patch_size = patch_size
