@@ -45,6 +45,7 @@ from libs.run.log import MetricsWriter, setup_logger
 from libs.run.weight_guard import describe_bad_weight, first_bad_weight
 from libs.training.objectives import training_losses
 
+OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_check.py checks them too)
 
 
 class TrainForward(nn.Module):
@@ -133,8 +134,8 @@ def _train(config, task, lock: RunLock) -> Path:
     nnet_ema = copy.deepcopy(net).requires_grad_(False).eval()
     params = [p for p in net.parameters() if p.requires_grad]
     oc = config.optimizer
-    if oc.name != "adamw":
-        raise ValueError(f"config.optimizer.name={oc.name!r}: only 'adamw' is supported")
+    if oc.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={oc.name!r}: choose one of {', '.join(OPTIMIZERS)}")
     optimizer = torch.optim.AdamW(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas))
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.lr_scheduler.warmup_steps))
     logger.info("network %s: %.2fM parameters (%.2fM trained)", config.nnet.name,
