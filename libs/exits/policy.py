@@ -150,7 +150,8 @@ class ExitPolicy:
         of the patience window, i.e. one with patience > 1, for rules that evaluate heads
         lazily); ``state`` starts as None; ``exits`` is a bool (or None: the row cannot exit
         here). Must decide exactly as ``decide`` does (it may evaluate fewer heads). This
-        default runs ``decide`` on one-element CPU tensors; rules override it to spare those ops."""
+        default runs ``decide`` on one-element CPU tensors; a rule may override it with the same
+        decisions on Python values."""
         if state is None:
             state = self.init_state(1, "cpu")
         exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32),

@@ -43,9 +43,12 @@ def timestep_frequencies(dim: int, max_period: float = 10000.0, device=None) -> 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
                        freqs: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim).
-    ``freqs``: ``timestep_frequencies(dim, max_period)`` computed once by the caller (the
-    same numbers; it spares four small ops per network call)."""
+    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim):
+
+        emb[:, j] = cos(t * f_j),  emb[:, half + j] = sin(t * f_j),  f_j = max_period^(-j / half)
+
+    (a zero column appended for odd ``dim``). ``freqs``: ``timestep_frequencies(dim,
+    max_period)``, when the caller keeps them (the same numbers)."""
     if freqs is None:
         freqs = timestep_frequencies(dim, max_period, timesteps.device)
     args = timesteps[:, None].float() * freqs[None]  # (B, half)
@@ -61,8 +64,7 @@ def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
     p = int(patch_dim ** 0.5)
     h = w = int(x.shape[1] ** 0.5)
     assert p * p * channels == x.shape[2] and h * w == x.shape[1], f"cannot unpatchify shape {tuple(x.shape)}"
-    # "B (h w) (p1 p2 C) -> B C (h p1) (w p2)" as plain views (einops' parsing is a visible
-    # share of a small model's call at batch 1); the same copy, the same numbers.
+    # "B (h w) (p1 p2 C) -> B C (h p1) (w p2)"
     B = x.shape[0]
     return x.reshape(B, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(B, channels, h * p, w * p)
 
@@ -101,8 +103,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Plain views for "B L (K H D) -> K B H L D" and back (einops' per-call parsing costs
-        # about as much as a small block's layer norm at batch 1); the same strides and numbers.
+        # softmax(q k^T * scale) v per head: "B L (K H D) -> K B H L D", and back to (B, L, H*D)
         B, L, _ = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # (B, H, L, D)
@@ -180,9 +181,8 @@ class UncertaintyHead(nn.Module):
         return float32(c.sum().item() / c.numel())
 
     def _patch_certainty(self, tokens, num_extras, time_emb):
-        """Certainty of the patch tokens, (B, L, p*p*C) float32. The head runs on all tokens and
-        the extras are dropped from its narrow output (cheaper than copying the wide (B, L, D)
-        patch slice, and the same numbers); the sigmoid is taken in place on the fresh logits."""
+        """Certainty of the patch tokens, (B, L, p*p*C) float32: sigmoid(W h + b) of every token,
+        the extras' rows dropped (the numbers of the head on the patch tokens alone)."""
         if tokens.requires_grad:
             tokens = tokens.detach()
         if self.time_aware:
@@ -353,8 +353,8 @@ class UViTBackbone(ExitBackbone):
         skip = fl.linear(T, 2 * D, D) if self.use_skip else 0.0
         half = self.depth // 2
         embed = fl.linear(L, patch_dim, D) + self._extra_embed_flops()
-        # The per-token heads run on all T tokens and the extras are dropped from their narrow
-        # output (cheaper than copying the wide patch-token slice), so they are counted on T.
+        # The per-token heads run on all T tokens (the extras' rows dropped from their output),
+        # so they are counted on T.
         uem = fl.linear(T, self.uem_heads[0].proj.in_features, patch_dim)
         conv = fl.conv2d(C, C, 3, img, img) if isinstance(self.final_layer, nn.Conv2d) else 0.0
         return NetworkFlops(embed=embed, blocks=tuple([block] * (half + 1) + [block + skip] * half),
