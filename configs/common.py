@@ -30,7 +30,6 @@ def d(**kwargs):
 def base_config():
     config = ml_collections.ConfigDict()
     config.seed = 1234
-    config.pred = "noise_pred"
     config.time = "continuous"  # 'continuous' (VP-SDE, t ~ U(0,1)) or 'discrete' (SD betas, n ~ U{1..1000})
     config.workdir = ""  # default: workdir/<config name>
     config.nnet_path = ""  # evaluation: weights to evaluate

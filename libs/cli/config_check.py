@@ -2,14 +2,18 @@
 their ranges. ``check_config(config, "train" | "eval")`` raises ``ConfigError`` listing every
 problem found, each as ``config.<field>=<value>: <what is allowed>``.
 
-Fields a config does not have are skipped (each task's config carries what it needs).
+Fields a config does not have are skipped (each task's config carries what it needs). Values
+whose rules live with the code that uses them are checked by that code's validator, not
+re-implemented here: ``config.nnet`` by the network class's ``check_args``
+(``libs.models.registry.check_nnet``), ``config.sample.exit_policy`` by ``parse_policies``, the
+optimizer name against ``libs.training.engine.OPTIMIZERS``, the other names against their
+registries (samplers, objectives, layer weights, conditions, time modes).
 """
 from __future__ import annotations
 
 import math
 from numbers import Real
 
-OPTIMIZERS = ("adamw",)
 LR_SCHEDULERS = ("customized",)  # linear warmup, then constant (U-ViT's schedule)
 
 
@@ -65,24 +69,12 @@ class _Checker:
 
 
 def _check_nnet(c: _Checker):
-    from libs.models.registry import NETWORKS
+    from libs.models.registry import NETWORKS, check_nnet
 
     c.choice("nnet.name", sorted(NETWORKS))
-    for field in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-        c.integer(f"nnet.{field}", 1)
-    c.number("nnet.mlp_ratio", 0, low_open=True)
-    nnet = c.config.get("nnet") or {}
-    dim, heads = nnet.get("embed_dim"), nnet.get("num_heads")
-    if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim > 0:
-        c.ensure(dim % heads == 0, f"config.nnet.embed_dim={dim} is not divisible by config.nnet.num_heads={heads}: "
-                                   f"choose num_heads dividing embed_dim (e.g. {_divisor_near(dim, heads)})")
-    size, patch = nnet.get("img_size"), nnet.get("patch_size")
-    if isinstance(size, int) and isinstance(patch, int) and size > 0 and patch > 0:
-        c.ensure(size % patch == 0, f"config.nnet.img_size={size} is not divisible by config.nnet.patch_size={patch}")
-
-
-def _divisor_near(n, k):
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
+    nnet = _get(c.config, "nnet")
+    if nnet is not _MISSING:
+        c.problems += check_nnet(nnet)  # the network class's own check_args
 
 
 def _check_sample(c: _Checker):
@@ -107,6 +99,7 @@ def _check_sample(c: _Checker):
 
 
 def _check_train(c: _Checker):
+    from libs.training.engine import OPTIMIZERS
     from libs.training.losses import LAYER_WEIGHTS
     from libs.training.objectives import OBJECTIVES
 

@@ -7,5 +7,5 @@
 ================  ==========================================================================
 
 Calibration of the calibrated rules (``profile:``, ``budget:``) samples images, so it lives
-in ``libs.evaluation.calibration``.
+in libs.evaluation (``calibrate_policy``).
 """

@@ -18,7 +18,14 @@ comma-separated list:
                   until the measured layer ratio is within 0.01 of R, then threshold:T runs.
     full | none   full depth (also 1.0 / threshold:1): no head, no exit test.
 
-``profile:`` and ``budget:`` need calibration (``libs.exit_calibration``) before they run.
+``profile:`` and ``budget:`` need calibration (libs.evaluation (calibrate_policy)) before they run.
+
+Each rule validates its argument in one place, the classmethod ``argument_problem``: its
+constructor raises it and ``parse_policy`` reports it against the spelling the user wrote.
+A policy's spelling (``str(p)``, ``p.spec``) is canonical and reads back as the same policy,
+``parse_policy(str(p)) == p``: numbers are written in the shortest form that reads back as the
+same float (``threshold:0.9999999`` is never shortened to ``threshold:1``, which is full depth),
+and ``-0`` is ``0``.
 
 The network side of the contract is three hooks: ``static_exit`` (every row exits after one
 known block: a truncated forward), ``init_state`` and ``decide`` (a per-sample decision
@@ -33,7 +40,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 FULL_DEPTH_WORDS = ("full", "none", "inf")
-FAMILIES = ("full", "threshold", "static", "profile", "budget")
 SPELLING = "threshold:T (or a bare T), static:K, profile:T, budget:R, full"
 
 
@@ -42,7 +48,21 @@ class ExitPolicyError(ValueError):
 
 
 def _fmt(v: float) -> str:
-    return f"{v:g}"
+    """The shortest spelling that reads back as the same float, without a trailing '.0':
+    0.9 -> '0.9', 0.9000001 -> '0.9000001', 0.9999999 -> '0.9999999', 0.0 and -0.0 -> '0'."""
+    text = repr(float(v) + 0.0)  # + 0.0 turns -0.0 into 0.0
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _refuse(cls, value) -> None:
+    """Raise the rule's ``argument_problem`` for ``value`` (the constructors' validation)."""
+    problem = cls.argument_problem(value)
+    if problem is not None:
+        raise ExitPolicyError(f"exit policy '{cls.family}:{_fmt(value) if _finite(value) else value}': {problem}")
 
 
 def float32(v: float) -> float:
@@ -56,8 +76,15 @@ class ExitPolicy:
     family = "full"
     #: computes uncertainty heads while sampling
     uses_heads = False
-    #: needs ``libs.exit_calibration.calibrate`` before it runs
+    #: needs calibration (libs.evaluation (calibrate_policy)) before it runs
     needs_calibration = False
+
+    @classmethod
+    def argument_problem(cls, value) -> Optional[str]:
+        """Why ``value`` cannot be this rule's argument, in one line with the allowed range
+        (None: it can). The one definition of the range: the constructor and ``parse_policy``
+        both ask it."""
+        return None
 
     @property
     def spec(self) -> str:
@@ -123,12 +150,16 @@ class ExitPolicy:
         of the patience window, i.e. one with patience > 1, for rules that evaluate heads
         lazily); ``state`` starts as None; ``exits`` is a bool (or None: the row cannot exit
         here). Must decide exactly as ``decide`` does (it may evaluate fewer heads). This
-        default runs ``decide`` on one-element CPU tensors; rules override it to spare those ops."""
+        default runs ``decide`` on one-element CPU tensors; a rule may override it with the same
+        decisions on Python values."""
         if state is None:
             state = self.init_state(1, "cpu")
         exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32),
                                    state)
         return (None if exits is None else bool(exits[0])), state
+
+    def __str__(self):
+        return self.spec
 
     def __repr__(self):
         return f"<ExitPolicy {self.spec}>"
@@ -150,11 +181,15 @@ class ThresholdExit(ExitPolicy):
     uses_heads = True
 
     def __init__(self, tau: float):
-        tau = float(tau)
-        if math.isnan(tau) or not 0.0 <= tau < 1.0:
-            raise ExitPolicyError(f"exit_threshold {tau} is out of range: a threshold is a mean certainty in "
-                                  f"[0, 1) (1.0, 'full' or 'none' = full depth)")
+        tau = float(tau) + 0.0  # -0.0 is 0.0
+        _refuse(ThresholdExit, tau)
         self.tau = tau
+
+    @classmethod
+    def argument_problem(cls, tau):
+        if _finite(tau) and 0.0 <= tau < 1.0:
+            return None
+        return "the threshold is out of range: T is a mean certainty in [0, 1) (1, 'full' or 'none' = full depth)"
 
     @property
     def spec(self) -> str:
@@ -206,9 +241,14 @@ class StaticExit(ExitPolicy):
     family = "static"
 
     def __init__(self, block: int):
-        if int(block) != block or block < 0:
-            raise ExitPolicyError(f"static:{block}: the exit block is a 0-based block index (an integer >= 0)")
+        _refuse(StaticExit, block)
         self.block = int(block)
+
+    @classmethod
+    def argument_problem(cls, block):
+        if _finite(block) and block == int(block) and block >= 0:
+            return None
+        return "K is a 0-based block index (an integer >= 0)"
 
     @property
     def spec(self) -> str:
@@ -233,8 +273,13 @@ class ProfileExit(ExitPolicy):
     needs_calibration = True
 
     def __init__(self, tau: float, blocks: Optional[Sequence[int]] = None):
-        self.source = ThresholdExit(tau)  # validates tau
+        _refuse(ProfileExit, float(tau))
+        self.source = ThresholdExit(tau)
         self.blocks = tuple(int(b) for b in blocks) if blocks is not None else None
+
+    @classmethod
+    def argument_problem(cls, tau):
+        return None if ThresholdExit.argument_problem(tau) is None else "T is a threshold in [0, 1)"
 
     @property
     def tau(self) -> float:
@@ -259,8 +304,8 @@ class ProfileExit(ExitPolicy):
 
     def for_call(self, call):
         if self.blocks is None:
-            raise ExitPolicyError(f"{self.spec} is not calibrated: run it through the evaluation engine, or call "
-                                  f"libs.exit_calibration.calibrate first")
+            raise ExitPolicyError(f"{self.spec} is not calibrated: run it through the evaluation engine, or "
+                                  f"calibrate it first (libs.evaluation (calibrate_policy))")
         if call >= len(self.blocks):
             raise ExitPolicyError(f"{self.spec} was calibrated for {len(self.blocks)} network calls per sampling "
                                   f"run, but call {call + 1} was made: calibrate with the same sampler and steps")
@@ -279,11 +324,16 @@ class BudgetExit(ThresholdExit):
 
     def __init__(self, target: float, tau: Optional[float] = None, achieved: Optional[float] = None):
         target = float(target)
-        if math.isnan(target) or not 0.0 < target <= 1.0:
-            raise ExitPolicyError(f"budget:{target}: the target is a layer ratio (blocks run / all blocks) in (0, 1]")
+        _refuse(BudgetExit, target)
         self.target = target
         self.tau = math.nan if tau is None else float(tau)
         self.achieved = achieved
+
+    @classmethod
+    def argument_problem(cls, target):
+        if _finite(target) and 0.0 < target <= 1.0:
+            return None
+        return "R is a target layer ratio (blocks run / all blocks) in (0, 1]"
 
     @property
     def spec(self) -> str:
@@ -328,8 +378,8 @@ class BudgetExit(ThresholdExit):
 
     def for_call(self, call):
         if not self.calibrated:
-            raise ExitPolicyError(f"{self.spec} is not calibrated: run it through the evaluation engine, or call "
-                                  f"libs.exit_calibration.calibrate first")
+            raise ExitPolicyError(f"{self.spec} is not calibrated: run it through the evaluation engine, or "
+                                  f"calibrate it first (libs.evaluation (calibrate_policy))")
         return self
 
     def static_exit(self, num_blocks):
@@ -339,6 +389,10 @@ class BudgetExit(ThresholdExit):
 
 
 # ----------------------------------------------------------------------------- parsing
+#: the rule of each family spelled ``family:value``
+RULES = {"threshold": ThresholdExit, "static": StaticExit, "profile": ProfileExit, "budget": BudgetExit}
+
+
 def _number(text: str, item: str) -> float:
     try:
         value = float(text)
@@ -351,55 +405,56 @@ def _number(text: str, item: str) -> float:
 
 
 def parse_policy(item) -> ExitPolicy:
-    """One policy from its spelling (or a number = threshold, or an ExitPolicy as is)."""
+    """One policy from its spelling (a number is its bare spelling, a threshold; an ExitPolicy
+    is returned as is). ``1``, ``threshold:1``, ``budget:1``, ``full``, ``none`` and ``inf`` are
+    full depth; every other value must be in its rule's range (``argument_problem``), else an
+    ``ExitPolicyError`` names the item as written and the range."""
     if isinstance(item, ExitPolicy):
         return item
     if isinstance(item, (int, float)) and not isinstance(item, bool):
-        return as_policy(float(item))
+        item = _fmt(item)
     text = str(item).strip()
     low = text.lower()
     if low in FULL_DEPTH_WORDS:
         return FULL
     bare = ":" not in low  # a bare number is a threshold
     family, _, arg = ("threshold", "", text) if bare else (part.strip() for part in low.partition(":"))
-    if family not in FAMILIES or family == "full":
+    if family not in RULES:
         raise ExitPolicyError(f"unknown exit policy {text!r}; spell policies as {SPELLING}")
     value = _number(arg, text)
-    if family == "threshold":
-        if not 0.0 <= value <= 1.0:
-            where = "" if bare else f" in {text!r}"
-            raise ExitPolicyError(f"exit threshold {value:g}{where} is out of range: it is a mean certainty in "
-                                  f"[0, 1] (1.0, 'full' or 'none' = full depth)")
-        return as_policy(value)
-    if family == "static":
-        if value != int(value) or value < 0:
-            raise ExitPolicyError(f"exit policy {text!r}: K is a 0-based block index (an integer >= 0)")
-        return StaticExit(int(value))
-    if family == "profile":
-        if not 0.0 <= value < 1.0:
-            raise ExitPolicyError(f"exit policy {text!r}: T is a threshold in [0, 1)")
-        return ProfileExit(value)
-    if not 0.0 < value <= 1.0:
-        raise ExitPolicyError(f"exit policy {text!r}: R is a target layer ratio in (0, 1]")
-    return FULL if value == 1.0 else BudgetExit(value)
+    rule = RULES[family]
+    if value == 1.0 and family in ("threshold", "budget"):
+        return FULL
+    problem = rule.argument_problem(value)
+    if problem is not None:
+        raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+    return rule(int(value) if family == "static" else value)
 
 
 def parse_policies(value) -> List[ExitPolicy]:
-    """'0.9' | 'threshold:0.8,static:3,full' | 0.9 | [..] -> policies in the given order, duplicates dropped."""
+    """'0.9' | 'threshold:0.8,static:3,full' | 0.9 | [..] -> policies in the given order.
+
+    Each policy may be listed once: two items with the same canonical spelling (``0.9`` and
+    ``threshold:0.90``, ``-0`` and ``0``, ``full`` and ``1.0``) are refused with an
+    ``ExitPolicyError`` naming both, rather than one silently dropped; items that differ in
+    any digit (``0.9`` and ``0.9000001``) are distinct policies with distinct spellings."""
     if isinstance(value, (ExitPolicy, int, float)):
         items = [value]
     elif isinstance(value, str):
         items = [s.strip() for s in value.split(",") if s.strip()]
     else:
         items = list(value)
-    out: List[ExitPolicy] = []
+    seen = {}  # policy -> the item that gave it
     for item in items:
         policy = parse_policy(item)
-        if policy not in out:
-            out.append(policy)
-    if not out:
+        written = str(item).strip() if not isinstance(item, (int, float)) else _fmt(item)
+        if policy in seen:
+            raise ExitPolicyError(f"exit policy {written!r} repeats {seen[policy]!r} (both are {policy.spec}): "
+                                  f"list each policy once")
+        seen[policy] = written
+    if not seen:
         raise ExitPolicyError(f"no exit policy given; spell policies as {SPELLING}")
-    return out
+    return list(seen)
 
 
 def parse_thresholds_only(value) -> List[ExitPolicy]:

@@ -28,11 +28,19 @@ and get, from this class:
 
 The early-exit loop (``libs.models.exit_loop``) uses only these hooks, so a new backbone (a DiT,
 say) is one new file. ``libs.models.uvit_core.UViTBackbone`` is the reference implementation.
+
+Constructor arguments (``config.nnet`` without ``name``) are validated in one place per class,
+the classmethod ``check_args(**kwargs) -> [problem, ...]``: it builds nothing, each problem is
+one line ``config.nnet.<field>=<value>: <what is allowed>``, and a subclass extends its parent's
+list. The constructor raises them all at once (``NetworkConfigError``, a ``ValueError``); the
+config check (``libs/cli/config_check.py``) reports them with the rest of the config.
 """
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -105,11 +113,59 @@ class AllExitsOutput:
         return self.preds[-1]
 
 
+class NetworkConfigError(ValueError):
+    """Constructor arguments (config.nnet) that cannot build the network; one line per problem."""
+
+    @classmethod
+    def raise_for(cls, problems: List[str]) -> None:
+        if problems:
+            raise cls("invalid network arguments: " + "; ".join(problems))
+
+
+def constructor_defaults(cls) -> Dict[str, Any]:
+    """Keyword arguments of ``cls``'s constructor and their defaults, also those a subclass
+    passes through to its parent with ``**kwargs`` (walking the MRO until a constructor that
+    takes no ``**kwargs``)."""
+    out: Dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass in (nn.Module, object):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                out.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def integer_problem(field: str, value, low: int) -> Optional[str]:
+    """``config.nnet.<field>=<value>: ...`` unless ``value`` is an integer >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return f"config.nnet.{field}={value!r}: must be an integer >= {low}"
+    return None
+
+
+def positive_problem(field: str, value) -> Optional[str]:
+    """``config.nnet.<field>=<value>: ...`` unless ``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return f"config.nnet.{field}={value!r}: must be a finite number > 0"
+    return None
+
+
 class ExitBackbone(nn.Module):
     """Base class of early-exit networks: the hooks above, and the forwards built on them."""
 
     num_blocks: int
     cond_name: str = "cond"
+
+    @classmethod
+    def check_args(cls, **kwargs) -> List[str]:
+        """Every problem of the constructor arguments ``kwargs``, one line each (see the module
+        docstring); [] when they build. Here: names the constructor does not take."""
+        known = constructor_defaults(cls)
+        return [f"config.nnet.{k}={v!r}: not an argument of {cls.__module__}.{cls.__name__}; known: "
+                f"{', '.join(known)}" for k, v in kwargs.items() if k not in known]
 
     # ----------------------------------------------------------------------------- hooks
     def embed(self, x: torch.Tensor, timesteps: torch.Tensor, cond) -> Tuple[torch.Tensor, Any]:

@@ -1,22 +1,23 @@
-"""Network registry: ``build_nnet(config.nnet)`` with ``config.nnet.name`` in NETWORKS."""
+"""Network registry: ``build_nnet(config.nnet)`` with ``config.nnet.name`` in NETWORKS, and
+``check_nnet(config.nnet)``: its problems, from the network class's ``check_args``, without
+building it."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import List, Mapping
 
 import torch.nn as nn
 
+from libs.models import uvit, uvit_t2i
 
-def _uvit(**kw):
-    from libs.models.uvit import UViT
-    return UViT(**kw)
-
-
-def _uvit_t2i(**kw):
-    from libs.models.uvit_t2i import UViT
-    return UViT(**kw)
+NETWORKS = {"uvit": uvit.UViT, "uvit_t2i": uvit_t2i.UViT}
 
 
-NETWORKS = {"uvit": _uvit, "uvit_t2i": _uvit_t2i}
+def check_nnet(nnet: Mapping) -> List[str]:
+    """Every problem of ``config.nnet`` for its network (one line each, see
+    ``ExitBackbone.check_args``); [] for a name not in NETWORKS (``build_nnet`` refuses it)."""
+    kw = dict(nnet)
+    check = getattr(NETWORKS.get(kw.pop("name", "uvit")), "check_args", None)
+    return check(**kw) if check is not None else []
 
 
 def build_nnet(nnet: Mapping) -> nn.Module:

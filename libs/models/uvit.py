@@ -6,19 +6,31 @@ Token order [label, time, patches] (label only when ``num_classes > 0``). See
 import torch
 import torch.nn as nn
 
+from libs.models.backbone import NetworkConfigError, constructor_defaults
 from libs.models.uvit_core import UViTBackbone
 
 
 class UViT(UViTBackbone):
+    """``UViT(img_size=..., patch_size=..., ..., num_classes=...)``: the released keyword
+    arguments; ``num_classes > 0`` adds the label embedding, otherwise unconditional. The
+    backbone's arguments are ``UViTBackbone``'s."""
+
     cond_name = "y"
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, qkv_bias=False, qk_scale=None, mlp_time_embed=False, num_classes=-1,
-                 use_checkpoint=False, conv=True, skip=True, uem_time_aware=False):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                         qk_scale=qk_scale, mlp_time_embed=mlp_time_embed, use_checkpoint=use_checkpoint,
-                         conv=conv, skip=skip, uem_time_aware=uem_time_aware)
+    @classmethod
+    def check_args(cls, **kwargs):
+        """The backbone's checks, and ``num_classes`` an integer (<= 0: unconditional)."""
+        problems = super().check_args(**kwargs)
+        num_classes = {**constructor_defaults(UViT), **kwargs}["num_classes"]
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            problems.append(f"config.nnet.num_classes={num_classes!r}: must be an integer (the number of "
+                            f"labels; <= 0 for an unconditional model)")
+        return problems
+
+    def __init__(self, num_classes=-1, **backbone_kw):
+        NetworkConfigError.raise_for(UViT.check_args(num_classes=num_classes, **backbone_kw))
+        super().__init__(**backbone_kw)
+        embed_dim = self.embed_dim
         self.num_classes = num_classes
         if num_classes > 0:
             self.label_emb = nn.Embedding(num_classes, embed_dim)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 
 from libs.models import flops as fl
 from libs.models.backbone import AllExitsOutput, EarlyExitOutput, ExitBackbone  # noqa: F401 (re-exported)
+from libs.models.backbone import NetworkConfigError, constructor_defaults, integer_problem, positive_problem
 from libs.exits.policy import float32
 from libs.models.flops import NetworkFlops
 
@@ -42,9 +43,12 @@ def timestep_frequencies(dim: int, max_period: float = 10000.0, device=None) -> 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
                        freqs: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim).
-    ``freqs``: ``timestep_frequencies(dim, max_period)`` computed once by the caller (the
-    same numbers; it spares four small ops per network call)."""
+    """Sinusoidal embedding of the network time input, cos first. (B,) -> (B, dim):
+
+        emb[:, j] = cos(t * f_j),  emb[:, half + j] = sin(t * f_j),  f_j = max_period^(-j / half)
+
+    (a zero column appended for odd ``dim``). ``freqs``: ``timestep_frequencies(dim,
+    max_period)``, when the caller keeps them (the same numbers)."""
     if freqs is None:
         freqs = timestep_frequencies(dim, max_period, timesteps.device)
     args = timesteps[:, None].float() * freqs[None]  # (B, half)
@@ -60,8 +64,7 @@ def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
     p = int(patch_dim ** 0.5)
     h = w = int(x.shape[1] ** 0.5)
     assert p * p * channels == x.shape[2] and h * w == x.shape[1], f"cannot unpatchify shape {tuple(x.shape)}"
-    # "B (h w) (p1 p2 C) -> B C (h p1) (w p2)" as plain views (einops' parsing is a visible
-    # share of a small model's call at batch 1); the same copy, the same numbers.
+    # "B (h w) (p1 p2 C) -> B C (h p1) (w p2)"
     B = x.shape[0]
     return x.reshape(B, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(B, channels, h * p, w * p)
 
@@ -81,20 +84,26 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def heads_problem(dim: int, num_heads: int) -> Optional[str]:
+    """Why ``num_heads`` heads cannot split width ``dim`` (None: they can, ``dim % num_heads == 0``)."""
+    if num_heads >= 1 and dim % num_heads == 0:
+        return None
+    near = min((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: (abs(d - num_heads), d))
+    return (f"config.nnet.embed_dim={dim} is not divisible by config.nnet.num_heads={num_heads}: choose "
+            f"num_heads dividing embed_dim (e.g. {near})")
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, qk_scale: Optional[float] = None):
         super().__init__()
-        if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}: choose num_heads "
-                             f"dividing embed_dim (config.nnet.num_heads)")
+        NetworkConfigError.raise_for([p for p in [heads_problem(dim, num_heads)] if p])
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Plain views for "B L (K H D) -> K B H L D" and back (einops' per-call parsing costs
-        # about as much as a small block's layer norm at batch 1); the same strides and numbers.
+        # softmax(q k^T * scale) v per head: "B L (K H D) -> K B H L D", and back to (B, L, H*D)
         B, L, _ = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # (B, H, L, D)
@@ -172,9 +181,8 @@ class UncertaintyHead(nn.Module):
         return float32(c.sum().item() / c.numel())
 
     def _patch_certainty(self, tokens, num_extras, time_emb):
-        """Certainty of the patch tokens, (B, L, p*p*C) float32. The head runs on all tokens and
-        the extras are dropped from its narrow output (cheaper than copying the wide (B, L, D)
-        patch slice, and the same numbers); the sigmoid is taken in place on the fresh logits."""
+        """Certainty of the patch tokens, (B, L, p*p*C) float32: sigmoid(W h + b) of every token,
+        the extras' rows dropped (the numbers of the head on the patch tokens alone)."""
         if tokens.requires_grad:
             tokens = tokens.detach()
         if self.time_aware:
@@ -196,19 +204,38 @@ class UViTCarry:
 
 class UViTBackbone(ExitBackbone):
     """Shared U-ViT body. Subclasses add the conditioning embedding and define
-    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order."""
+    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order; a
+    subclass constructor takes its own arguments and passes the backbone's through
+    (``**backbone_kw``), after raising ``check_args`` of all of them."""
 
     #: number of in-block passes a sample needs before it may exit in the in-blocks
     in_block_patience: int = 2
+
+    @classmethod
+    def check_args(cls, **kwargs) -> List[str]:
+        """Sizes are integers >= 1 with ``img_size % patch_size == 0``, ``embed_dim % num_heads
+        == 0`` and an even ``depth`` (in- and out-blocks pair up through the long skips);
+        ``mlp_ratio`` and ``qk_scale`` (unless None) are finite numbers > 0."""
+        problems = super().check_args(**kwargs)
+        a = {**constructor_defaults(UViTBackbone), **kwargs}
+        sizes = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+        bad = {f: integer_problem(f, a[f], 1) for f in sizes}
+        bad["mlp_ratio"] = positive_problem("mlp_ratio", a["mlp_ratio"])
+        bad["qk_scale"] = None if a["qk_scale"] is None else positive_problem("qk_scale", a["qk_scale"])
+        if not (bad["img_size"] or bad["patch_size"]) and a["img_size"] % a["patch_size"]:
+            bad["img_size"] = (f"config.nnet.img_size={a['img_size']} is not divisible by "
+                               f"config.nnet.patch_size={a['patch_size']}: choose a patch size dividing it")
+        if not (bad["embed_dim"] or bad["num_heads"]):
+            bad["num_heads"] = heads_problem(a["embed_dim"], a["num_heads"])
+        if not bad["depth"] and a["depth"] % 2:
+            bad["depth"] = (f"config.nnet.depth={a['depth']}: must be even (in- and out-blocks pair up "
+                            f"through the long skips)")
+        return problems + [p for p in bad.values() if p]
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, qkv_bias=False, qk_scale=None, mlp_time_embed=False, use_checkpoint=False,
                  conv=True, skip=True, uem_time_aware=False):
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        if depth % 2:
-            raise ValueError(f"depth must be even (in/out blocks pair up with long skips), got {depth}")
         self.in_chans = in_chans
         self.img_size = img_size
         self.patch_size = patch_size
@@ -326,8 +353,8 @@ class UViTBackbone(ExitBackbone):
         skip = fl.linear(T, 2 * D, D) if self.use_skip else 0.0
         half = self.depth // 2
         embed = fl.linear(L, patch_dim, D) + self._extra_embed_flops()
-        # The per-token heads run on all T tokens and the extras are dropped from their narrow
-        # output (cheaper than copying the wide patch-token slice), so they are counted on T.
+        # The per-token heads run on all T tokens (the extras' rows dropped from their output),
+        # so they are counted on T.
         uem = fl.linear(T, self.uem_heads[0].proj.in_features, patch_dim)
         conv = fl.conv2d(C, C, 3, img, img) if isinstance(self.final_layer, nn.Conv2d) else 0.0
         return NetworkFlops(embed=embed, blocks=tuple([block] * (half + 1) + [block + skip] * half),

@@ -6,25 +6,37 @@ after any block whose mean certainty passes the threshold (released semantics).
 import torch
 import torch.nn as nn
 
+from libs.models.backbone import NetworkConfigError, constructor_defaults, integer_problem
 from libs.models.uvit_core import UViTBackbone
 
 
 class UViT(UViTBackbone):
+    """``UViT(img_size=..., ..., clip_dim=768, num_clip_token=77)``: the released keyword
+    arguments; the backbone's arguments are ``UViTBackbone``'s."""
+
     cond_name = "context"
     in_block_patience = 1
 
-    def __init__(self, img_size=224, in_chans=3, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, qkv_bias=False, qk_scale=None, mlp_time_embed=False, use_checkpoint=False,
-                 clip_dim=768, num_clip_token=77, conv=True, skip=True, uem_time_aware=False):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                         qk_scale=qk_scale, mlp_time_embed=mlp_time_embed, use_checkpoint=use_checkpoint,
-                         conv=conv, skip=skip, uem_time_aware=uem_time_aware)
+    @classmethod
+    def check_args(cls, **kwargs):
+        """The backbone's checks, and ``clip_dim``, ``num_clip_token`` integers >= 1."""
+        problems = super().check_args(**kwargs)
+        a = {**constructor_defaults(UViT), **kwargs}
+        for field in ("clip_dim", "num_clip_token"):
+            problem = integer_problem(field, a[field], 1)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    def __init__(self, clip_dim=768, num_clip_token=77, **backbone_kw):
+        NetworkConfigError.raise_for(UViT.check_args(clip_dim=clip_dim, num_clip_token=num_clip_token,
+                                                     **backbone_kw))
+        super().__init__(**backbone_kw)
         self.clip_dim = clip_dim
         self.num_clip_token = num_clip_token
-        self.context_embed = nn.Linear(clip_dim, embed_dim)
+        self.context_embed = nn.Linear(clip_dim, self.embed_dim)
         self.num_extras = 1 + num_clip_token
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_extras + self.num_patches, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_extras + self.num_patches, self.embed_dim))
         self._init_weights()
 
     def _extra_tokens(self, time_token, context):

@@ -49,6 +49,7 @@ from libs.training import best_checkpoint, hooks
 from libs.training.data_order import SeededItems, StepBatchSampler
 from libs.training.objectives import training_losses
 
+OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_check.py checks them too)
 
 class TrainForward(nn.Module):
     """What the optimiser differentiates (and DDP wraps): the network's full-depth output
@@ -232,8 +233,8 @@ def _build(run: Run) -> TrainState:
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     params = [p for p in net.parameters() if p.requires_grad]
     oc = config.optimizer
-    if oc.name != "adamw":
-        raise ValueError(f"config.optimizer.name={oc.name!r}: only 'adamw' is supported")
+    if oc.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={oc.name!r}: choose one of {', '.join(OPTIMIZERS)}")
     optimizer = torch.optim.AdamW(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas))
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.lr_scheduler.warmup_steps))
     run.logger.info("network %s: %.2fM parameters (%.2fM trained)", config.nnet.name,

@@ -499,7 +499,7 @@ def test_bad_inputs_table(good_run, tmp_path):
           "--config.sample.sample_steps=2", f"--output_path={evalout}"]
     nnet = f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}"
     eval_cases = [
-        (TINY + ev + [nnet, "--exit_threshold=1.3"], "exit threshold 1.3 is out of range", None),
+        (TINY + ev + [nnet, "--exit_threshold=1.3"], "exit policy '1.3': the threshold is out of range", None),
         (TINY + ev + [nnet, "--exit_threshold=abc"], "'abc' is not a number", None),
         (TINY + ev + [nnet, "--exit_threshold=static:1"], "use --exit_policy for static:K", None),
         (TINY + ev + [nnet, "--exit_policy=0.9", "--exit_threshold=0.9"], "not both", None),

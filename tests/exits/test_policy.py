@@ -1,54 +1,81 @@
-"""Exit policies: parsing, the network's static / per-step exits, calibration of profile: and
-budget:, and the threshold rule unchanged bit for bit."""
+"""Exit policies: parsing and spelling, the network's static / per-step exits, calibration of
+profile: and budget:, and the lazy patience rule (the rules' shared contract:
+test_policy_contract.py; the loop that runs them: tests/models/test_exit_loop.py)."""
 import math
 
 import pytest
 import torch
 
-from libs import uvit, uvit_t2i
 from libs.evaluation.engine import sweep_policies
-from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
-                              parse_policies, parse_thresholds_only)
-from libs.exits.recorder import ExitRecorder
-
-TINY = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, qkv_bias=False)
-
-
-def _sharp(net):
-    """Random heads give ~0.5 everywhere; scale them so samples differ."""
-    with torch.no_grad():
-        for h in net.uem_heads:
-            h.proj.weight.mul_(40.0)
-            h.proj.bias.normal_(0, 0.5)
-    return net
-
-
-def tiny(num_classes=-1, sharp=True, **kw):
-    torch.manual_seed(0)
-    net = uvit.UViT(**{**TINY, "num_classes": num_classes, **kw}).eval()
-    return _sharp(net) if sharp else net
+from libs.exits.policy import (FULL, BudgetExit, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit, parse_policies,
+                              parse_policy, parse_thresholds_only)
+from tests.models.test_exit_loop import GenericThreshold, lazy_head_count
 
 
 # ------------------------------------------------------------------ parsing
 def test_parse_spellings():
     assert [p.spec for p in parse_policies("0.9")] == ["threshold:0.9"]
     assert parse_policies(0.92) == [ThresholdExit(0.92)]
-    got = parse_policies("threshold:0.8, 0.8 ,static:3,profile:0.85,budget:0.7,full,none,1.0,threshold:1")
+    got = parse_policies("threshold:0.8, static:3 ,profile:0.85,budget:0.7,full")
     assert [p.spec for p in got] == ["threshold:0.8", "static:3", "profile:0.85", "budget:0.7", "full"]
     assert [p.family for p in got] == ["threshold", "static", "profile", "budget", "full"]
-    assert parse_policies("budget:1") == [FULL]
+    for full in ("full", "none", "inf", "1", "1.0", "threshold:1", "budget:1", "budget:1.0", 1, 1.0):
+        assert parse_policies(full) == [FULL], full
     assert parse_policies("STATIC:2") == [StaticExit(2)]
     # the sweep always starts with the full-depth baseline
     assert [p.spec for p in sweep_policies("static:1,0.9")] == ["full", "static:1", "threshold:0.9"]
     assert [p.spec for p in sweep_policies("none")] == ["full"]
 
 
+# Issue 20 item 7: near-duplicates keep their own labels, -0 is 0, nothing below 1 reads as 1.
+@pytest.mark.parametrize("value, specs", [
+    ("0.9,0.9000001,0.9999999,-0,budget:1", ["threshold:0.9", "threshold:0.9000001", "threshold:0.9999999",
+                                             "threshold:0", "full"]),
+    ("0.9999999999999999", ["threshold:0.9999999999999999"]),  # the float just below 1
+    ("0.99999999999999999", ["full"]),  # reads as the float 1.0 itself: full depth
+    ("-0", ["threshold:0"]), ("threshold:-0.0", ["threshold:0"]), ("static:-0", ["static:0"]),
+    ("profile:-0", ["profile:0"]), ("profile:0.9000001", ["profile:0.9000001"]),
+    ("budget:0.7000001", ["budget:0.7000001"]), ("1e-7", ["threshold:1e-07"]), ("static:3.0", ["static:3"]),
+    ("threshold:0.30000000000000004", ["threshold:0.30000000000000004"]), ("0.25", ["threshold:0.25"]),
+])
+def test_spellings_keep_every_digit_and_zero_has_one_sign(value, specs):
+    got = parse_policies(value)
+    assert [str(p) for p in got] == [p.spec for p in got] == specs
+    assert [parse_policy(s) for s in specs] == got  # each label reads back as its policy
+
+
+@pytest.mark.parametrize("value, first, second", [
+    ("0.9,0.9000001,0.9999999,-0,0,budget:1", "-0", "0"),  # the issue's list
+    ("0.9,threshold:0.90", "0.9", "threshold:0.90"),
+    ("threshold:0.8, 0.8 ", "threshold:0.8", "0.8"),
+    ("full,none", "full", "none"), ("0.5,budget:1,1.0", "budget:1", "1.0"),
+    ("static:3,STATIC:3.0", "static:3", "STATIC:3.0"), ("profile:0.5,profile:.5", "profile:0.5", "profile:.5"),
+])
+def test_a_repeated_policy_is_refused_naming_both_spellings(value, first, second):
+    with pytest.raises(ExitPolicyError) as e:
+        parse_policies(value)
+    msg = str(e.value)
+    assert f"exit policy {second!r} repeats {first!r}" in msg and "list each policy once" in msg
+    assert "\n" not in msg
+
+
+def test_no_threshold_below_one_is_labelled_one():
+    torch.manual_seed(0)
+    values = [math.nextafter(1.0, 0.0), 0.9999999, 0.99999995, 1 - 2 ** -30] + torch.rand(200).double().tolist()
+    for v in values:
+        p = parse_policy(repr(v))
+        assert p.spec != "threshold:1" and p.family == "threshold" and p.tau == v
+        assert parse_policy(str(p)) == p and float(str(p).split(":")[1]) == v
+
+
 @pytest.mark.parametrize("bad, words", [
-    ("1.5", ["1.5", "out of range"]), ("-0.1", ["-0.1", "out of range"]), ("abc", ["'abc'", "not a number"]),
-    ("", ["no exit policy"]), ("static:-1", ["static:-1", "integer"]), ("static:2.5", ["static:2.5", "integer"]),
-    ("budget:0", ["budget:0", "(0, 1]"]), ("budget:1.2", ["budget:1.2"]), ("profile:1", ["profile:1", "[0, 1)"]),
-    ("cosine:0.3", ["cosine:0.3", "unknown exit policy"]), ("threshold:x", ["threshold:x", "not a number"]),
-    ("0.9,static:oops", ["static:oops"]), ("nan", ["NaN"]),
+    ("1.5", ["exit policy '1.5'", "out of range", "[0, 1)"]), ("-0.1", ["'-0.1'", "out of range"]),
+    ("abc", ["'abc'", "not a number"]), ("", ["no exit policy"]), ("static:-1", ["'static:-1'", "integer"]),
+    ("static:2.5", ["static:2.5", "integer"]), ("static:inf", ["static:inf", "integer"]),
+    ("budget:0", ["budget:0", "(0, 1]"]), ("budget:1.2", ["budget:1.2"]), ("budget:-0", ["budget:-0", "(0, 1]"]),
+    ("profile:1", ["profile:1", "[0, 1)"]), ("threshold:inf", ["threshold:inf", "out of range"]),
+    ("cosine:0.3", ["cosine:0.3", "unknown exit policy"]), ("full:1", ["unknown exit policy 'full:1'"]),
+    ("threshold:x", ["threshold:x", "not a number"]), ("0.9,static:oops", ["static:oops"]), ("nan", ["NaN"]),
 ])
 def test_parse_errors_name_the_bad_item(bad, words):
     with pytest.raises(ExitPolicyError) as e:
@@ -57,6 +84,21 @@ def test_parse_errors_name_the_bad_item(bad, words):
     assert "\n" not in msg
     for w in words:
         assert w in msg, msg
+
+
+@pytest.mark.parametrize("rule, bad", [(ThresholdExit, 1.0), (ThresholdExit, -0.5), (StaticExit, -1),
+                                       (StaticExit, 1.5), (ProfileExit, 1.0), (BudgetExit, 0.0), (BudgetExit, 2.0)])
+def test_constructor_and_parser_refuse_with_the_same_range(rule, bad):
+    """One definition of each range (``argument_problem``), asked by both."""
+    problem = rule.argument_problem(bad)
+    assert problem is not None
+    with pytest.raises(ExitPolicyError) as built:
+        rule(bad)
+    assert str(built.value).endswith(problem)
+    if not (bad == 1.0 and rule is ThresholdExit):  # threshold:1 parses as full depth
+        with pytest.raises(ExitPolicyError) as parsed:
+            parse_policy(f"{rule.family}:{bad!r}")
+        assert str(parsed.value) == f"exit policy '{rule.family}:{bad!r}': {problem}"
 
 
 def test_exit_threshold_flag_takes_thresholds_only():
@@ -78,119 +120,7 @@ def test_check_against_the_network():
             p.for_call(0)
 
 
-# ------------------------------------------------------------------ the network under each rule
-def test_static_exit_equals_shared_head_on_block_k_and_runs_no_head():
-    net = tiny(num_classes=5)
-    x, t, y = torch.randn(6, 3, 8, 8), torch.rand(6) * 999, torch.randint(0, 5, (6,))
-    with torch.no_grad():
-        preds = net.forward_all_exits(x, t, y).preds
-        calls = []
-        hooks = [h.register_forward_hook(lambda *a: calls.append(1)) for h in net.uem_heads]
-        for k in range(net.num_blocks):
-            out = net.forward_early_exit(x, t, y, exit_policy=StaticExit(k))
-            torch.testing.assert_close(out.sample, preds[k], atol=1e-6, rtol=1e-6)
-            assert out.exit_block.tolist() == [k] * 6 and out.uem_evals.tolist() == [0] * 6
-            assert torch.equal(net(x, t, y, exit_policy=StaticExit(k)), out.sample)
-        for h in hooks:
-            h.remove()
-    assert calls == []  # no uncertainty head ran
-    with torch.no_grad():
-        assert torch.equal(net(x, t, y, exit_policy=StaticExit(net.num_blocks - 1)), net(x, t, y))
-
-
-def _old_threshold_loop(net, x, timesteps, cond, tau):
-    """The threshold loop exactly as it was before exit policies (regression oracle)."""
-    B = x.shape[0]
-    h, time_emb = net._embed(x, timesteps, cond)
-    active = torch.arange(B)
-    passes = torch.zeros(B, dtype=torch.long)
-    exit_block = torch.full((B,), net.num_blocks - 1, dtype=torch.long)
-    rows, outs, skips = [], [], []
-    half = net.depth // 2
-    for i in range(net.num_blocks):
-        h = net._run_block(i, h, skips)
-        if i == net.num_blocks - 1:
-            break
-        passed = net.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32) > tau
-        if i < half:
-            passes = passes + passed.long()
-            passed = passes >= net.in_block_patience
-        if not bool(passed.any()):
-            continue
-        done = passed.nonzero().squeeze(1)
-        rows.append(active[done])
-        outs.append(net.output_head(h[done]))
-        exit_block[active[done]] = i
-        keep = (~passed).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            h = None
-            break
-        active, passes, h = active[keep], passes[keep], h[keep]
-        time_emb = time_emb[keep]
-        skips = [s[keep] for s in skips]
-    if h is not None:
-        rows.append(active)
-        outs.append(net.output_head(h))
-    out = torch.cat(outs)
-    sample = torch.empty_like(out)
-    sample[torch.cat(rows)] = out
-    return sample, exit_block, (exit_block + 1).clamp(max=net.num_blocks - 1)
-
-
-def test_threshold_rule_is_unchanged_bit_for_bit():
-    net = tiny(num_classes=11)
-    torch.manual_seed(3)
-    x, t, y = torch.randn(16, 3, 8, 8), torch.rand(16) * 999, torch.randint(0, 11, (16,))
-    spread = 0
-    with torch.no_grad():
-        certainties = net.forward_all_exits(x, t, y).certainties.mean(dim=(2, 3, 4)).flatten().sort().values
-        for tau in [0.0, 0.999] + (certainties[::4] - 1e-6).clamp(0, 0.99).tolist():
-            ref, ref_exit, ref_uem = _old_threshold_loop(net, x, t, y, tau)
-            for out in (net.forward_early_exit(x, t, y, exit_threshold=tau),
-                        net.forward_early_exit(x, t, y, exit_policy=ThresholdExit(tau))):
-                assert torch.equal(out.sample, ref) and torch.equal(out.exit_block, ref_exit)
-                assert torch.equal(out.uem_evals, ref_uem)
-            assert torch.equal(net(x, t, y, exit_threshold=tau), ref)
-            spread = max(spread, len(set(ref_exit.tolist())))
-    assert spread >= 3  # some threshold mixes exits within the batch
-
-
-def _lazy_head_count(passing, exit_block, in_blocks, patience):
-    """Heads a batch of one evaluates (closed form of the lazy patience rule): every block from
-    ``patience - 1`` up to the exit block (the last block has no test), plus the heads of the
-    in-blocks before ``patience - 1`` once some later in-block up to the exit has passed."""
-    num_tests = len(passing)  # blocks 0 .. num_blocks - 2 have a test
-    tested = [k for k in range(min(exit_block, num_tests - 1) + 1) if not (k < in_blocks and k < patience - 1)]
-    later_in_pass = any(passing[k] for k in range(patience - 1, min(exit_block + 1, in_blocks)))
-    return len(tested) + (min(patience - 1, in_blocks) if later_in_pass else 0)
-
-
-def test_batch_of_one_is_unchanged_bit_for_bit():
-    """The batch-of-one fast path (Python decisions, no compaction) against the previous loop:
-    the same samples and exits bit for bit; the in-blocks' heads are evaluated lazily."""
-    for net, cond in ((tiny(num_classes=11), torch.randint(0, 11, (8,))),
-                      (_sharp(tiny_t2i()), torch.randn(8, 5, 16))):
-        torch.manual_seed(4)
-        x, t = torch.randn(8, 3, 8, 8), torch.rand(8) * 999
-        with torch.no_grad():
-            means = net.forward_all_exits(x, t, cond).certainties.mean(dim=(2, 3, 4))  # (N, B)
-            certainties = means.flatten().sort().values
-            exits, fewer = set(), 0
-            for tau in [0.0, 0.999] + (certainties[::5] - 1e-6).clamp(0, 0.99).tolist():
-                for i in range(8):
-                    one = (x[i:i + 1], t[i:i + 1], cond[i:i + 1])
-                    ref, ref_exit, ref_uem = _old_threshold_loop(net, *one, tau)
-                    out = net.forward_early_exit(*one, exit_threshold=tau)
-                    assert torch.equal(out.sample, ref) and torch.equal(out.exit_block, ref_exit)
-                    passing = (means[:-1, i] > tau).tolist()
-                    expected = _lazy_head_count(passing, ref_exit.item(), net.depth // 2, net.exit_patience(0))
-                    assert out.uem_evals.tolist() == [expected] and expected <= ref_uem.item()
-                    exits.add(ref_exit.item())
-                    fewer += expected < ref_uem.item()
-        assert len(exits) >= 3
-        assert (fewer > 0) == (net.exit_patience(0) > 1)  # the text model has no patience: no head deferred
-
-
+# ------------------------------------------------------------------ the decisions
 @pytest.mark.parametrize("patience", [2, 3])
 def test_lazy_patience_exits_as_eager(patience):
     """Every pass pattern over 7 tests (3 patience in-blocks): the lazy one-row rule exits
@@ -221,23 +151,7 @@ def test_lazy_patience_exits_as_eager(patience):
                 break
         assert lazy_exit == eager_exit, passing
         assert len(asked) == len(set(asked)), "a head evaluated twice"
-        assert len(asked) == _lazy_head_count(passing, lazy_exit, in_blocks, patience) <= eager_heads
-
-
-def test_mean_certainty_is_the_certainty_maps_mean_bitwise():
-    nets = ((tiny(num_classes=11), "label"), (tiny(uem_time_aware=True), None), (_sharp(tiny_t2i()), "text"))
-    for net, kind in nets:
-        for b in (1, 5):
-            x, t = torch.randn(b, 3, 8, 8), torch.rand(b) * 999
-            cond = {"label": torch.randint(0, 11, (b,)), "text": torch.randn(b, 5, 16), None: None}[kind]
-            with torch.no_grad():
-                h, temb = net._embed(x, t, cond)
-                for i, head in enumerate(net.uem_heads):
-                    h = net._run_block(i, h, []) if i < net.depth // 2 else h
-                    ref = net.certainty(i, h, temb).mean(dim=(1, 2), dtype=torch.float32)
-                    assert torch.equal(head.mean_certainty(h, net.num_extras, temb), ref)
-                    if b == 1:
-                        assert head.mean_certainty_one(h, net.num_extras, temb) == ref.item()
+        assert len(asked) == lazy_head_count(passing, lazy_exit, in_blocks, patience) <= eager_heads
 
 
 @pytest.mark.parametrize("tau", [0.85, 0.9, 0.3, 0.0])
@@ -245,7 +159,7 @@ def test_decide_one_decides_as_decide(tau):
     """Python decisions compare as the float32 tensors do (float32(0.85) > 0.85)."""
     t32 = torch.tensor(tau, dtype=torch.float32)
     values = [t32, torch.nextafter(t32, torch.tensor(0.0)), torch.nextafter(t32, torch.tensor(1.0))]
-    for rule in (ThresholdExit(tau), _Generic(tau)):
+    for rule in (ThresholdExit(tau), GenericThreshold(tau)):
         for c in values:
             for block, patience in ((0, 2), (1, 2), (2, 2), (3, 1)):
                 for prior in (0, 1):
@@ -260,65 +174,6 @@ def test_decide_one_decides_as_decide(tau):
                         exits_one, new_one = rule.decide_one(block, patience, lambda: c.item(), state.clone())
                         assert int(new) == int(new_one)
                     assert (None if exits is None else bool(exits[0])) == exits_one, (c.item(), block, prior)
-
-
-class _Generic(ExitPolicy):
-    """The threshold rule as a new rule would be written: decide only (the default decide_one)."""
-
-    family = "generic"
-
-    def __init__(self, tau):
-        self.rule = ThresholdExit(tau)
-
-    @property
-    def spec(self):
-        return f"generic:{self.rule.tau}"
-
-    def static_exit(self, num_blocks):
-        return None
-
-    def init_state(self, batch, device):
-        return self.rule.init_state(batch, device)
-
-    def decide(self, block, patience, certainty, state):
-        return self.rule.decide(block, patience, certainty, state)
-
-
-def test_a_rule_without_its_own_decide_one_runs_at_batch_one():
-    net = tiny(num_classes=11)
-    torch.manual_seed(5)
-    x, t, y = torch.randn(6, 3, 8, 8), torch.rand(6) * 999, torch.randint(0, 11, (6,))
-    with torch.no_grad():
-        for tau in (0.3, 0.5, 0.6):
-            batch = net.forward_early_exit(x, t, y, exit_policy=_Generic(tau))
-            for i in range(6):
-                one = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_policy=_Generic(tau))
-                ref = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_threshold=tau)
-                assert torch.equal(one.sample, ref.sample) and torch.equal(one.exit_block, ref.exit_block)
-                assert one.exit_block.item() == batch.exit_block[i].item()
-
-
-def tiny_t2i():
-    torch.manual_seed(0)
-    return uvit_t2i.UViT(**TINY, clip_dim=16, num_clip_token=5).eval()
-
-
-def test_profile_applies_each_steps_static_exit():
-    net = tiny(num_classes=5)
-    blocks = [1, 3, 4, 0, 2]
-    policy = ProfileExit(0.9, blocks)
-    assert policy.calibration() == "blocks per step 1 3 4 0 2"
-    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
-    rec = ExitRecorder(net.num_blocks)
-    net_fn = rec.wrap(net, policy)
-    with torch.no_grad():
-        for step, k in enumerate(blocks):
-            t = torch.full((4,), 900.0 - 150 * step)
-            assert torch.equal(net_fn(x, t, y), net(x, t, y, exit_policy=StaticExit(k)))
-        with pytest.raises(ExitPolicyError, match="calibrated for 5 network calls"):
-            net_fn(x, t, y)
-    assert rec.summary(None, 4)["exit_block_per_step"] == [float(k) for k in blocks]
-    assert int(rec.head_evals) == 0
 
 
 # ------------------------------------------------------------------ calibration (pure, with a fake sampler)

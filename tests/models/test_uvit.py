@@ -7,41 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from libs import uvit, uvit_t2i
+from libs.models.backbone import NetworkConfigError
 from libs.models.uvit_core import unpatchify
+from tests.helpers.tiny_uvit import TINY, TINY_T2I, set_head_certainty, sharpen_heads, tiny, tiny_t2i
 
 # Key names and shapes of the released CIFAR-10 U-ViT-S/2 state dict (copied from the
 # project's shared reference, so the test runs from any checkout).
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "uvit_s2_cifar10_state_dict.txt"
 CIFAR10_S2 = dict(img_size=32, patch_size=2, in_chans=3, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4,
                   qkv_bias=False, mlp_time_embed=False, num_classes=-1)
-TINY = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, qkv_bias=False)
-TINY_T2I = dict(TINY, clip_dim=16, num_clip_token=5)
-
-
-def tiny(num_classes=-1, **kw):
-    torch.manual_seed(0)
-    return uvit.UViT(**{**TINY, "num_classes": num_classes, **kw}).eval()
-
-
-def tiny_t2i(**kw):
-    torch.manual_seed(0)
-    return uvit_t2i.UViT(**{**TINY_T2I, **kw}).eval()
-
-
-def sharpen_heads(net, scale=40.0):
-    """Random heads give certainties ~0.5 for every sample; scale them so samples differ."""
-    with torch.no_grad():
-        for h in net.uem_heads:
-            h.proj.weight.mul_(scale)
-            h.proj.bias.normal_(0, 0.5)
-
-
-def set_head_certainty(net, certainties):
-    """Make head i output the constant certainty ``certainties[i]`` for every input."""
-    with torch.no_grad():
-        for h, c in zip(net.uem_heads, certainties):
-            h.proj.weight.zero_()
-            h.proj.bias.fill_(math.log(c / (1 - c)))
 
 
 # ------------------------------------------------------------------ state dict compatibility
@@ -133,23 +107,6 @@ def test_forward_matches_independent_reference(kind):
 
 
 # ------------------------------------------------------------------ early exit
-def released_exit_reference(net, x, t, tau, cond=None, patience=2):
-    """The released rule at batch size 1: shared head + certainty at every block, exit on the
-    mean certainty of the batch (= this one sample), patience in the in-blocks."""
-    assert x.shape[0] == 1
-    out = net.forward_all_exits(x, t, cond)
-    half, count = net.depth // 2, 0
-    for i in range(net.num_blocks):
-        if out.certainties[i].mean() > tau:
-            if i < half:
-                count += 1
-                if count >= patience:
-                    return out.preds[i], i
-            else:
-                return out.preds[i], i
-    return out.preds[-1], net.num_blocks - 1
-
-
 @pytest.mark.parametrize("text", [False, True])
 def test_threshold_at_or_above_one_is_exactly_full_forward(text):
     net = tiny_t2i() if text else tiny(num_classes=11)
@@ -165,79 +122,21 @@ def test_threshold_at_or_above_one_is_exactly_full_forward(text):
             assert o.exit_block.tolist() == [net.num_blocks - 1] * 4 and o.uem_evals.tolist() == [0] * 4
 
 
-@pytest.mark.parametrize("text", [False, True])
-def test_batch_with_mixed_exits_equals_each_sample_alone(text):
-    net = tiny_t2i() if text else tiny(num_classes=11)
-    sharpen_heads(net)
-    torch.manual_seed(1)
-    B = 12
-    x, t = torch.randn(B, 3, 8, 8), torch.rand(B) * 999
-    cond = torch.randn(B, 5, 16) if text else torch.randint(0, 11, (B,))
-    with torch.no_grad():
-        alone = [net.forward_all_exits(x[i:i + 1], t[i:i + 1], cond[i:i + 1]).certainties.mean(dim=(1, 2, 3, 4))
-                 for i in range(B)]
-        # Pick the threshold (among the observed certainties) that spreads exits the most.
-        candidates = torch.stack(alone).flatten().sort().values[::3]
-        tau = max(candidates.tolist(), key=lambda c: len(set(
-            net.forward_early_exit(x, t, cond, exit_threshold=c).exit_block.tolist())))
-        batch = net.forward_early_exit(x, t, cond, exit_threshold=tau)
-        for i in range(B):
-            ref, k = released_exit_reference(net, x[i:i + 1], t[i:i + 1], tau, cond[i:i + 1],
-                                             patience=1 if text else 2)
-            assert batch.exit_block[i].item() == k
-            torch.testing.assert_close(batch.sample[i:i + 1], ref, atol=1e-5, rtol=1e-5)
-            solo = net(x[i:i + 1], t[i:i + 1], cond[i:i + 1], exit_threshold=tau)
-            torch.testing.assert_close(batch.sample[i:i + 1], solo, atol=1e-5, rtol=1e-5)
-    assert len(set(batch.exit_block.tolist())) >= 3, batch.exit_block  # the test exercises mixed exits
-
-
-def test_exit_at_block_k_equals_shared_head_on_block_k():
-    net = tiny()
-    x, t = torch.randn(2, 3, 8, 8), torch.rand(2) * 999
-    for k in range(1, net.num_blocks):
-        cert = [0.01] * net.num_blocks
-        cert[k] = 0.99
-        if k < net.depth // 2:
-            cert[0] = 0.99  # patience: the second passing in-block is k
-        set_head_certainty(net, cert)
-        with torch.no_grad():
-            o = net.forward_early_exit(x, t, exit_threshold=0.5)
-            allx = net.forward_all_exits(x, t)
-        assert o.exit_block.tolist() == [k, k]
-        torch.testing.assert_close(o.sample, allx.preds[k], atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("passing,image_exit,text_exit", [
-    ([1, 1, 1, 1, 1, 1, 1], 1, 0),       # image model waits for the second in-block
-    ([1, 0, 1, 0, 0, 0, 0], 2, 0),       # in-block passes need not be consecutive
-    ([1, 0, 0, 1, 0, 0, 0], 3, 0),       # one in-block pass, then the mid block exits at once
-    ([0, 0, 1, 0, 0, 0, 0], 6, 2),       # a single in-block pass never exits the image model
-    ([0, 0, 0, 0, 1, 0, 0], 4, 4),       # out-blocks exit at the first pass
-    ([0, 0, 0, 0, 0, 0, 1], 6, 6),       # the last block has no exit test
-    ([0, 0, 0, 0, 0, 0, 0], 6, 6),
-])
-def test_patience_semantics(passing, image_exit, text_exit):
-    x, t = torch.randn(2, 3, 8, 8), torch.rand(2) * 999
-    for net, cond, expected in ((tiny(depth=6), None, image_exit),
-                                (tiny_t2i(depth=6), torch.randn(2, 5, 16), text_exit)):
-        set_head_certainty(net, [0.9 if p else 0.1 for p in passing])
-        with torch.no_grad():
-            o = net.forward_early_exit(x, t, cond, exit_threshold=0.5)
-        assert o.exit_block.tolist() == [expected] * 2
-        assert o.uem_evals.tolist() == [min(expected + 1, net.num_blocks - 1)] * 2
-
-
-def test_threshold_is_compared_strictly_and_validated():
-    net = tiny()
-    set_head_certainty(net, [0.5] * net.num_blocks)
-    x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
-    with torch.no_grad():
-        assert net.forward_early_exit(x, t, exit_threshold=0.5).exit_block.item() == net.num_blocks - 1
-        assert net.forward_early_exit(x, t, exit_threshold=0.49).exit_block.item() == 1
-        with pytest.raises(ValueError, match="exit_threshold"):
-            net(x, t, exit_threshold=-0.1)
-        with pytest.raises(ValueError, match="exit_threshold"):
-            net(x, t, exit_threshold=float("nan"))
+def test_mean_certainty_is_the_certainty_maps_mean_bitwise():
+    nets = ((tiny(num_classes=11, sharp=True), "label"), (tiny(uem_time_aware=True, sharp=True), None),
+            (tiny_t2i(sharp=True), "text"))
+    for net, kind in nets:
+        for b in (1, 5):
+            x, t = torch.randn(b, 3, 8, 8), torch.rand(b) * 999
+            cond = {"label": torch.randint(0, 11, (b,)), "text": torch.randn(b, 5, 16), None: None}[kind]
+            with torch.no_grad():
+                h, temb = net._embed(x, t, cond)
+                for i, head in enumerate(net.uem_heads):
+                    h = net._run_block(i, h, []) if i < net.depth // 2 else h
+                    ref = net.certainty(i, h, temb).mean(dim=(1, 2), dtype=torch.float32)
+                    assert torch.equal(head.mean_certainty(h, net.num_extras, temb), ref)
+                    if b == 1:
+                        assert head.mean_certainty_one(h, net.num_extras, temb) == ref.item()
 
 
 # ------------------------------------------------------------------ training output
@@ -309,5 +208,63 @@ def test_bad_inputs_have_clear_errors():
         tiny_t2i()(torch.randn(1, 3, 8, 8), torch.rand(1), context=torch.randn(1, 7, 16))
     with pytest.raises(TypeError, match="context="):
         tiny_t2i()(torch.randn(1, 3, 8, 8), torch.rand(1), y=torch.tensor([0]))
-    with pytest.raises(ValueError, match="divisible"):
-        uvit.UViT(**{**TINY, "img_size": 9})
+
+
+# ------------------------------------------------------------------ constructor arguments
+RELEASED_KEYWORDS = {
+    uvit.UViT: ["img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                "qk_scale", "mlp_time_embed", "num_classes", "use_checkpoint", "conv", "skip", "uem_time_aware"],
+    uvit_t2i.UViT: ["img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                    "qkv_bias", "qk_scale", "mlp_time_embed", "use_checkpoint", "clip_dim", "num_clip_token",
+                    "conv", "skip", "uem_time_aware"],
+}
+
+
+@pytest.mark.parametrize("cls", list(RELEASED_KEYWORDS), ids=["uvit", "uvit_t2i"])
+def test_released_keywords_pass_through_to_the_backbone(cls):
+    from libs.models.backbone import constructor_defaults
+
+    defaults = constructor_defaults(cls)
+    assert sorted(defaults) == sorted(RELEASED_KEYWORDS[cls])
+    assert defaults["img_size"] == 224 and defaults["embed_dim"] == 768 and defaults["conv"] is True
+    extra = dict(num_classes=7) if cls is uvit.UViT else dict(clip_dim=16, num_clip_token=3)
+    net = cls(**TINY, mlp_time_embed=True, conv=False, skip=False, qk_scale=0.5, **extra)
+    assert net.embed_dim == 32 and net.depth == 4 and net.patch_size == 2 and not net.use_skip
+    assert isinstance(net.time_embed, torch.nn.Sequential) and isinstance(net.final_layer, torch.nn.Identity)
+    assert net.mid_block.attn.scale == 0.5 and net.mid_block.mlp.fc1.out_features == 64
+    assert cls.check_args(**TINY, **extra) == []
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("img_size", 9, "config.nnet.img_size=9 is not divisible by config.nnet.patch_size=2"),
+    ("num_heads", 3, "config.nnet.embed_dim=32 is not divisible by config.nnet.num_heads=3: choose num_heads "
+                     "dividing embed_dim (e.g. 2)"),
+    ("depth", 3, "config.nnet.depth=3: must be even"),
+    ("depth", 0, "config.nnet.depth=0: must be an integer >= 1"),
+    ("patch_size", 2.0, "config.nnet.patch_size=2.0: must be an integer >= 1"),
+    ("embed_dim", True, "config.nnet.embed_dim=True: must be an integer >= 1"),
+    ("mlp_ratio", 0, "config.nnet.mlp_ratio=0: must be a finite number > 0"),
+    ("qk_scale", float("inf"), "config.nnet.qk_scale=inf: must be a finite number > 0"),
+    ("num_classes", "10", "config.nnet.num_classes='10': must be an integer"),
+    ("heads", 2, "config.nnet.heads=2: not an argument of libs.models.uvit.UViT; known: num_classes, img_size"),
+])
+def test_each_bad_argument_is_one_line_naming_the_field(field, value, words):
+    args = {**TINY, field: value}
+    assert [p for p in uvit.UViT.check_args(**args) if words in p], uvit.UViT.check_args(**args)
+    with pytest.raises(NetworkConfigError) as e:
+        uvit.UViT(**args)
+    assert isinstance(e.value, ValueError) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_problem_is_reported_at_once_before_anything_is_built():
+    bad = {**TINY, "img_size": 9, "num_heads": 5, "depth": 5, "clip_dim": 0}
+    problems = uvit_t2i.UViT.check_args(**bad)
+    assert [p.split("=")[0] for p in problems] == ["config.nnet.img_size", "config.nnet.depth",
+                                                   "config.nnet.embed_dim", "config.nnet.clip_dim"]
+    with pytest.raises(NetworkConfigError, match="^invalid network arguments: config.nnet.img_size=9 .*; "
+                                                 "config.nnet.clip_dim=0: must be an integer >= 1$"):
+        uvit_t2i.UViT(**bad)
+    # Attention keeps its own guard (the same message), for a block built on its own.
+    from libs.models.uvit_core import Attention
+    with pytest.raises(NetworkConfigError, match="embed_dim=32 is not divisible by config.nnet.num_heads=5"):
+        Attention(32, 5)

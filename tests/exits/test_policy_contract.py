@@ -1,0 +1,190 @@
+"""The contract every exit rule keeps (libs/exits/policy.py), run on each rule as
+tests/models/test_backbone_contract.py runs the backbone contract on a second backbone:
+``decide_one`` decides as ``decide``; a static exit, where the rule has one, is the truncated
+forward and runs no head; the argument range is checked in one place and refused in one line;
+the spelling reads back, ``parse_policy(str(p)) == p``. A new rule adds one subclass here."""
+import math
+
+import pytest
+import torch
+
+from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
+                              float32, parse_policy)
+from tests.helpers.tiny_uvit import tiny
+
+NUM_BLOCKS = 7  # blocks 0..6; the last has no exit test
+
+
+def _float32_neighbours(tau):
+    """float32(tau) and the float32 numbers just below and above it, as Python floats."""
+    t = torch.tensor(tau, dtype=torch.float32)
+    return [t.item(), torch.nextafter(t, torch.tensor(0.0)).item(), torch.nextafter(t, torch.tensor(1.0)).item()]
+
+
+class PolicyContract:
+    """Subclasses set the rule's class and say how to make a runnable policy of it."""
+
+    rule = ExitPolicy
+    good = ()  # arguments the rule takes (each also a spelling that must read back)
+    bad = ()  # arguments it refuses
+    needs_heads = False  # check(has_heads=False) refuses the runnable policy
+
+    def make(self) -> ExitPolicy:
+        """A runnable policy (calibrated, where the rule needs calibration)."""
+        raise NotImplementedError
+
+    def certainties(self):
+        """Mean certainties the decision tests draw from: near the rule's threshold, if any."""
+        tau = self.make().for_call(0).effective_threshold()
+        near = _float32_neighbours(tau) if 0 <= tau < 1 else []
+        return near + [0.0, 0.1, 0.5, 0.9, 0.999]
+
+    # ------------------------------------------------------------------ the decision
+    @pytest.mark.parametrize("patience", [1, 2, 3])
+    def test_decide_one_decides_as_decide(self, patience):
+        """Every row of a batch exits after the same block under ``decide`` (tensors) as alone
+        under ``decide_one`` (Python values), over random certainty sequences."""
+        policy = self.make().for_call(0)
+        values = self.certainties()
+        gen = torch.Generator().manual_seed(patience)
+        B, in_blocks = 64, 3  # blocks 0..2 have the patience, the others 1
+        table = torch.tensor(values, dtype=torch.float32)[torch.randint(len(values), (NUM_BLOCKS, B), generator=gen)]
+        first = [NUM_BLOCKS - 1] * B
+        state = policy.init_state(B, "cpu")
+        for block in range(NUM_BLOCKS - 1):
+            exits, state = policy.decide(block, patience if block < in_blocks else 1, lambda: table[block], state)
+            if exits is not None:
+                assert exits.dtype == torch.bool and exits.shape == (B,)
+                for r in exits.nonzero().flatten().tolist():
+                    first[r] = min(first[r], block)
+        for r in range(B):
+            state, exit_block = None, NUM_BLOCKS - 1
+            for block in range(NUM_BLOCKS - 1):
+                def certainty(j=None, block=block):
+                    assert j is None or j <= block
+                    return table[block if j is None else j, r].item()
+                exits, state = policy.decide_one(block, patience if block < in_blocks else 1, certainty, state)
+                if exits:
+                    exit_block = block
+                    break
+            assert exit_block == first[r], (r, table[:, r].tolist())
+
+    # ------------------------------------------------------------------ the static exit
+    def test_static_exit_is_the_truncated_forward_and_runs_no_head(self):
+        policy = self.make().for_call(0)
+        net = tiny(num_classes=5, sharp=True)
+        k = policy.static_exit(net.num_blocks)
+        assert (k is None) == policy.uses_heads  # a rule decided per sample has no static exit
+        if k is None:
+            return
+        assert 0 <= k < net.num_blocks
+        x, t, y = torch.randn(4, 3, 8, 8), torch.rand(4) * 999, torch.randint(0, 5, (4,))
+        calls = []
+        hooks = [h.register_forward_hook(lambda *a: calls.append(1)) for h in net.uem_heads]
+        with torch.no_grad():
+            out = net.forward_early_exit(x, t, y, exit_policy=policy)
+            one = net.forward_early_exit(x[:1], t[:1], y[:1], exit_policy=policy)
+            plain = net(x, t, y, exit_policy=policy)
+        for h in hooks:
+            h.remove()
+        assert calls == []  # no uncertainty head ran
+        assert out.exit_block.tolist() == [k] * 4 and out.uem_evals.tolist() == [0] * 4 and one.one_row == (k, 0)
+        assert torch.equal(plain, out.sample)
+        torch.testing.assert_close(one.sample, out.sample[:1], atol=1e-6, rtol=1e-6)  # batch 1: other kernels
+        with torch.no_grad():
+            torch.testing.assert_close(out.sample, net.forward_all_exits(x, t, y).preds[k], atol=1e-6, rtol=1e-6)
+
+    # ------------------------------------------------------------------ validation
+    def test_arguments_are_checked_in_one_place(self):
+        for v in self.good:
+            assert self.rule.argument_problem(v) is None, v
+            self.rule(v)
+        for v in self.bad:
+            problem = self.rule.argument_problem(v)
+            assert problem is not None and "\n" not in problem, v
+            with pytest.raises(ExitPolicyError) as e:
+                self.rule(v)
+            assert str(e.value).startswith(f"exit policy '{self.rule.family}:") and str(e.value).endswith(problem)
+
+    def test_check_against_the_network(self):
+        policy = self.make()
+        policy.check(NUM_BLOCKS)
+        if self.needs_heads:
+            with pytest.raises(ExitPolicyError, match="needs trained uncertainty heads"):
+                policy.check(NUM_BLOCKS, has_heads=False)
+        else:
+            policy.check(NUM_BLOCKS, has_heads=False)
+
+    # ------------------------------------------------------------------ spelling
+    def test_spelling_round_trip(self):
+        policies = [self.make()] + [self.rule(v) for v in self.good]
+        for p in policies:
+            assert str(p) == p.spec and ":" not in p.slug and parse_policy(str(p)) == p, p
+            assert p.family == self.rule.family or p is FULL
+            assert parse_policy(p.spec.upper()) == p  # families are case-insensitive
+
+
+class TestThreshold(PolicyContract):
+    rule = ThresholdExit
+    good = (0.0, 0.5, 0.9, 0.9000001, 0.9999999, math.nextafter(1.0, 0.0), 1e-7)
+    bad = (-0.1, 1.0, 1.5, math.nan, math.inf)
+    needs_heads = True
+
+    def make(self):
+        return ThresholdExit(0.6)
+
+
+class TestStatic(PolicyContract):
+    rule = StaticExit
+    good = (0, 1, 3, 6)
+    bad = (-1, 2.5, math.inf, math.nan)
+
+    def make(self):
+        return StaticExit(3)
+
+
+class TestProfile(PolicyContract):
+    rule = ProfileExit
+    good = (0.0, 0.5, 0.9000001)
+    bad = (-0.1, 1.0, math.nan)
+
+    def make(self):
+        return ProfileExit(0.6, blocks=[2, 4, 1])  # calibrated: a static exit per call
+
+    def test_uncalibrated_profile_needs_heads_and_calibration(self):
+        with pytest.raises(ExitPolicyError, match="needs trained uncertainty heads"):
+            ProfileExit(0.6).check(NUM_BLOCKS, has_heads=False)
+        with pytest.raises(ExitPolicyError, match="not calibrated"):
+            ProfileExit(0.6).for_call(0)
+        assert [self.make().for_call(c) for c in range(3)] == [StaticExit(2), StaticExit(4), StaticExit(1)]
+
+
+class TestBudget(PolicyContract):
+    rule = BudgetExit
+    good = (0.05, 0.5, 0.7000001, 0.9999999)
+    bad = (0.0, -0.5, 1.5, math.nan)
+    needs_heads = True
+
+    def make(self):
+        return BudgetExit(0.6, tau=0.55, achieved=0.6)  # calibrated: runs as threshold:0.55
+
+    def test_runs_as_its_calibrated_threshold(self):
+        policy = self.make()
+        certainty = torch.tensor(_float32_neighbours(0.55) + [0.1, 0.9])
+        for block, patience in ((0, 1), (2, 1)):
+            got, _ = policy.decide(block, patience, lambda: certainty, policy.init_state(5, "cpu"))
+            ref, _ = ThresholdExit(0.55).decide(block, patience, lambda: certainty, policy.init_state(5, "cpu"))
+            assert torch.equal(got, ref)
+        assert float32(policy.effective_threshold()) == float32(0.55)
+
+
+class TestFull(PolicyContract):
+    rule = ExitPolicy
+
+    def make(self):
+        return FULL
+
+    def test_every_full_depth_spelling_is_full(self):
+        for text in ("full", "none", "inf", "1", "threshold:1", "budget:1"):
+            assert parse_policy(text) is FULL
+        assert FULL.static_exit(NUM_BLOCKS) == NUM_BLOCKS - 1 and FULL.effective_threshold() == 1.0

@@ -1,0 +1,113 @@
+"""The exit recorder (libs/exits/recorder.py): counts per call and block, heads run, the
+one-row host path against the tensor path, summaries and GFLOPs on hand-made counts."""
+import pytest
+import torch
+
+from libs.exits.policy import FULL, ExitPolicyError, ProfileExit, StaticExit
+from libs.exits.recorder import ExitRecorder
+from libs.models.flops import NetworkFlops
+from tests.helpers.tiny_uvit import tiny
+
+# embed 10, blocks 1, 2, 3, head 0.5, output 4: a row exiting after block k costs 14 + cum[k]
+FLOPS = NetworkFlops(embed=10.0, blocks=(1.0, 2.0, 3.0), uem_head=0.5, output_head=4.0)
+FLOPS_5 = NetworkFlops(embed=1.0, blocks=(1.0, 2.0, 3.0, 4.0, 5.0), uem_head=0.25, output_head=2.0)
+
+
+def test_counts_per_call_and_block_across_runs():
+    rec = ExitRecorder(num_blocks=3)
+    for exits in ([0, 2, 2], [1]):  # two sampling runs (batches of 3 and 1 rows); call indices restart
+        rec.start_run()
+        rec.record(torch.tensor(exits), torch.tensor([1] * len(exits)))
+    rec.record(torch.tensor([2, 2]))  # second call of the second run, no heads given
+    assert rec.counts.tolist() == [[1, 1, 2], [0, 0, 2]]
+    assert rec.head_evals.item() == 4 and rec.head_evals.dim() == 0
+
+
+def test_summary_on_hand_made_counts():
+    rec = ExitRecorder(num_blocks=3)
+    rec.record(torch.tensor([0, 2]), torch.tensor([1, 2]))  # call 0: rows exit after blocks 0 and 2
+    rec.record(torch.tensor([1]), torch.tensor([0]))  # call 1: one row after block 1, no head
+    s = rec.summary(FLOPS, num_images=2)
+    assert s["calls_rows"] == 3
+    assert s["mean_blocks"] == pytest.approx((1 + 3 + 2) / 3)
+    assert s["layer_ratio"] == pytest.approx(2 / 3)
+    assert s["exit_block_per_step"] == pytest.approx([1.0, 1.0])
+    # rows: 14 + 1, 14 + 6, 14 + 3 = 52, heads 3 * 0.5: 53.5 FLOPs over 2 images
+    assert s["gflops_per_image"] == pytest.approx(53.5 / 2 / 1e9)
+    assert s["gflops_per_image"] * 2e9 == pytest.approx(3 * FLOPS.mean_call([0, 2, 1], [1, 2, 0]))
+    assert "gflops_per_image" not in rec.summary(None, 2)
+    empty = ExitRecorder(num_blocks=3).summary(FLOPS, 0)
+    assert empty["calls_rows"] == 0 and empty["gflops_per_image"] == 0.0 and empty["exit_block_per_step"] == []
+
+
+def test_one_row_path_counts_as_the_tensor_path():
+    """One-row calls (Python ints, counted on the host) and batched calls add up the same,
+    also when the counts were made under inference mode and read outside it."""
+    mixed, tensors = ExitRecorder(num_blocks=5), ExitRecorder(num_blocks=5)
+    calls = [[(3, 4)], [(1, 2), (4, 4)], [(0, 0)], [(2, 3)], [(4, 0)]]  # (exit block, heads) per row, per call
+    for run in range(3):
+        for rec in (mixed, tensors):
+            rec.start_run()
+        with torch.inference_mode(run == 1):
+            for rows in calls:
+                exits, heads = (torch.tensor(v) for v in zip(*rows))
+                tensors.record(exits, heads)
+                if len(rows) == 1:
+                    mixed.record_one(*rows[0])
+                else:
+                    mixed.record(exits, heads)
+        assert torch.equal(mixed.counts, tensors.counts)  # also read between runs
+    assert mixed.counts.sum() == 3 * 6 and int(mixed.head_evals) == int(tensors.head_evals) == 3 * 13
+    assert mixed.summary(FLOPS_5, 3) == tensors.summary(FLOPS_5, 3)
+
+
+def test_wrap_records_the_network_calls():
+    net = tiny()
+    rec = ExitRecorder(net.num_blocks)
+    with torch.no_grad():
+        fn = rec.wrap(net, StaticExit(2))
+        rec.start_run()
+        fn(torch.randn(3, 3, 8, 8), torch.rand(3) * 999)
+        fn(torch.randn(1, 3, 8, 8), torch.rand(1) * 999)  # one row: the host path
+        rec.wrap(net, FULL)(torch.randn(2, 3, 8, 8), torch.rand(2) * 999)
+    assert rec.counts.tolist() == [[0, 0, 3, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 2]]
+    assert int(rec.head_evals) == 0
+
+
+def test_wrap_applies_each_steps_rule_of_a_profile():
+    net = tiny(num_classes=5, sharp=True)
+    blocks = [1, 3, 4, 0, 2]
+    policy = ProfileExit(0.9, blocks)
+    assert policy.calibration() == "blocks per step 1 3 4 0 2"
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    rec = ExitRecorder(net.num_blocks)
+    net_fn = rec.wrap(net, policy)
+    with torch.no_grad():
+        for step, k in enumerate(blocks):
+            t = torch.full((4,), 900.0 - 150 * step)
+            assert torch.equal(net_fn(x, t, y), net(x, t, y, exit_policy=StaticExit(k)))
+        with pytest.raises(ExitPolicyError, match="calibrated for 5 network calls"):
+            net_fn(x, t, y)
+    assert rec.summary(None, 4)["exit_block_per_step"] == [float(k) for k in blocks]
+    assert int(rec.head_evals) == 0
+
+
+class _TwoProcesses:
+    """An accelerator stand-in whose other process recorded the same counts."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def reduce(self, tensor, reduction):
+        assert reduction == "sum"
+        return tensor * 2
+
+
+def test_reduce_sums_over_processes():
+    rec = ExitRecorder(num_blocks=3)
+    rec.record(torch.tensor([0, 2]), torch.tensor([1, 2]))
+    rec.record_one(1, 1)
+    rec.reduce(_TwoProcesses())
+    assert rec.counts.tolist() == [[2, 0, 2], [0, 2, 0]] and int(rec.head_evals) == 8
+    single = type("One", (), {"num_processes": 1})()
+    rec.reduce(single)  # one process: nothing to sum
+    assert rec.counts.tolist() == [[2, 0, 2], [0, 2, 0]]
