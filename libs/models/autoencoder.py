@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from libs.data.paths import REPO_ROOT
-from libs.run.checkpoint import mismatch_message
+from libs.run.checkpoint import mismatch_message, state_dict_diff
 
 log = logging.getLogger(__name__)
 
@@ -357,11 +357,7 @@ def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.
     """
     n_levels = len(model.config["block_out_channels"])
     converted, kind = _to_diffusers_names(sd, n_levels)
-    own = model.state_dict()
-    missing = [k for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
-    mismatched = [(k, tuple(converted[k].shape), tuple(own[k].shape)) for k in own
-                  if k in converted and converted[k].shape != own[k].shape]
+    missing, unexpected, mismatched = state_dict_diff(converted, model.state_dict())
     if missing or unexpected or mismatched:
         back = {v: k for k, v in ((k, _c2d_name(k, n_levels)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
         raise AutoencoderWeightsError(mismatch_message(
