@@ -433,16 +433,3 @@ def test_singlestep_matches_diffusers(steps, order, algorithm, predict, diffuser
                              skip_type="time_uniform", solver_type=solver_type,
                              timesteps=None if 999 % steps == 0 else grid)
     torch.testing.assert_close(ours, ref.to(F64), rtol=0, atol=2e-5)
-
-
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
-def test_marginals_are_the_single_marginals_bitwise(name):
-    """The samplers' one-pass (alpha, sigma, lambda) equals the three functions exactly."""
-    schedule = SCHEDULES[name]
-    t = torch.cat([torch.linspace(schedule.default_t_end, schedule.T, 997, dtype=F64),
-                   torch.rand(500, dtype=F64, generator=torch.Generator().manual_seed(0)) * schedule.T])
-    for ts in (t, t[:1], t[5:6]):  # vectorised and one-point calls (what the solver makes)
-        alpha, sigma, lam = schedule.marginals(ts)
-        assert torch.equal(alpha, schedule.marginal_alpha(ts))
-        assert torch.equal(sigma, schedule.marginal_std(ts))
-        assert torch.equal(lam, schedule.marginal_lambda(ts))
