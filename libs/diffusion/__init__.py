@@ -3,9 +3,9 @@
 ==================  ========================================================================
 ``schedules``       VP noise schedules (continuous linear, discrete betas): alpha, sigma, lambda
 ``noise``           the forward-noise process of training (continuous / discrete time)
-``wrappers``        ``model_fn -> model_fn`` wrappers: guidance, time conversion, conditions
+``wrappers``        the sampler-side ``ModelFn``; wrappers: guidance, time conversion, conditions
 ``euler_maruyama``  Euler-Maruyama SDE / probability-flow ODE samplers
-``dpm_solver``      DPM-Solver / DPM-Solver++ (singlestep fast, singlestep, multistep)
+``dpm_solver``      DPM-Solver / DPM-Solver++: one integrator, three methods (fast, single, multi)
 ``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names
 ==================  ========================================================================
 """

@@ -4,72 +4,65 @@ References: Lu et al., "DPM-Solver: A Fast ODE Solver for Diffusion Probabilisti
 Sampling in Around 10 Steps" (NeurIPS 2022, arXiv 2206.00927) and "DPM-Solver++: Fast
 Solver for Guided Sampling of Diffusion Probabilistic Models" (arXiv 2211.01095).
 
-One pure entry point, ``dpm_solver_sample(model_fn, x, schedule, ...)``, where
-``model_fn(x, t) -> eps_hat`` takes (B, ...) samples and a (B,) float tensor of schedule
-time t in (0, 1] (the convention of ``libs/diffusion/euler_maruyama.py``; guidance and the network's time
-input are bound by ``libs/diffusion/wrappers.py``). It integrates the probability-flow ODE from
-``t_start`` (default T = 1) down to ``t_end`` (default ``schedule.default_t_end``: 1e-4 for
-the continuous VP-SDE, 1/1000 for the discrete schedule) and returns x at ``t_end``.
+Entry point ``dpm_solver_sample(model_fn, x, schedule, ...)``: ``model_fn(x, t) -> eps_hat``
+(``libs/diffusion/wrappers.py:ModelFn``) takes (B, ...) samples and a (B,) tensor of schedule
+time t in (0, 1]. It integrates the probability-flow ODE from ``t_start`` (default T = 1)
+down to ``t_end`` (default ``schedule.default_t_end``) and returns x at ``t_end``.
 
-Exponential-integrator form (lambda = log(alpha/sigma), h = lambda_t - lambda_s). With
-m the model output in the chosen parameterisation, d1 ~ h dm/dlambda and d2 ~ h^2
-d^2m/dlambda^2 at s, every update here is
+Exponential integrator. With lambda = log(alpha/sigma), a step from s to t < s has
+h = lambda_t - lambda_s > 0, and the ODE's exact solution is
 
-    noise (DPM-Solver, eq. (3.4)):  x_t = alpha_t/alpha_s x_s - sigma_t (phi1 m + phi2 d1 + phi3 d2),
-        m = eps_hat,  phi1 = e^h - 1,  phi2 = phi1/h - 1,  phi3 = phi2/h - 1/2;
-    data (DPM-Solver++, eq. (9)):   x_t = sigma_t/sigma_s x_s + alpha_t (phi1 m + phi2 d1 + phi3 d2),
-        m = x0_hat = (x - sigma eps_hat)/alpha,  phi1 = 1 - e^-h,  phi2 = 1 - phi1/h,  phi3 = 1/2 - phi2/h,
+    noise:  x_t = alpha_t/alpha_s x_s - sigma_t int_0^h e^(h-u) eps(lambda_s + u) du        (DPM-Solver eq. (3.4))
+    data:   x_t = sigma_t/sigma_s x_s + alpha_t int_0^h e^(u-h) x0(lambda_s + u) du        (DPM-Solver++ eq. (9))
 
-i.e. the exact integral of a second-order Taylor expansion of m in lambda. Order 1 is
-DDIM. ``solver_type='dpmsolver'`` (default, the released scripts) uses the paper's
-DPM-Solver-2/3 (Algorithms 1-2; second order weights d1 by phi1/2, the third-order final
-step uses only the first difference to the last inner point); ``'taylor'`` uses the full
-Taylor weights (diffusers' ``solver_type='heun'``).
+with x0 = (x - sigma eps)/alpha. Expanding the model output m (eps_hat or x0_hat) to
+second order in lambda about s, with d1 ~ h dm/dlambda and d2 ~ h^2 d^2m/dlambda^2, every
+update here is ``_Integrator.step``:
 
-Methods (each calls ``model_fn`` exactly ``steps`` times). Both singlestep methods use the
-"fast" orders: K = steps//3 + 1 outer steps with orders [3]*(K-1) + [2] (steps % 3 == 2;
-50 steps -> 16 x 3rd + 1 x 2nd), [3]*(K-1) + [1] (steps % 3 == 1) or [3]*(K-2) + [2, 1]
-(steps % 3 == 0); order 2 and 1 likewise (see ``singlestep_orders``). They differ in where
-the calls are:
+    x_t = lin x_s + c (phi1 m + phi2 d1 + phi3 d2),
+    noise: (lin, c) = (alpha_t/alpha_s, -sigma_t),  phi1 = e^h - 1,   phi2 = phi1/h - 1,  phi3 = phi2/h - 1/2;
+    data:  (lin, c) = (sigma_t/sigma_s, alpha_t),   phi1 = 1 - e^-h,  phi2 = 1 - phi1/h,  phi3 = 1/2 - phi2/h.
 
-* ``'singlestep_fast'`` (default; the released continuous-time DPM-Solver-fast, U-ViT's and
-  AdaDiff's ``dpm_solver_pytorch.py`` with uniform logSNR steps, ``config.sample.algorithm
-  ='dpm_solver'``): K + 1 outer points on a ``skip_type`` grid; the inner points of an
-  order-k step split its lambda-interval into k equal parts (r1 = 1/3, r2 = 2/3; r1 = 1/2).
-* ``'singlestep'`` (the released discrete DPM-Solver++ "fast" method, ``libs/diffusion/dpm_solver.py``
-  with ``method='fast'``, ``skip_type='time_uniform'``, ``config.sample.algorithm=
-  'dpm_solver_pp'``; also DPM-Solver v2's ``method='singlestep'`` for time skip types and
-  diffusers' ``DPMSolverSinglestepScheduler``): the same orders, but all ``steps`` calls lie
-  on one ``steps + 1``-point ``skip_type`` grid. Outer step j runs from grid point i to
-  grid point i + order_j (i = the sum of the earlier orders); its inner calls are at the grid
-  points in between, and r1, r2 are those points' lambda offsets over the step's lambda
-  interval. With 50 steps and 'time_uniform' the calls are at t = 1, 1 - 0.999/50, ...,
-  i.e. every point of linspace(T, t_end, 51) but the last, and they are *not* at 1/3 and 2/3
-  of each lambda interval of 17 outer steps. For 'logSNR' and equal orders the two methods
-  coincide; for 'time_uniform' they do not.
-* ``'multistep'`` (DPM-Solver / DPM-Solver++(2M), (3M)): ``steps`` steps on a
-  ``skip_type`` grid, reusing earlier model outputs; the first ``order - 1`` steps warm up
-  with lower orders, and with ``lower_order_final`` and steps < 10 the last steps lower
-  the order again (as DPM-Solver does).
+Order 1 (d1 = d2 = 0) is DDIM. The derivatives come from extra model calls inside the step
+(singlestep) or from the previous steps' outputs (multistep); ``solver_type='dpmsolver'``
+uses the paper's algorithms (DPM-Solver-2 weights d1 by phi1/2, DPM-Solver-3's last stage
+uses one difference), ``'taylor'`` the full Taylor weights (diffusers' ``solver_type='heun'``).
+The update formulas are in ``_Integrator``'s methods.
 
-Skip types: ``'logSNR'`` (uniform in lambda, the released continuous setting),
-``'time_uniform'`` (the released discrete setting), ``'time_quadratic'``.
+Methods (each calls ``model_fn`` exactly ``steps`` times):
+
+* ``'singlestep_fast'`` (``_singlestep_fast``; ``config.sample.algorithm='dpm_solver'``):
+  outer steps of orders ``singlestep_orders(steps, order)`` (50 steps, order 3: 16 x 3rd +
+  1 x 2nd) between K + 1 points of a ``skip_type`` grid; an order-k step's inner calls split
+  its lambda interval into k equal parts (r = 1/3, 2/3; r = 1/2).
+* ``'singlestep'`` (``_singlestep``; ``config.sample.algorithm='dpm_solver_pp'``): the same
+  orders, but all calls on one (steps + 1)-point grid: outer step j runs from grid point i
+  to i + k_j (i = sum of the earlier orders), its inner calls at the grid points between.
+  For 'logSNR' and equal orders it equals 'singlestep_fast'; for 'time_uniform' it does
+  not (the inner points are not at 1/3, 2/3 of the lambda interval).
+* ``'multistep'`` (``_multistep``; DPM-Solver(++)(2M), (3M)): ``steps`` steps on the grid,
+  each from the last ``multistep_orders`` outputs, one call per grid point but the last.
+
+Skip types: ``'logSNR'`` (uniform in lambda), ``'time_uniform'``, ``'time_quadratic'``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from libs.diffusion.euler_maruyama import batch_time
 from libs.diffusion.schedules import VPSchedule
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from libs.diffusion.wrappers import ModelFn, batch_time
 
 METHODS = ("singlestep_fast", "singlestep", "multistep")
 SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
+PREDICTIONS = ("noise", "data")
+SOLVER_TYPES = ("dpmsolver", "taylor")
+
+
+# ----------------------------------------------------------------------------- grids and orders
 
 
 def get_time_steps(schedule: VPSchedule, skip_type: str, t_start: float, t_end: float, n: int) -> torch.Tensor:
@@ -116,6 +109,21 @@ def singlestep_orders(steps: int, order: int) -> List[int]:
     return orders
 
 
+def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
+    """Order of each of the ``steps`` multistep updates: step i (1-based) uses min(order, i)
+    outputs (warm-up), and with ``lower_order_final`` and steps < 10 also at most
+    steps + 1 - i (the last steps lower the order again)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    final = lower_order_final and steps < 10
+    return [min(order, i, steps + 1 - i) if final else min(order, i) for i in range(1, steps + 1)]
+
+
+# ----------------------------------------------------------------------------- the integrator
+
+
 @dataclass(frozen=True)
 class _Point:
     """Schedule quantities at one time, as python floats (float64 maths, no device syncs)."""
@@ -146,7 +154,11 @@ def _phis(h: float, predict: str):
 
 
 class _Integrator:
-    """The update rules for one (model_fn, schedule, predict, solver_type); holds no samples."""
+    """The update rules for one (model_fn, schedule, predict, solver_type); holds no samples.
+
+    Notation: a step from s to t, h = lambda_t - lambda_s; inner points s1, s2 with
+    r_i = (lambda_si - lambda_s)/h; m_s, m1, m2 the model outputs there (``model``).
+    """
 
     def __init__(self, model_fn: ModelFn, schedule: VPSchedule, predict: str, solver_type: str):
         self.model_fn, self.schedule = model_fn, schedule
@@ -180,33 +192,65 @@ class _Integrator:
             out = out + (c * p3) * d2
         return out
 
+    # Singlestep updates (model calls inside the step).
+
     def singlestep(self, x, s: _Point, t: _Point, inner: Sequence[_Point], m_s):
         """One singlestep update of order len(inner) + 1 from s to t (len(inner) more calls)."""
-        if not inner:  # DPM-Solver-1 (= DDIM)
-            return self.step(x, s, t, m_s)
+        if not inner:
+            return self.step(x, s, t, m_s)  # DPM-Solver-1 = DDIM
+        if len(inner) == 1:
+            return self.second_order(x, s, inner[0], t, m_s)
+        return self.third_order(x, s, inner[0], inner[1], t, m_s)
+
+    def second_order(self, x, s: _Point, s1: _Point, t: _Point, m_s):
+        """DPM-Solver-2 (Alg. 1) / DPM-Solver++(2S), one call at s1:
+
+            u1 = step(x_s, s -> s1, m_s),  m1 = model(u1, s1),  d1 = (m1 - m_s)/r1,
+            x_t = lin x_s + c (phi1 m_s + w d1),  w = phi1/2 ('dpmsolver') or phi2 ('taylor').
+        """
+        r1 = (s1.lam - s.lam) / (t.lam - s.lam)
+        m1 = self.model(self.step(x, s, s1, m_s), s1)
+        return self.step(x, s, t, m_s, d1=(m1 - m_s) / r1, midpoint=self.solver_type == "dpmsolver")
+
+    def third_order(self, x, s: _Point, s1: _Point, s2: _Point, t: _Point, m_s):
+        """DPM-Solver-3 (Alg. 2) / DPM-Solver++(3S), calls at s1 and s2:
+
+            u1 = step(x_s, s -> s1, m_s),                              m1 = model(u1, s1),
+            u2 = step(x_s, s -> s2, m_s, d1 = (r2/r1)(m1 - m_s)),     m2 = model(u2, s2),
+            'dpmsolver':  x_t = lin x_s + c (phi1 m_s + phi2 (m2 - m_s)/r2);
+            'taylor':     D1_i = (m_i - m_s)/r_i,  d1 = (r2 D1_1 - r1 D1_2)/(r2 - r1),
+                          d2 = 2 (D1_2 - D1_1)/(r2 - r1),  x_t = step(x_s, s -> t, m_s, d1, d2).
+
+        (In u2, d1 ~ r2 h m' is the derivative term of the sub-step s -> s2 of size r2 h.)
+        """
         h = t.lam - s.lam
-        s1 = inner[0]
-        r1 = (s1.lam - s.lam) / h
-        u1 = self.step(x, s, s1, m_s)
-        m1 = self.model(u1, s1)
-        if len(inner) == 1:  # DPM-Solver-2 (Alg. 1) / DPM-Solver++(2S)
-            return self.step(x, s, t, m_s, d1=(m1 - m_s) / r1, midpoint=self.solver_type == "dpmsolver")
-        s2 = inner[1]
-        r2 = (s2.lam - s.lam) / h
-        # DPM-Solver-3 (Alg. 2) intermediate point: second order from s to s2, h' = r2 h,
-        # d1' ~ h' m' = (r2/r1)(m1 - m_s).
-        u2 = self.step(x, s, s2, m_s, d1=(r2 / r1) * (m1 - m_s))
-        m2 = self.model(u2, s2)
+        r1, r2 = (s1.lam - s.lam) / h, (s2.lam - s.lam) / h
+        m1 = self.model(self.step(x, s, s1, m_s), s1)
+        m2 = self.model(self.step(x, s, s2, m_s, d1=(r2 / r1) * (m1 - m_s)), s2)
         if self.solver_type == "dpmsolver":
             return self.step(x, s, t, m_s, d1=(m2 - m_s) / r2)
-        # Taylor: fit m' and m'' through (s, s1, s2).
         d1_0, d1_1 = (m1 - m_s) / r1, (m2 - m_s) / r2
         d1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
         d2 = 2.0 * (d1_1 - d1_0) / (r2 - r1)
         return self.step(x, s, t, m_s, d1=d1, d2=d2)
 
+    # Multistep updates (no call: the outputs of earlier steps).
+
     def multistep(self, x, prev: Sequence[_Point], ms: Sequence[torch.Tensor], t: _Point, order: int):
-        """One multistep update from prev[-1] to t using the last ``order`` outputs ms (no call)."""
+        """One multistep update from prev[-1] to t using the last ``order`` outputs ms (no call).
+
+        With s0 = prev[-1], s1 = prev[-2], s2 = prev[-3] (and m0, m1, m2 alike):
+        r0 = (lambda_s0 - lambda_s1)/h, r1 = (lambda_s1 - lambda_s2)/h, D1_0 = (m0 - m1)/r0,
+        D1_1 = (m1 - m2)/r1;
+
+            order 1:  x_t = step(x, s0 -> t, m0)                                   (DDIM)
+            order 2:  x_t = step(x, s0 -> t, m0, d1 = D1_0), d1 weighted as in second_order
+                      (DPM-Solver++(2M), DPM-Solver++ Alg. 2, and its noise counterpart)
+            order 3:  d1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1),  d2 = (D1_0 - D1_1)/(r0 + r1).
+
+        The order-3 d2 estimates h^2 m''/2, not h^2 m'' (as DPM-Solver's and diffusers' 3M),
+        so its local error is O(h^3): second order in practice (tests/diffusion/test_dpm_solver.py).
+        """
         s0, m0 = prev[-1], ms[-1]
         if order == 1:
             return self.step(x, s0, t, m0)
@@ -214,17 +258,69 @@ class _Integrator:
         s1, m1 = prev[-2], ms[-2]
         r0 = (s0.lam - s1.lam) / h
         d1_0 = (m0 - m1) / r0
-        if order == 2:  # DPM-Solver++(2M) (DPM-Solver++ Alg. 2) and its noise counterpart
+        if order == 2:
             return self.step(x, s0, t, m0, d1=d1_0, midpoint=self.solver_type == "dpmsolver")
         s2, m2 = prev[-3], ms[-3]
         r1 = (s1.lam - s2.lam) / h
         d1_1 = (m1 - m2) / r1
-        # Third-order multistep exactly as DPM-Solver's and diffusers' implementations. Note:
-        # this d2 estimates h^2 m''/2, not h^2 m'', so the local error is O(h^3) and the method
-        # is second order in practice (tests/diffusion/test_dpm_solver.py); kept for compatibility.
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
         return self.step(x, s0, t, m0, d1=d1, d2=d2)
+
+
+# ----------------------------------------------------------------------------- the methods
+
+
+def _singlestep_fast(solver: _Integrator, x: torch.Tensor, outer: Sequence[_Point],
+                     orders: Sequence[int]) -> torch.Tensor:
+    """Outer step i from outer[i] to outer[i + 1] of order k = orders[i], inner points at
+    lambda_s + j/k (lambda_t - lambda_s), j = 1..k-1."""
+    for i, k in enumerate(orders):
+        s, t = outer[i], outer[i + 1]
+        inner = [solver.point_at_lambda(s.lam + j / k * (t.lam - s.lam)) for j in range(1, k)]
+        x = solver.singlestep(x, s, t, inner, solver.model(x, s))
+    return x
+
+
+def _singlestep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], orders: Sequence[int]) -> torch.Tensor:
+    """Every call on the grid ``pts`` (sum(orders) + 1 points): an order-k step from pts[i]
+    to pts[i + k] calls the model at pts[i], ..., pts[i + k - 1]."""
+    start = 0
+    for k in orders:
+        s, t, inner = pts[start], pts[start + k], pts[start + 1:start + k]
+        x = solver.singlestep(x, s, t, inner, solver.model(x, s))
+        start += k
+    return x
+
+
+def _multistep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], orders: Sequence[int]) -> torch.Tensor:
+    """len(orders) steps from pts[i - 1] to pts[i]; the model is called at every point but
+    the last, and the last max(orders) outputs are kept."""
+    keep = max(orders)
+    prev, ms = [pts[0]], [solver.model(x, pts[0])]
+    for i, k in enumerate(orders, start=1):
+        x = solver.multistep(x, prev, ms, pts[i], k)
+        if i < len(orders):  # no call after the last step
+            prev, ms = (prev + [pts[i]])[-keep:], (ms + [solver.model(x, pts[i])])[-keep:]
+    return x
+
+
+def _check_arguments(method: str, predict: str, solver_type: str, order: int, steps: int) -> None:
+    for name, value, allowed in (("method", method, METHODS), ("predict", predict, PREDICTIONS),
+                                 ("solver_type", solver_type, SOLVER_TYPES), ("order", order, (1, 2, 3))):
+        if value not in allowed:
+            raise ValueError(f"DPM-Solver: {name} must be one of {allowed}, got {value!r}")
+    if steps < 1:
+        raise ValueError(f"DPM-Solver: steps must be >= 1, got {steps}")
+
+
+def _explicit_grid(timesteps: Sequence[float], steps: int) -> torch.Tensor:
+    grid = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
+    if grid.numel() != steps + 1:
+        raise ValueError(f"DPM-Solver: timesteps must hold steps + 1 = {steps + 1} times, got {grid.numel()}")
+    if not bool(torch.all(grid[1:] < grid[:-1])):
+        raise ValueError("DPM-Solver: timesteps must decrease strictly (from t_start down to t_end)")
+    return grid
 
 
 @torch.no_grad()
@@ -239,7 +335,7 @@ def dpm_solver_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, 
         model_fn: ``model_fn(x, t) -> eps_hat``, t a (B,) tensor of schedule time.
         x: (B, ...) sample at t_start, usually N(0, I), drawn by the caller.
         schedule: a ``VPSchedule`` (``LinearVPSchedule`` or ``DiscreteVPSchedule``).
-        steps: number of model calls (exactly this many for every method).
+        steps: number of model calls (exactly this many for every method), >= 1.
         order: 1, 2 or 3.
         method: 'singlestep_fast' | 'singlestep' | 'multistep' (module docstring).
         predict: 'noise' (DPM-Solver) or 'data' (DPM-Solver++); model_fn always returns noise.
@@ -247,69 +343,35 @@ def dpm_solver_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, 
         t_start, t_end: integration interval; defaults schedule.T and schedule.default_t_end.
         solver_type: 'dpmsolver' (paper algorithms) or 'taylor' (diffusers 'heun').
         lower_order_final: multistep only; lower the order of the last steps when steps < 10.
-        timesteps: optional explicit decreasing grid of steps + 1 times, replacing skip_type
-            (methods 'singlestep' and 'multistep'), e.g. to reproduce another scheduler.
+        timesteps: optional explicit strictly decreasing grid of steps + 1 times, replacing
+            skip_type, t_start and t_end (methods 'singlestep' and 'multistep').
 
     Returns:
         (B, ...) sample at t_end.
 
-    Examples (50 calls: 16 x 3rd + 1 x 2nd order). Released continuous setting::
+    Examples (50 calls: 16 x 3rd + 1 x 2nd order). ``config.sample.algorithm='dpm_solver'``::
 
         x0 = dpm_solver_sample(model_fn, torch.randn(B, C, H, W), LinearVPSchedule(), steps=50)
 
-    Released discrete setting (DPM-Solver++ "fast", every call on one 51-point grid)::
+    ``config.sample.algorithm='dpm_solver_pp'`` (DPM-Solver++, every call on one 51-point grid)::
 
         x0 = dpm_solver_sample(model_fn, x_T, DiscreteVPSchedule.stable_diffusion(), steps=50,
                                method="singlestep", predict="data", skip_type="time_uniform")
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if predict not in ("noise", "data"):
-        raise ValueError(f"predict must be 'noise' or 'data', got {predict!r}")
-    if solver_type not in ("dpmsolver", "taylor"):
-        raise ValueError(f"solver_type must be 'dpmsolver' or 'taylor', got {solver_type!r}")
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    _check_arguments(method, predict, solver_type, order, steps)
+    if timesteps is not None and method == "singlestep_fast":
+        raise ValueError("DPM-Solver: explicit timesteps need method 'singlestep' or 'multistep'")
     t_start = schedule.T if t_start is None else t_start
     t_end = schedule.default_t_end if t_end is None else t_end
     solver = _Integrator(model_fn, schedule, predict, solver_type)
-
-    if timesteps is not None:
-        if method == "singlestep_fast":
-            raise ValueError("explicit timesteps need method 'singlestep' or 'multistep'")
-        grid = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
-        if grid.numel() != steps + 1:
-            raise ValueError(f"timesteps must hold steps + 1 = {steps + 1} times, got {grid.numel()}")
-    elif method != "singlestep_fast":
-        grid = get_time_steps(schedule, skip_type, t_start, t_end, steps)
-
-    if method == "multistep":
-        pts = _points(schedule, grid)  # steps + 1 points
-        prev, ms = [pts[0]], [solver.model(x, pts[0])]
-        for i in range(1, steps + 1):
-            step_order = min(order, i)  # warm-up with lower orders
-            if lower_order_final and steps < 10:
-                step_order = min(step_order, steps + 1 - i)
-            x = solver.multistep(x, prev, ms, pts[i], step_order)
-            if i < steps:  # no call after the last step
-                prev, ms = (prev + [pts[i]])[-order:], (ms + [solver.model(x, pts[i])])[-order:]
-        return x
-
-    orders = singlestep_orders(steps, order)
     if method == "singlestep_fast":
+        orders = singlestep_orders(steps, order)
         outer = _points(schedule, get_time_steps(schedule, skip_type, t_start, t_end, len(orders)))
-        for i, k in enumerate(orders):
-            s, t = outer[i], outer[i + 1]
-            # k equal parts in lambda: r = 1/3, 2/3 (k = 3) or 1/2 (k = 2).
-            inner = [solver.point_at_lambda(s.lam + j / k * (t.lam - s.lam)) for j in range(1, k)]
-            x = solver.singlestep(x, s, t, inner, solver.model(x, s))
-        return x
-
-    # method == 'singlestep': every evaluation point on the grid.
-    pts = _points(schedule, grid)
-    start = 0
-    for k in orders:
-        s, t, inner = pts[start], pts[start + k], pts[start + 1:start + k]
-        x = solver.singlestep(x, s, t, inner, solver.model(x, s))
-        start += k
-    return x
+        return _singlestep_fast(solver, x, outer, orders)
+    if timesteps is not None:
+        grid = _explicit_grid(timesteps, steps)
+    else:
+        grid = get_time_steps(schedule, skip_type, t_start, t_end, steps)
+    if method == "multistep":
+        return _multistep(solver, x, _points(schedule, grid), multistep_orders(steps, order, lower_order_final))
+    return _singlestep(solver, x, _points(schedule, grid), singlestep_orders(steps, order))

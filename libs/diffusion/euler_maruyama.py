@@ -1,13 +1,13 @@
 """Euler-Maruyama samplers for the reverse VP-SDE and its probability-flow ODE.
 
 Samplers are pure functions of a model function: they know nothing of U-ViT,
-early exit, guidance or accelerate. The sampler-side model function is
+early exit, guidance or accelerate. The sampler-side model function
+(``libs/diffusion/wrappers.py:ModelFn``) is
 
     model_fn(x, t) -> eps_hat,   x: (B, ...),  t: (B,) float tensor of schedule time in (0, 1],
 
 returning the noise prediction with the shape of x. Conditioning, guidance and the
 conversion to the network's own time input are bound by wrappers (``libs/diffusion/wrappers.py``).
-DPM-Solver / DPM-Solver++ live in ``libs/diffusion/dpm_solver.py``.
 
 Time grid (as the released U-ViT / AdaDiff scripts): ``[0] +
 linspace(eps, T, N)``, N+1 points, walked from t = T down to 0 in N steps. Step i goes
@@ -26,19 +26,12 @@ discretised backwards with dt = t - s > 0:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from libs.diffusion.schedules import VPSchedule
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def batch_time(t: float, x: torch.Tensor) -> torch.Tensor:
-    """The (B,) time tensor handed to model_fn: float32, or float64 when x is float64."""
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    return torch.full((x.shape[0],), float(t), dtype=dtype, device=x.device)
+from libs.diffusion.wrappers import ModelFn, batch_time
 
 
 def euler_maruyama_grid(steps: int, eps: float = 1e-3, T: float = 1.0) -> torch.Tensor:

@@ -24,7 +24,7 @@ Two schedules:
 
 All methods take a tensor of times (any shape, dtype and device) and return a tensor of
 the same shape, dtype and device. Samplers evaluate them on float64 CPU tensors.
-Training-noise sampling lives elsewhere (``libs/diffusion/noise.py`` at the repository root); this file is schedule maths only.
+The training-noise process is ``libs/diffusion/noise.py``; this file is schedule maths only.
 """
 from __future__ import annotations
 

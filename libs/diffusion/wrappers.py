@@ -1,9 +1,11 @@
-"""``model_fn -> model_fn`` wrappers between a network and the samplers.
+"""The sampler-side model function and the ``model_fn -> model_fn`` wrappers between a
+network and the samplers.
 
-Samplers (``libs/diffusion/euler_maruyama.py``, ``libs/diffusion/dpm_solver.py``) call ``model_fn(x, t) -> eps_hat``
-with x: (B, ...) and t: (B,) float tensor of *schedule time* t in (0, 1]. A network is
-called as ``net_fn(x, t_net, *cond) -> eps_hat`` with its own *network time* t_net. The
-conversions live here, at the edge, and nowhere else:
+Samplers (``libs/diffusion/euler_maruyama.py``, ``libs/diffusion/dpm_solver.py``) call a
+``ModelFn``, ``model_fn(x, t) -> eps_hat``, with x: (B, ...) and t: (B,) float tensor of
+*schedule time* t in (0, 1] (``batch_time``), and get the noise prediction with the shape
+of x. A network is called as ``net_fn(x, t_net, *cond) -> eps_hat`` with its own *network
+time* t_net. The conversions live here, at the edge, and nowhere else:
 
 * Continuous VP-SDE models (trained with t ~ U(0, 1)): t_net = 999 t
   (``CONTINUOUS_TIME_SCALE``), for Euler-Maruyama and DPM-Solver alike.
@@ -30,6 +32,12 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # sampler side: 
 
 CONTINUOUS_TIME_SCALE = 999.0
 DISCRETE_TIME_SCALE = 1000.0
+
+
+def batch_time(t: float, x: torch.Tensor) -> torch.Tensor:
+    """The (B,) time tensor a sampler hands to model_fn: float32, or float64 when x is float64."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.full((x.shape[0],), float(t), dtype=dtype, device=x.device)
 
 
 def with_time_scale(net_fn: Callable[..., torch.Tensor], scale: float) -> Callable[..., torch.Tensor]:

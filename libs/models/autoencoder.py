@@ -29,13 +29,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from libs.data.paths import REPO_ROOT
-from libs.run.checkpoint import mismatch_message
+from libs.run.checkpoint import mismatch_message, state_dict_diff
 
 log = logging.getLogger(__name__)
 
@@ -234,39 +234,82 @@ _ATTN_D2C = {v: k for k, v in _ATTN_C2D.items()}
 _OLD_DIFFUSERS_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _ATTN_WEIGHT = re.compile(r"\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
 
+# The one rename table: (CompVis key prefix, diffusers key prefix). A key whose start matches
+# one side's prefix gets the other side's prefix; the rest of the key is kept, but for the
+# leaf renames of _LEAVES. Both directions are read from this table (``_rename``).
+_PREFIXES = (
+    ("{part}.mid.block_{mid}.", "{part}.mid_block.resnets.{mid}."),
+    ("{part}.mid.attn_1.{attn}.", "{part}.mid_block.attentions.0.{attn}."),
+    ("encoder.down.{i}.block.{j}.", "encoder.down_blocks.{i}.resnets.{j}."),
+    ("encoder.down.{i}.downsample.", "encoder.down_blocks.{i}.downsamplers.0."),
+    ("decoder.up.{up}.block.{j}.", "decoder.up_blocks.{up}.resnets.{j}."),
+    ("decoder.up.{up}.upsample.", "decoder.up_blocks.{up}.upsamplers.0."),
+    ("{part}.norm_out.", "{part}.conv_norm_out."),
+)
+_LEAVES = (("nin_shortcut.", "conv_shortcut."),)  # (CompVis, diffusers) start of the rest of a key
+
+
+class _Field(NamedTuple):
+    """A field of a prefix: its regex on each side and its value mapped across, given n_levels."""
+
+    compvis: str
+    diffusers: str
+    to_diffusers: Callable[[str, int], str]
+    to_compvis: Callable[[str, int], str]
+
+
+def _same(value: str, n_levels: int) -> str:
+    return value
+
+
+def _reversed_level(value: str, n_levels: int) -> str:
+    return str(n_levels - 1 - int(value))  # an involution: the same map both ways
+
+
+_FIELDS = {
+    "part": _Field(r"encoder|decoder", r"encoder|decoder", _same, _same),
+    "i": _Field(r"\d+", r"\d+", _same, _same),
+    "j": _Field(r"\d+", r"\d+", _same, _same),
+    "up": _Field(r"\d+", r"\d+", _reversed_level, _reversed_level),
+    "mid": _Field(r"[12]", r"[01]", lambda v, n: str(int(v) - 1), lambda v, n: str(int(v) + 1)),
+    "attn": _Field("|".join(map(re.escape, _ATTN_C2D)), "|".join(map(re.escape, _ATTN_D2C)),
+                   lambda v, n: _ATTN_C2D[v], lambda v, n: _ATTN_D2C[v]),
+}
+
+
+def _prefix_regex(template: str, side: int) -> re.Pattern:
+    """``template``'s fields as named groups of side 0 (CompVis) or 1 (diffusers), anchored at the start."""
+    pieces = re.split(r"\{(\w+)\}", template)  # literal, field, literal, ...
+    return re.compile("^" + "".join(re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_FIELDS[p][side]})"
+                                    for n, p in enumerate(pieces)))
+
+
+_PREFIX_REGEXES = tuple((_prefix_regex(c, 0), _prefix_regex(d, 1)) for c, d in _PREFIXES)
+
+
+def _rename(key: str, n_levels: int, src: int) -> str:
+    """``key`` from naming ``src`` (0 CompVis, 1 diffusers) to the other; keys matching no
+    prefix stay as they are."""
+    dst = 1 - src
+    for templates, regexes in zip(_PREFIXES, _PREFIX_REGEXES):
+        m = regexes[src].match(key)
+        if m:
+            across = (lambda f: f.to_diffusers) if src == 0 else (lambda f: f.to_compvis)
+            values = {name: across(_FIELDS[name])(v, n_levels) for name, v in m.groupdict().items()}
+            rest = key[m.end():]
+            for leaf in _LEAVES:
+                if rest.startswith(leaf[src]):
+                    rest = leaf[dst] + rest[len(leaf[src]):]
+            return templates[dst].format(**values) + rest
+    return key
+
 
 def _c2d_name(key: str, n_levels: int) -> str:
-    k = key
-    k = re.sub(r"^(encoder|decoder)\.mid\.block_([12])\.",
-               lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.", k)
-    k = re.sub(r"^(encoder|decoder)\.mid\.attn_1\.(norm|q|k|v|proj_out)\.",
-               lambda m: f"{m[1]}.mid_block.attentions.0.{_ATTN_C2D[m[2]]}.", k)
-    k = re.sub(r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2.", k)
-    k = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", k)
-    k = re.sub(r"^decoder\.up\.(\d+)\.block\.(\d+)\.",
-               lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m[1])}.resnets.{m[2]}.", k)
-    k = re.sub(r"^decoder\.up\.(\d+)\.upsample\.",
-               lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m[1])}.upsamplers.0.", k)
-    k = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out.", k)
-    k = re.sub(r"\.resnets\.(\d+)\.nin_shortcut\.", r".resnets.\1.conv_shortcut.", k)
-    return k
+    return _rename(key, n_levels, 0)
 
 
 def _d2c_name(key: str, n_levels: int) -> str:
-    k = key
-    k = re.sub(r"^(encoder|decoder)\.mid_block\.resnets\.([01])\.",
-               lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.", k)
-    k = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
-               lambda m: f"{m[1]}.mid.attn_1.{_ATTN_D2C[m[2]]}.", k)
-    k = re.sub(r"\.resnets\.(\d+)\.conv_shortcut\.", r".resnets.\1.nin_shortcut.", k)
-    k = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", k)
-    k = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
-    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
-               lambda m: f"decoder.up.{n_levels - 1 - int(m[1])}.block.{m[2]}.", k)
-    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-               lambda m: f"decoder.up.{n_levels - 1 - int(m[1])}.upsample.", k)
-    k = re.sub(r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out.", k)
-    return k
+    return _rename(key, n_levels, 1)
 
 
 def _infer_levels(keys, pattern: str) -> int:
@@ -357,11 +400,7 @@ def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.
     """
     n_levels = len(model.config["block_out_channels"])
     converted, kind = _to_diffusers_names(sd, n_levels)
-    own = model.state_dict()
-    missing = [k for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
-    mismatched = [(k, tuple(converted[k].shape), tuple(own[k].shape)) for k in own
-                  if k in converted and converted[k].shape != own[k].shape]
+    missing, unexpected, mismatched = state_dict_diff(converted, model.state_dict())
     if missing or unexpected or mismatched:
         back = {v: k for k, v in ((k, _c2d_name(k, n_levels)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
         raise AutoencoderWeightsError(mismatch_message(

@@ -123,10 +123,7 @@ def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, to
                                     f"saved them diverged); use an earlier checkpoint")
     sd, kind = convert_state_dict(sd)
     own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
-                  if k in sd and sd[k].shape != own[k].shape]
+    missing, unexpected, mismatched = state_dict_diff(sd, own)
     # A plain U-ViT file may lack exactly the heads, all of them; nothing else may be missing.
     own_heads = [k for k in own if k.startswith(HEAD_PREFIX)]
     fresh = missing if kind == "uvit" and own_heads and sorted(missing) == sorted(own_heads) else []
@@ -141,6 +138,17 @@ def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, to
     report = LoadReport(kind, name, fresh)
     log.info("%s", report)
     return report
+
+
+def state_dict_diff(given: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> tuple[list, list, list]:
+    """How a state dict ``given`` differs from a model's ``own``: (missing, unexpected,
+    mismatched) = (keys of own not in given, keys of given not in own, (key, given shape,
+    own shape) for the shared keys whose shapes differ), each in its dict's key order."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    mismatched = [(k, tuple(given[k].shape), tuple(own[k].shape)) for k in own
+                  if k in given and given[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
 
 
 def mismatch_message(header: str, missing, unexpected, mismatched, hint: str, limit: int = 20) -> str:

@@ -14,7 +14,7 @@ from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
 import ml_collections
 
 import libs.diffusion.dpm_solver as dpm
-from libs.diffusion.dpm_solver import dpm_solver_sample, get_time_steps, singlestep_orders
+from libs.diffusion.dpm_solver import dpm_solver_sample, get_time_steps, multistep_orders, singlestep_orders
 from libs.diffusion.registry import make_sampler
 from libs.diffusion.schedules import DiscreteVPSchedule
 from tests.helpers.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
@@ -51,6 +51,30 @@ def test_fast_orders():
     for steps in range(1, 40):
         for order in (1, 2, 3):
             assert sum(singlestep_orders(steps, order)) == steps
+
+
+def test_multistep_orders():
+    assert multistep_orders(50, 3) == [1, 2] + [3] * 48  # warm-up only (steps >= 10)
+    assert multistep_orders(7, 3) == [1, 2, 3, 3, 3, 2, 1]  # and lower order final
+    assert multistep_orders(7, 3, lower_order_final=False) == [1, 2] + [3] * 5
+    assert multistep_orders(10, 2) == [1] + [2] * 9 and multistep_orders(9, 2) == [1] + [2] * 7 + [1]
+    assert multistep_orders(1, 3) == [1] and multistep_orders(2, 3) == [1, 1]
+    for bad in (dict(steps=0, order=2), dict(steps=5, order=4)):
+        with pytest.raises(ValueError):
+            multistep_orders(**bad)
+
+
+def test_multistep_keeps_the_history_it_uses():
+    """Step i reads the outputs at the last multistep_orders(...)[i] grid points: with an
+    output that records where it was called, order-3 step 3 sees the first three points."""
+    sch = SCHEDULES["continuous"]
+    seen = []
+    solver = dpm._Integrator(gaussian_eps_fn(sch), sch, "noise", "dpmsolver")
+    real = solver.multistep
+    solver.multistep = lambda x, prev, ms, t, k: seen.append([p.t for p in prev[-k:]]) or real(x, prev, ms, t, k)
+    pts = dpm._points(sch, get_time_steps(sch, "logSNR", 1.0, 1e-4, 6))
+    dpm._multistep(solver, torch.randn(2, 2, dtype=F64), pts, multistep_orders(6, 3, lower_order_final=False))
+    assert seen == [[p.t for p in pts[max(0, i - k):i]] for i, k in enumerate([1, 2, 3, 3, 3, 3], start=1)]
 
 
 @pytest.mark.parametrize("method", dpm.METHODS)
@@ -183,9 +207,12 @@ def test_fast_equals_singlestep_on_its_own_grid():
 def test_rejects_bad_arguments():
     sch, x = SCHEDULES["continuous"], torch.randn(2, 2)
     fn = gaussian_eps_fn(sch)
-    for kw in [dict(method="adaptive"), dict(predict="v"), dict(order=4), dict(skip_type="karras"),
+    for kw in ([dict(method="adaptive"), dict(predict="v"), dict(order=4), dict(skip_type="karras"),
                dict(solver_type="heun"), dict(method="singlestep_fast", timesteps=[1.0, 0.5, 1e-3]),
-               dict(method="multistep", steps=3, timesteps=[1.0, 1e-3])]:
+               dict(method="multistep", steps=3, timesteps=[1.0, 1e-3]),
+               dict(method="singlestep", steps=2, timesteps=[1e-3, 0.5, 1.0]),
+               dict(method="multistep", steps=2, timesteps=[1.0, 0.5, 0.5])]
+               + [dict(method=m, steps=0) for m in dpm.METHODS]):
         with pytest.raises(ValueError):
             dpm_solver_sample(fn, x, sch, **kw)
 
@@ -406,16 +433,3 @@ def test_singlestep_matches_diffusers(steps, order, algorithm, predict, diffuser
                              skip_type="time_uniform", solver_type=solver_type,
                              timesteps=None if 999 % steps == 0 else grid)
     torch.testing.assert_close(ours, ref.to(F64), rtol=0, atol=2e-5)
-
-
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
-def test_marginals_are_the_single_marginals_bitwise(name):
-    """The samplers' one-pass (alpha, sigma, lambda) equals the three functions exactly."""
-    schedule = SCHEDULES[name]
-    t = torch.cat([torch.linspace(schedule.default_t_end, schedule.T, 997, dtype=F64),
-                   torch.rand(500, dtype=F64, generator=torch.Generator().manual_seed(0)) * schedule.T])
-    for ts in (t, t[:1], t[5:6]):  # vectorised and one-point calls (what the solver makes)
-        alpha, sigma, lam = schedule.marginals(ts)
-        assert torch.equal(alpha, schedule.marginal_alpha(ts))
-        assert torch.equal(sigma, schedule.marginal_std(ts))
-        assert torch.equal(lam, schedule.marginal_lambda(ts))

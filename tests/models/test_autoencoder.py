@@ -18,6 +18,7 @@ from libs.models.autoencoder import (
     load_autoencoder,
     load_autoencoder_weights,
 )
+from libs.models.autoencoder import _c2d_name, _d2c_name
 from libs.run.checkpoint import atomic_save
 
 TINY = dict(block_out_channels=[8, 16], norm_num_groups=4)  # downsample factor 2
@@ -132,6 +133,25 @@ def test_compvis_diffusers_round_trip():
     assert {c: tuple(ldm[c].shape) for c in ldm} == {c: s for c, _, s in params}
     back = compvis_to_diffusers(ldm)
     assert sorted(back) == sorted(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("ldm", [TINY_LDM, dict(ch=8, ch_mult=(1, 2, 2)), {}], ids=["tiny", "3-level", "sd"])
+def test_every_key_name_maps_there_and_back(ldm):
+    """Name by name, both directions of the one rename table: each CompVis key of the
+    independent description lands on its diffusers name and comes back, and so does each
+    key of the built model (no two keys collide)."""
+    params = ldm_vae_params(**ldm)
+    ch, ch_mult = ldm.get("ch", 128), ldm.get("ch_mult", (1, 2, 4, 4))
+    n = len(ch_mult)
+    own = sorted(build_autoencoder(dict(block_out_channels=[ch * m for m in ch_mult], norm_num_groups=4)).state_dict())
+    assert own == sorted(d for _, d, _ in params)
+    for c, d, _ in params:
+        assert _c2d_name(c, n) == d and _d2c_name(d, n) == c, (c, d)
+    assert sorted(_c2d_name(_d2c_name(k, n), n) for k in own) == own
+    assert len({_d2c_name(k, n) for k in own}) == len(own)
+    # Names outside the table are kept as they are, both ways.
+    for key in ("quant_conv.weight", "encoder.conv_in.bias", "encoder.mid.attn_2.q.weight", "loss.logvar"):
+        assert _c2d_name(key, n) == key and _d2c_name(key, n) == key
 
 
 def test_strict_loading_lists_missing_unexpected_and_mismatched_keys():
