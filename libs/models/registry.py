@@ -16,7 +16,12 @@ def _uvit_t2i(**kw):
     return UViT(**kw)
 
 
-NETWORKS = {"uvit": _uvit, "uvit_t2i": _uvit_t2i}
+def _dit(**kw):
+    from libs.models.dit import dit_from_config
+    return dit_from_config(**kw)
+
+
+NETWORKS = {"uvit": _uvit, "uvit_t2i": _uvit_t2i, "dit": _dit}
 
 
 def build_nnet(nnet: Mapping) -> nn.Module:
