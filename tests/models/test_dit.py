@@ -296,3 +296,26 @@ def test_linear_betas_match_diffusers_ddpm():
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     ours = DiscreteVPSchedule.linear()
     torch.testing.assert_close(ours.alphas_cumprod.float(), ref.alphas_cumprod, rtol=1e-6, atol=1e-7)
+
+
+def test_training_resumes_exactly_with_learned_sigma(tmp_path):
+    from libs.tasks.pixel import PixelTask
+    from libs.training.engine import train
+
+    def config(workdir, n_steps):
+        c = get_config()
+        c.nnet.update(embed_dim=32, depth=2, num_heads=2, learn_sigma=True)
+        c.workdir = str(workdir)
+        c.train.update(n_steps=n_steps, batch_size=16, log_interval=1, save_interval=2)
+        return c
+
+    for workdir, steps in ((tmp_path / "a", [4]), (tmp_path / "b", [2, 4])):
+        for n in steps:
+            train(config(workdir, n), PixelTask(config(workdir, n)))
+    for name in ("nnet.pth", "nnet_ema.pth"):
+        a = torch.load(tmp_path / "a/ckpts/4.ckpt" / name, weights_only=True)
+        b = torch.load(tmp_path / "b/ckpts/4.ckpt" / name, weights_only=True)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    a = torch.load(tmp_path / "a/ckpts/4.ckpt/nnet.pth", weights_only=True)["final_layer.linear.weight"]
+    assert torch.equal(a.reshape(2, 2, 2, 32)[:, :, 1], torch.zeros(2, 2, 32))  # sigma rows: zero init, no gradient
