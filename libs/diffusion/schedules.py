@@ -21,6 +21,7 @@ Two schedules:
   the end segments outside [1/N, 1]), as DPM-Solver's ``NoiseScheduleVP('discrete')``.
   ``DiscreteVPSchedule.stable_diffusion()`` is the text-to-image / ``*_discrete``
   schedule, betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2.
+  ``DiscreteVPSchedule.linear()``: DDPM's / DiT's betas = linspace(1e-4, 0.02, 1000).
 
 All methods take a tensor of times (any shape, dtype and device) and return a tensor of
 the same shape, dtype and device. Samplers evaluate them on float64 CPU tensors.
@@ -155,6 +156,11 @@ class DiscreteVPSchedule(VPSchedule):
         """The 'scaled linear' schedule: betas = linspace(sqrt(beta_start), sqrt(beta_end), N)^2."""
         betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
         return cls(betas)
+
+    @classmethod
+    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        """DDPM's linear betas = linspace(beta_start, beta_end, N) (the DiT / ADM schedule)."""
+        return cls(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
 
     def marginal_log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         return _interp(t, self.t_array, self.log_alpha_array)[0]

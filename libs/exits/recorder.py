@@ -88,6 +88,7 @@ class ExitRecorder:
         The policy is asked for the rule of each network call of the run (``for_call``), so
         per-step policies (``profile:``) apply their step's exit."""
         policy = as_policy(exit_policy)
+        eps = getattr(net, "eps_channels", None)  # noise channels of a wider output (DiT's learned sigma)
 
         def net_fn(x, t_net, cond=None):
             out = net.forward_early_exit(x, t_net, cond, exit_policy=policy.for_call(self._call))
@@ -96,7 +97,7 @@ class ExitRecorder:
                 self.record_one(*one)
             else:
                 self.record(out.exit_block, out.uem_evals)
-            return out.sample
+            return out.sample if eps is None else out.sample[:, :eps]
 
         return net_fn
 

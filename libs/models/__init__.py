@@ -6,6 +6,8 @@
 ``uvit_core``     ``UViTBackbone``: U-ViT blocks, long skips, uncertainty heads
 ``uvit``          ``UViT``: unconditional / class-conditional
 ``uvit_t2i``      ``UViT`` for text-to-image (CLIP context tokens)
+``dit``           ``DiT``: released DiT (adaLN-Zero blocks) with uncertainty heads, presets
+``dit_blocks``    DiT's embedders, adaLN-Zero block, final layer, 2-D sin-cos positions
 ``flops``         FLOP counts of the building blocks, ``NetworkFlops``
 ``registry``      ``build_nnet(config.nnet)``
 ``autoencoder``   the frozen Stable Diffusion KL-f8 VAE

@@ -17,6 +17,9 @@ with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement th
     exit_patience(i) -> int              passing blocks a row needs before it may exit after i
     flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/models/flops.py)
     cond_name                            keyword of the conditioning ('y', 'context', ...)
+    eps_channels                         None, or how many leading output channels are the noise
+                                         prediction (DiT with learned sigma): samplers and losses
+                                         take those (libs/exits/recorder.py, libs/training/engine.py)
 
 and get, from this class:
 
@@ -158,6 +161,7 @@ class ExitBackbone(nn.Module):
 
     num_blocks: int
     cond_name: str = "cond"
+    eps_channels: Optional[int] = None
 
     @classmethod
     def check_args(cls, **kwargs) -> List[str]:

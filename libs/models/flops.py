@@ -67,3 +67,9 @@ def mlp(tokens: int, dim: int, hidden: int) -> float:
 
 def conv2d(c_in: int, c_out: int, kernel: int, out_h: int, out_w: int) -> float:
     return 2.0 * c_in * c_out * kernel * kernel * out_h * out_w
+
+
+def modulation(dim: int, chunks: int) -> float:
+    """An adaLN modulation, Linear(dim, chunks * dim) on one conditioning vector (DiT: 6 per
+    block, 2 in the final layer)."""
+    return linear(1, dim, chunks * dim)

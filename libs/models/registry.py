@@ -7,9 +7,10 @@ from typing import List, Mapping
 
 import torch.nn as nn
 
-from libs.models import uvit, uvit_t2i
+from libs.models import dit, uvit, uvit_t2i
 
-NETWORKS = {"uvit": uvit.UViT, "uvit_t2i": uvit_t2i.UViT}
+# name -> the class (or builder) of config.nnet; each has check_args(**nnet) -> problems
+NETWORKS = {"uvit": uvit.UViT, "uvit_t2i": uvit_t2i.UViT, "dit": dit.dit_from_config}
 
 
 def check_nnet(nnet: Mapping) -> List[str]:

@@ -8,6 +8,7 @@ from libs.diffusion.wrappers import CONTINUOUS_TIME_SCALE, DISCRETE_TIME_SCALE
 from libs.tasks.conditions import CONDITIONS
 
 TIMES = ("continuous", "discrete")
+DISCRETE_BETAS = ("scaled_linear", "linear")  # config.discrete_betas: Stable Diffusion's | DDPM's / DiT's
 
 
 def diffusion_time(config):
@@ -16,9 +17,17 @@ def diffusion_time(config):
     if time == "continuous":  # VP-SDE, t ~ U(0, 1), network time 999 t
         return ContinuousNoise(), LinearVPSchedule(), CONTINUOUS_TIME_SCALE
     if time == "discrete":  # SD betas, n ~ U{1..1000}, network time n (= 1000 t on the knots)
-        schedule = DiscreteVPSchedule.stable_diffusion()
+        schedule = _discrete_schedule(config.get("discrete_betas", "scaled_linear"))
         return DiscreteNoise(schedule), schedule, DISCRETE_TIME_SCALE
     raise ValueError(f"config.time={time!r}: choose one of {TIMES}")
+
+
+def _discrete_schedule(betas: str) -> DiscreteVPSchedule:
+    if betas == "scaled_linear":
+        return DiscreteVPSchedule.stable_diffusion()
+    if betas == "linear":
+        return DiscreteVPSchedule.linear()
+    raise ValueError(f"config.discrete_betas={betas!r}: choose one of {DISCRETE_BETAS}")
 
 
 def setup_sampling(task, config) -> None:
