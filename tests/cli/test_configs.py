@@ -61,7 +61,7 @@ def test_the_check_uses_the_names_the_code_accepts():
         config.optimizer.name = name
         assert _problems(config) == []
     config.nnet.name = "vit"
-    assert _problems(config) == ["config.nnet.name='vit': choose one of uvit, uvit_t2i"]
+    assert _problems(config) == ["config.nnet.name='vit': choose one of dit, uvit, uvit_t2i"]
     config.nnet.name = "uvit"
     config.nnet.heads = 8  # a misspelt field is not silently ignored
     assert _problems(config)[0].startswith("config.nnet.heads=8: not an argument of libs.models.uvit.UViT")
