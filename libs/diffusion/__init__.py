@@ -6,6 +6,8 @@
 ``wrappers``        ``model_fn -> model_fn`` wrappers: guidance, time conversion, conditions
 ``euler_maruyama``  Euler-Maruyama SDE / probability-flow ODE samplers
 ``dpm_solver``      DPM-Solver / DPM-Solver++ (singlestep fast, singlestep, multistep)
-``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names
+``unipc``           UniPC (multistep predictor-corrector, bh1 / bh2)
+``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names;
+                    ``parse_step_counts``: one step count or a comma-separated sweep
 ==================  ========================================================================
 """

@@ -37,7 +37,7 @@ def parse_step_counts(value) -> Tuple[int, ...]:
         if isinstance(item, str) and item.isdigit():
             item = int(item)
         if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            what = "an empty item" if item == "" else f"{item!r}"
+            what = "an empty item" if item == "" else f"the item {item!r}"
             raise StepCountError(f"config.sample.sample_steps={value!r} has {what}: {fix}")
         if item not in counts:
             counts.append(item)
