@@ -35,7 +35,19 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def load_config_json(path) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+    """A config saved as JSON; an unreadable file is a ``ValueError`` naming it and its line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (a saved config is JSON): restore it, or delete it (a run "
+                         f"writes it again)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): restore it, or "
+                         f"delete it (a run writes it again)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a config (a JSON object): restore it, or "
+                         f"delete it (a run writes it again)")
+    return ml_collections.ConfigDict(data)
 
 
 def config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list:

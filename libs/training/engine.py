@@ -41,6 +41,7 @@ from libs.training.data_order import SeededItems, StepBatchSampler
 from libs.evaluation.engine import evaluate, sample_grid, sweep_policies
 from libs.models.registry import build_nnet
 from libs.run.lock import LauncherWatch, RunLock
+from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
 from libs.run.weight_guard import describe_bad_weight, first_bad_weight
 from libs.training.objectives import training_losses
@@ -145,9 +146,8 @@ def _train(config, task, lock: RunLock) -> Path:
     if resume_from is not None:
         load_weights(net, saved["nnet.pth"], str(resume_from / "nnet.pth"))
         load_weights(nnet_ema, saved["nnet_ema.pth"], str(resume_from / "nnet_ema.pth"))
-        optimizer.load_state_dict(saved["optimizer.pth"])
-        lr_scheduler.load_state_dict(saved["lr_scheduler.pth"])
-        start_step = int(saved["step.pth"])
+        load_training_state(optimizer, lr_scheduler, saved, resume_from)
+        start_step = check_resume_step(saved["step.pth"], tc.n_steps, resume_from)
         del saved
         # The config, not the saved optimiser, decides the hyper-parameters from here on.
         lr_scheduler.base_lrs = [oc.lr] * len(optimizer.param_groups)
