@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Optional, Union
 
 
 def _open_temp(fd: int) -> BinaryIO:
@@ -62,17 +62,25 @@ def _unlink_quietly(path) -> None:
 
 
 def publish_folder(staging: Union[str, os.PathLike], out: Union[str, os.PathLike], last_name: str,
-                   last_text: str) -> None:
-    """Move every file of ``staging`` into ``out`` (replacing), then write ``out/last_name``.
-    ``last_name`` is removed first and written last, atomically: while it exists, the files
-    beside it are the ones published with it (an interrupted publish leaves it absent)."""
+                   last_text: str, keep: Iterable[str] = ()) -> None:
+    """Move every file of ``staging`` into ``out`` (replacing), remove the other top-level files
+    of ``out`` but those named in ``keep`` (the previous publication's leftovers; folders stay),
+    then write ``out/last_name``. ``last_name`` is removed first and written last, atomically:
+    while it exists, the files beside it are exactly the ones published with it (an interrupted
+    publish leaves it absent)."""
+    import shutil
+
     staging, out = Path(staging), Path(out)
     (out / last_name).unlink(missing_ok=True)
+    new = {last_name, *keep}
     for src in sorted(staging.rglob("*")):
         if src.is_file():
             dst = out / src.relative_to(staging)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-    import shutil
+            new.add(dst.relative_to(out).parts[0])
     shutil.rmtree(staging, ignore_errors=True)
+    for old in out.iterdir():
+        if old.name not in new and not old.is_dir():
+            old.unlink(missing_ok=True)
     atomic_write_text(out / last_name, last_text)

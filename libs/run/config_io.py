@@ -60,3 +60,18 @@ def config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list:
         elif (list(va) if isinstance(va, tuple) else va) != (list(vb) if isinstance(vb, tuple) else vb):
             out.append(f"{prefix}{k}")
     return out
+
+
+IGNORED_NNET_FIELDS = ("use_checkpoint",)  # activation checkpointing: memory, not the function
+
+
+def nnet_differences(saved: Mapping, current: Mapping) -> list:
+    """'nnet.<field>: checkpoint <value>, config <value>' for every field of two ``config.nnet``
+    dicts that differ (but ``IGNORED_NNET_FIELDS``), sorted by field."""
+    def get(d, dotted):
+        for part in dotted.split("."):
+            d = d.get(part, "<absent>") if isinstance(d, Mapping) else "<absent>"
+        return d
+
+    return [f"nnet.{k}: checkpoint {get(saved, k)!r}, config {get(current, k)!r}"
+            for k in config_diff(saved, current) if k.split(".")[0] not in IGNORED_NNET_FIELDS]
