@@ -283,6 +283,8 @@ def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
     out = {}
     for name in CHECKPOINT_FILES:
         path = ckpt_dir / name
+        if not path.is_file():
+            raise CorruptCheckpointError(f"{path} is missing: the checkpoint is incomplete")
         try:
             out[name] = read_state_dict(path, verify=False) if name.startswith("nnet") \
                 else load_checkpoint_file(ckpt_dir, name)
