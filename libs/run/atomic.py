@@ -3,7 +3,8 @@ Readers (and a crash) see the old file or the new one, never a truncated one.
 
 A write that fails because of the disk (full, read-only, ...) raises that ``OSError`` naming
 the target, also when the writer (e.g. ``torch.save``'s zip writer: "enforce fail ...")
-reported it as something else."""
+reported it as something else; a Ctrl-C that the writer wrapped likewise stays a
+``KeyboardInterrupt``."""
 from __future__ import annotations
 
 import os
@@ -16,11 +17,11 @@ def _open_temp(fd: int) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _os_error_behind(exc: BaseException) -> Optional[OSError]:
-    """The OSError an exception was raised while handling (its cause/context chain), if any."""
+def _os_error_behind(exc: BaseException, kind=OSError) -> Optional[BaseException]:
+    """The ``kind`` exception an exception was raised while handling (its cause/context chain), if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
+        if isinstance(exc, kind):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -41,6 +42,8 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
         os.replace(tmp, path)
     except Exception as e:
         _unlink_quietly(tmp)
+        if _os_error_behind(e, KeyboardInterrupt) is not None:  # Ctrl-C inside a writer that wrapped it
+            raise KeyboardInterrupt from e
         cause = _os_error_behind(e)
         if cause is not None and cause.errno is not None:
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e

@@ -178,7 +178,7 @@ def test_config_json_is_written_only_after_the_weights_load(run_copy):
     assert (run_copy / "config.json").read_bytes() == before
 
 
-def _eval(config, out, nnet):
+def _eval(config, out, nnet, exit_threshold="0.5", **flags):
     from libs.cli.entry import eval_main
 
     class Flags(types.SimpleNamespace):
@@ -188,8 +188,8 @@ def _eval(config, out, nnet):
         def __getitem__(self, name):
             return types.SimpleNamespace(config_filename="configs/digits_uvit_tiny.py")
 
-    flags_obj = Flags(config=config, nnet_path=str(nnet), output_path=str(out), exit_threshold="0.5",
-                      workdir=str(out.parent))
+    flags_obj = Flags(config=config, nnet_path=str(nnet), output_path=str(out), exit_threshold=exit_threshold,
+                      workdir=str(out.parent), **flags)
     return eval_main(flags_obj, lambda c: PixelTask(c, load_data=False), "eval.py")
 
 
@@ -217,8 +217,8 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
     changed.sample.sample_steps = 3
     with pytest.raises(KeyboardInterrupt):
         _eval(changed, out, nnet)
-    assert snapshot(out, skip=("log.txt",)) == {k: v for k, v in first.items()} | {
-        k: v for k, v in snapshot(out).items() if k.startswith(".eval.tmp")}  # old pair untouched
+    assert snapshot(out) == first  # old pair untouched, the staged report removed, the lock released
+    assert not (out / ".eval.tmp").exists() and not (out / "run.lock").exists()
 
     # Publishing dies after moving the first file: config.json is absent, so no report claims it.
     monkeypatch.setattr(engine, "evaluate", real)
@@ -239,6 +239,39 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
     _eval(changed, out, nnet)  # a complete run publishes its report with its config
     assert json.loads((out / "config.json").read_text())["sample"]["sample_steps"] == 3
     assert not (out / ".eval.tmp").exists()
+
+    # Another sweep into the same folder: exactly its files, no grid of the earlier policies left.
+    assert (out / "grid_threshold_0.5.png").is_file()
+    _eval(changed, out, nnet, exit_threshold="0.7")
+    assert sorted(p.name for p in out.glob("grid_*")) == ["grid_full.png", "grid_threshold_0.7.png"]
+
+
+def test_weights_are_checked_against_their_checkpoint_config(good_run, tmp_path):
+    from libs.cli.entry import ConfigMismatchError
+
+    config = tiny(tmp_path)
+    config.sample.update(n_samples=2, mini_batch_size=2, sample_steps=2, grid_size=2, fid_stat="")
+    config.nnet.num_heads = 4  # same tensor shapes as the checkpoint's 2 heads: would run silently
+    nnet, out = good_run / "ckpts/2.ckpt/nnet_ema.pth", tmp_path / "eval"
+    with pytest.raises(ConfigMismatchError, match=r"nnet.num_heads: checkpoint 2, config 4.*--allow_config_mismatch"):
+        _eval(config, out, nnet)
+    assert not (out / "config.json").exists()
+    _eval(config, out, nnet, allow_config_mismatch=True)
+    assert "nnet.num_heads: checkpoint 2, config 4; running anyway" in (out / "log.txt").read_text()
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    from libs.run.errors import EXIT_INTERRUPTED
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("ADADIFF_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        guarded(interrupted, "eval.py")()
+    assert e.value.code == EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eval.py: interrupted (Ctrl-C): stopped")
 
 
 # ----------------------------------------------------------------------------- 4. leaked temporaries, kills
@@ -668,3 +701,28 @@ def test_real_cli_exit_status_and_one_line(tmp_path):
     assert r.returncode == EXIT_USER_ERROR
     assert r.stderr == "train.py: error: invalid config: config.train.batch_size=0: must be an integer >= 1\n"
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
+    """SIGINT mid-run: one line, status 130, no traceback, lock released, nothing staged left."""
+    out = tmp_path / "out"
+    args = TRAIN + [f"--workdir={out}", "--config.train.n_steps=100000"] if script == "train.py" else \
+        TINY + ["--config.sample.fid_stat=", "--config.sample.n_samples=100000", "--config.sample.mini_batch_size=2",
+                f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", f"--output_path={out}"]
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:  # wait until the run is under way
+            if " step 1 " in line or "evaluating" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        p.wait(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
+    assert not (out / "run.lock").exists() and not (out / ".eval.tmp").exists()
+    assert not [q for q in out.rglob("*") if q.name.endswith((".tmp", ".old"))]
