@@ -154,10 +154,11 @@ def train_main(FLAGS, make_task, script: str, expected_time: str = "continuous")
     return train(config, make_task(config, sampling))
 
 
-def check_fid_inputs(config, kind: str) -> None:
-    """Before any work: the FID reference statistics a run will use are readable and valid
-    (``libs.evaluation.fid.load_statistics``), and every sample count that feeds an FID is at
-    least 2 (a covariance needs two images)."""
+def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
+    """Before any work: every sample count that feeds an FID is at least 2 (a covariance needs
+    two images) and, with ``statistics``, the FID reference statistics a run will use are
+    readable and valid (``libs.evaluation.fid.load_statistics``; an evaluation leaves that to
+    ``evaluate``, which loads them once, before it samples)."""
     sc, tc = config.sample, config.train
     if not sc.get("fid_stat"):
         return
@@ -172,9 +173,10 @@ def check_fid_inputs(config, kind: str) -> None:
         if isinstance(n, int) and n < 2:
             raise ValueError(f"{field}={n}: an FID needs at least 2 samples (the covariance of their features): "
                              f"set {field} >= 2, or --config.sample.fid_stat= for no FID")
-    from libs.evaluation.fid import load_statistics
+    if statistics:
+        from libs.evaluation.fid import load_statistics
 
-    load_statistics(sc.fid_stat)
+        load_statistics(sc.fid_stat)
 
 
 def exit_policy_flag(flags_obj):
@@ -215,7 +217,7 @@ def eval_main(flags_obj, make_task, script: str, expected_time: str = "continuou
     check_config(config, "eval")
     policies = sweep_policies(str(config.sample.exit_policy))  # validate before any work
     require_weights(config)
-    check_fid_inputs(config, "eval")
+    check_fid_inputs(config, "eval", statistics=False)
     inputs = [config.nnet_path] + ([config.sample.fid_stat] if config.sample.get("fid_stat") else [])
     out = check_report_folder(config.output_path, "--output_path", inputs)
     accelerator = Accelerator()
@@ -267,8 +269,8 @@ def require_weights(config) -> None:
 
 
 def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool = False):
-    """Build ``config.nnet``, check the exit policies against it and load ``config.nnet_path``
-    into it (after ``check_checkpoint_config``). Plain U-ViT weights (no uncertainty heads):
+    """Build ``config.nnet``, check the exit policies against it, load ``config.nnet_path`` into
+    it and compare the config with the checkpoint's own (``check_checkpoint_config``). Plain U-ViT weights (no uncertainty heads):
     the policies that need heads are dropped with a warning. Returns (net on the CPU, policies)."""
     import torch
 
@@ -276,12 +278,12 @@ def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool 
     from libs.run.checkpoint import load_weights
 
     require_weights(config)
-    check_checkpoint_config(config, logger, allow_config_mismatch)
     torch.manual_seed(config.seed)
     net = build_nnet(config.nnet)
     for p in policies:
         p.check(net.num_blocks)
-    report = load_weights(net, config.nnet_path)
+    report = load_weights(net, config.nnet_path)  # tensors that do not fit: named keys and shapes
+    check_checkpoint_config(config, logger, allow_config_mismatch)  # fields that fit but differ
     if report.kind == "uvit":
         skipped = [p.spec for p in policies if p.uses_heads or p.needs_calibration]
         if skipped:

@@ -100,13 +100,13 @@ def check_output_file(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()
 
 
 def check_report_folder(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
-    """``check_output_folder``, plus: no input lies inside ``dest`` (a published report replaces
+    """``check_output_folder``, plus: no input is a file of ``dest`` (a published report replaces
     the files of the previous one), and ``dest`` holds only files an evaluation publishes
     (``REPORT_FILES``) besides folders, so replacing a previous report deletes nothing else."""
     dest = check_output_folder(dest, flag)
-    for src in inputs:
+    for src in inputs:  # publishing replaces and removes the folder's top-level files
         src = Path(os.path.realpath(src))
-        if src.is_relative_to(os.path.realpath(dest)):
+        if src.is_file() and src.parent == Path(os.path.realpath(dest)):
             raise UnsafeDestinationError(f"{flag}={dest} holds the input {src}: a new report replaces the folder's "
                                          f"files; choose another {flag}")
     if dest.is_dir():

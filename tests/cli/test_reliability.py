@@ -516,7 +516,7 @@ EVAL_ROWS = [
     (TINY + EV + ["--nnet_path={ckpt}"], "is a folder, expected a .pth or .safetensors file (a checkpoint folder: "
                                         "pass {ckpt}/nnet_ema.pth)", None),
     (TINY + EV + ["--nnet_path={unlisted}/nnet_ema.pth"], "is not listed in", None),
-    (TINY + EV + [NNET, "--config.nnet.embed_dim=64"], "in nnet.embed_dim: checkpoint 32, config 64", None),
+    (TINY + EV + [NNET, "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
     (TINY + EV + ["--nnet_path={exported_real}", "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
     (TINY + EV + [NNET, "--config.nnet.num_heads=4"],
      "config.nnet differs from the checkpoint's own {ckpt}/config.json in nnet.num_heads: checkpoint 2, config 4",
