@@ -22,18 +22,11 @@ flags.mark_flags_as_required(["input_path"])
 
 
 def main(argv):
-    import torch
-
-    from libs.run.checkpoint import load_weights
-    from libs.models.clip import FrozenCLIPEmbedder
     from libs.cli.config_check import check_config
     from libs.cli.entry import check_time, resolve_eval_config
-    from libs.evaluation.engine import calibrate_policy, generate
     from libs.exits.policy import parse_policies
-    from libs.exits.recorder import ExitRecorder
-    from libs.evaluation.image_io import images_to_uint8, save_png
-    from libs.models.registry import build_nnet
-    from libs.tasks.text import PromptTask
+    from libs.run.lock import RunLock
+    from libs.run.output_guard import check_output_file
 
     config = resolve_eval_config(FLAGS)
     check_time(config, "sample_t2i_discrete.py", "discrete")
@@ -45,8 +38,32 @@ def main(argv):
     prompts = [line.strip() for line in Path(FLAGS.input_path).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{FLAGS.input_path} holds no prompts (one per line)")
-    if not config.get("nnet_path"):
-        raise ValueError("pass --nnet_path=<...>/nnet_ema.pth")
+    out = Path(config.output_path)
+    inputs = [FLAGS.input_path] + ([config.nnet_path] if config.nnet_path else [])
+    check_output_file(out / "prompts.txt", "--output_path", inputs)
+    with RunLock(out, flag="--output_path"):
+        sample(config, policies, prompts, out)
+
+
+def sample(config, policies, prompts, out: Path) -> None:
+    """Encode the prompts, load the network (``load_net_for_sampling``), calibrate the policy
+    and write ``out/<i>.png`` and ``out/prompts.txt``."""
+    import logging
+
+    import torch
+
+    from libs.cli.entry import load_net_for_sampling
+    from libs.evaluation.engine import calibrate_policy, generate
+    from libs.evaluation.image_io import images_to_uint8, save_png
+    from libs.exits.recorder import ExitRecorder
+    from libs.models.clip import FrozenCLIPEmbedder
+    from libs.tasks.text import PromptTask
+
+    net, kept = load_net_for_sampling(config, policies, logging.getLogger("libs.sample"),
+                                      bool(FLAGS.allow_config_mismatch))
+    if not kept:
+        raise ValueError(f"{config.nnet_path} holds plain U-ViT weights (no uncertainty heads), which "
+                         f"{policies[0].spec} needs: use --exit_policy=static:K or full, or AdaDiff weights")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = FrozenCLIPEmbedder(config.clip.version, device=device)
     with torch.no_grad():
@@ -54,13 +71,8 @@ def main(argv):
         empty = clip.encode([""])[0].float().cpu()
     del clip
     task = PromptTask(config, contexts, empty)
-    net = build_nnet(config.nnet)
-    load_weights(net, config.nnet_path)
-    policies[0].check(net.num_blocks)
     net.to(device).eval()
-    policy = calibrate_policy(policies[0], net, task, config, device)
-    out = Path(config.output_path)
-    out.mkdir(parents=True, exist_ok=True)
+    policy = calibrate_policy(kept[0], net, task, config, device)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     recorder = ExitRecorder(net.num_blocks, device)
     bs = int(config.sample.mini_batch_size)

@@ -3,13 +3,15 @@
     python scripts/export_weights.py SRC DST [--drop_heads] [--dtype float16]
 
 --drop_heads removes the uncertainty heads, giving a plain U-ViT file (as released U-ViT
-weights: loading it initialises fresh heads). The file is written atomically.
+weights: loading it initialises fresh heads). The file is written atomically; DST may not be
+SRC, nor lie in a checkpoint or a training workdir (libs/run/output_guard.py).
 """
 import argparse
 
 import torch
 
 from libs.run.checkpoint import HEAD_PREFIX, convert_state_dict, read_state_dict, save_weights
+from libs.run.output_guard import check_output_file
 
 
 def main(argv=None):
@@ -19,6 +21,7 @@ def main(argv=None):
     p.add_argument("--drop_heads", action="store_true", help="remove the uncertainty heads (plain U-ViT file)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     args = p.parse_args(argv)
+    check_output_file(args.dst, "DST", [args.src])
     sd, _ = convert_state_dict(read_state_dict(args.src))
     if args.drop_heads:
         sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIX)}

@@ -47,6 +47,8 @@ def main(argv):
     out = FLAGS.out or config.sample.fid_stat
     if not out:
         raise ValueError("no output: pass --out or set config.sample.fid_stat")
+    from libs.run.output_guard import check_output_file
+    check_output_file(out, "--out")
     dataset_statistics(config, out, FLAGS.limit, FLAGS.device, FLAGS.batch_size)
     print(f"saved reference statistics of dataset {config.dataset.name!r} to {out}")
 

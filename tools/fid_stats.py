@@ -17,7 +17,11 @@ from libs.evaluation.inception import load_inception
 def compute_reference_statistics(source: str, out: str, batch_size: int = 50,
                                  device: Optional[str] = None, inception: Optional[str] = None,
                                  num_workers: int = 0, progress: bool = True) -> Stats:
-    """Statistics of a folder or image .npz, written to `out`; returns (mu, sigma)."""
+    """Statistics of a folder or image .npz, written to `out` (not the source, not in a
+    checkpoint or training workdir: libs/run/output_guard.py); returns (mu, sigma)."""
+    from libs.run.output_guard import check_output_file
+
+    check_output_file(out, "OUT", [source])
     if is_statistics_file(source):
         raise ValueError(f"'{source}' already holds statistics (mu, sigma); SOURCE must be a folder "
                          "of images or an .npz of uint8 NHWC images")

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.data.base import PixelDataset
-from libs.data.feature_files import load_pair
+from libs.data.feature_files import load_array, load_pair
 from libs.data.paths import PathLike, candidate_paths, not_found
 
 
@@ -166,11 +166,11 @@ class MSCOCOFeatureFolder(Dataset):
 
     def moments(self, index: int) -> torch.Tensor:
         """float32 (8, h, w)."""
-        return torch.from_numpy(np.load(self.root / f"{index}.npy").astype(np.float32, copy=False))
+        return torch.from_numpy(load_array(self.root / f"{index}.npy").astype(np.float32, copy=False))
 
     def context(self, index: int, k: int) -> torch.Tensor:
         """float32 (77, 768): CLIP context of caption k of item index."""
-        return torch.from_numpy(np.load(self.root / f"{index}_{k}.npy").astype(np.float32, copy=False))
+        return torch.from_numpy(load_array(self.root / f"{index}_{k}.npy").astype(np.float32, copy=False))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < self.n:
@@ -262,7 +262,7 @@ class MSCOCO256Features(_LatentDataset):
         if not empty.is_file():
             raise not_found(self.name, "MS-COCO latent features", [empty], "empty_context.npy is missing",
                             _MSCOCO_LAYOUT, _MSCOCO_HOWTO)
-        self.empty_context = torch.from_numpy(np.load(empty).astype(np.float32, copy=False))  # (77, 768)
+        self.empty_context = torch.from_numpy(load_array(empty).astype(np.float32, copy=False))  # (77, 768)
         self.context_shape = tuple(self.empty_context.shape)
         moments, context = self.train[0]
         if tuple(moments.shape) != self.moments_shape:

@@ -3,7 +3,6 @@ CelebA 64 (aligned JPEGs, DDIM / U-ViT face crop) and scikit-learn's 8x8 digits 
 inside scikit-learn)."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 from libs.data.base import ImageDataset, PixelDataset
 from libs.data.paths import candidate_paths, not_found
 from libs.data.value_range import model_to_uint8
+from libs.run.safe_load import restricted_unpickle
 
 
 class CIFAR10Train(ImageDataset):
@@ -135,8 +135,13 @@ class CIFAR10(PixelDataset):
 
 
 def _load_pickle(path: Path) -> dict:
+    """A CIFAR-10 batch file (a Python 2 pickle of a dict of arrays and lists), read by the
+    restricted unpickler: a file that asks to run code is refused, naming itself."""
     with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")  # written by Python 2
+        entry = restricted_unpickle(f, path, encoding="latin1")  # written by Python 2
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} holds a {type(entry).__name__}, not a CIFAR-10 batch (a dict): download the "
+                         f"python version of CIFAR-10 again")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 

@@ -68,16 +68,39 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 # ----------------------------------------------------------------------------
 # Statistics files.
 
+SYMMETRY_TOL = 1e-6  # max |sigma - sigma^T| <= SYMMETRY_TOL * max |sigma|
+PSD_TOL = 1e-4  # sigma + PSD_TOL * max(diag sigma) * I must be positive definite (Cholesky)
+
+
 def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "statistics") -> Stats:
-    """Validate shapes (D,), (D, D) (D = dims unless None) and finiteness; return float64."""
-    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    """Validate FID statistics and return them as float64: shapes (D,), (D, D) (D = dims unless
+    None), every value finite, and sigma a covariance: symmetric to ``SYMMETRY_TOL`` (relative
+    to its largest entry) and positive semi-definite to ``PSD_TOL``, i.e. no eigenvalue below
+    ``-PSD_TOL * max(diag sigma)`` (tested with a Cholesky factorisation of the shifted matrix,
+    not an eigendecomposition: 0.2 s at 2048 dimensions). Float32 round-off of a rank-deficient
+    covariance (fewer images than dimensions) stays well inside these tolerances."""
+    try:
+        mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: 'mu' and 'sigma' must be float arrays ({e})") from None
     d = mu.shape[0] if dims is None and mu.ndim == 1 else dims
     if mu.shape != (d,):
-        raise ValueError(f"{name}: 'mu' has shape {mu.shape}, expected ({d},)")
+        raise ValueError(f"{name}: 'mu' has shape {mu.shape}, expected ({d},) (Inception pool features)")
     if sigma.shape != (d, d):
         raise ValueError(f"{name}: 'sigma' has shape {sigma.shape}, expected ({d}, {d})")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{name}: 'mu' or 'sigma' contains NaN or inf")
+        raise ValueError(f"{name}: 'mu' or 'sigma' contains NaN or inf: make the statistics again")
+    scale = float(np.abs(sigma).max()) if sigma.size else 0.0
+    if float(np.abs(sigma - sigma.T).max(initial=0.0)) > SYMMETRY_TOL * scale:
+        raise ValueError(f"{name}: 'sigma' is not symmetric (max |sigma - sigma^T| > {SYMMETRY_TOL:g} x max "
+                         f"|sigma|), so it is no covariance: the file is corrupt, make the statistics again")
+    shift = PSD_TOL * max(float(np.diag(sigma).max(initial=0.0)), 1e-12)
+    try:
+        np.linalg.cholesky(sigma + shift * np.eye(d))
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{name}: 'sigma' is not positive semi-definite (an eigenvalue below -{PSD_TOL:g} x "
+                         f"its largest variance), so it is no covariance: the file is corrupt, make the "
+                         f"statistics again") from None
     return mu, sigma
 
 
@@ -90,7 +113,13 @@ def save_statistics(path: str, mu, sigma) -> None:
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
-    """Read and validate an .npz of FID statistics (keys mu, sigma)."""
+    """Read and validate an .npz of FID statistics (keys mu, sigma; ``check_statistics``),
+    without unpickling: every failure is a one-line ``ValueError`` / ``FileNotFoundError``
+    naming the file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"FID statistics file '{path}' is a folder, expected an .npz with 'mu' and 'sigma': "
+                         f"make one from a folder of images with `{STATS_COMMAND.format(path='OUT.npz')}`")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID statistics file '{path}' does not exist; make one from a "
                                 f"folder or image .npz with `{STATS_COMMAND.format(path=path)}`, or from a "
@@ -101,20 +130,43 @@ def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
         hint = (f" (it holds images: make statistics with `python tools/fid_stats.py {path} OUT.npz`)"
                 if any(k in keys for k in IMAGE_ARRAY_KEYS) else "")
         raise ValueError(f"FID statistics file '{path}' has keys {keys}, expected 'mu' and 'sigma'{hint}")
-    with np.load(path) as data:
-        mu, sigma = data["mu"], data["sigma"]
+    mu, sigma = _read_npz(path, ("mu", "sigma"))
     return check_statistics(mu, sigma, dims, name=f"FID statistics file '{path}'")
 
 
 def _npz_keys(path: str) -> list:
+    """The array names of an .npz; a ``ValueError`` naming the file when it is not one."""
     try:
-        data = np.load(path)
-    except (OSError, EOFError, ValueError) as e:  # not an npz / truncated / pickled object
-        raise ValueError(f"'{path}' is not a readable .npz file: {e}") from None
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # not an npz / truncated / pickled object / BadZipFile
+        why = ("neither a zip archive nor a .npy array, and pickles are never loaded" if "allow_pickle" in str(e)
+               else f"{type(e).__name__}: {_short(e)}")
+        raise ValueError(f"'{path}' is not a readable .npz file ({why}); it is truncated, corrupt or not an "
+                         f".npz: make or download it again") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"'{path}' holds a single array, not an .npz archive")
+        raise ValueError(f"'{path}' holds a single array, not an .npz archive: save with np.savez")
     with data:
         return list(data.keys())
+
+
+def _read_npz(path: str, keys) -> list:
+    """The arrays ``keys`` of an .npz, read with ``allow_pickle=False``: an object array (a
+    pickle), a truncated member or a bad checksum is a ``ValueError`` naming the file."""
+    out = []
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in keys:
+                out.append(data[key])
+    except Exception as e:  # zipfile.BadZipFile (CRC), ValueError (object array), EOFError, ...
+        what = ("holds a Python object array (a pickle), which is never loaded"
+                if "allow_pickle" in str(e) else f"is corrupt ({type(e).__name__}: {_short(e)})")
+        raise ValueError(f"'{path}'['{keys[len(out)]}'] {what}: make or download the file again") from None
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    return " ".join(str(exc).split())[:200]
 
 
 def is_statistics_file(path: str) -> bool:
@@ -303,8 +355,7 @@ def load_image_array(path: str) -> np.ndarray:
     if key is None:
         raise ValueError(f"'{path}' has keys {keys}, expected images under "
                          f"{' or '.join(IMAGE_ARRAY_KEYS)} or statistics under 'mu', 'sigma'")
-    with np.load(path) as data:
-        images = data[key]
+    (images,) = _read_npz(path, (key,))
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"'{path}'['{key}'] must be uint8 (N, H, W, 1 or 3) images, "
                          f"got {images.dtype} {images.shape}")

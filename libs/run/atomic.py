@@ -3,24 +3,25 @@ Readers (and a crash) see the old file or the new one, never a truncated one.
 
 A write that fails because of the disk (full, read-only, ...) raises that ``OSError`` naming
 the target, also when the writer (e.g. ``torch.save``'s zip writer: "enforce fail ...")
-reported it as something else."""
+reported it as something else; a Ctrl-C that the writer wrapped likewise stays a
+``KeyboardInterrupt``."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Optional, Union
 
 
 def _open_temp(fd: int) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _os_error_behind(exc: BaseException) -> Optional[OSError]:
-    """The OSError an exception was raised while handling (its cause/context chain), if any."""
+def _os_error_behind(exc: BaseException, kind=OSError) -> Optional[BaseException]:
+    """The ``kind`` exception an exception was raised while handling (its cause/context chain), if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
+        if isinstance(exc, kind):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -41,6 +42,8 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
         os.replace(tmp, path)
     except Exception as e:
         _unlink_quietly(tmp)
+        if _os_error_behind(e, KeyboardInterrupt) is not None:  # Ctrl-C inside a writer that wrapped it
+            raise KeyboardInterrupt from e
         cause = _os_error_behind(e)
         if cause is not None and cause.errno is not None:
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e
@@ -62,17 +65,25 @@ def _unlink_quietly(path) -> None:
 
 
 def publish_folder(staging: Union[str, os.PathLike], out: Union[str, os.PathLike], last_name: str,
-                   last_text: str) -> None:
-    """Move every file of ``staging`` into ``out`` (replacing), then write ``out/last_name``.
-    ``last_name`` is removed first and written last, atomically: while it exists, the files
-    beside it are the ones published with it (an interrupted publish leaves it absent)."""
+                   last_text: str, keep: Iterable[str] = ()) -> None:
+    """Move every file of ``staging`` into ``out`` (replacing), remove the other top-level files
+    of ``out`` but those named in ``keep`` (the previous publication's leftovers; folders stay),
+    then write ``out/last_name``. ``last_name`` is removed first and written last, atomically:
+    while it exists, the files beside it are exactly the ones published with it (an interrupted
+    publish leaves it absent)."""
+    import shutil
+
     staging, out = Path(staging), Path(out)
     (out / last_name).unlink(missing_ok=True)
+    new = {last_name, *keep}
     for src in sorted(staging.rglob("*")):
         if src.is_file():
             dst = out / src.relative_to(staging)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-    import shutil
+            new.add(dst.relative_to(out).parts[0])
     shutil.rmtree(staging, ignore_errors=True)
+    for old in out.iterdir():
+        if old.name not in new and not old.is_dir():
+            old.unlink(missing_ok=True)
     atomic_write_text(out / last_name, last_text)

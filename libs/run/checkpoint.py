@@ -16,6 +16,8 @@ truncated file behind.
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import re
@@ -30,6 +32,7 @@ import torch.nn as nn
 
 from libs.run.atomic import atomic_write
 from libs.run.manifest import MANIFEST, CorruptCheckpointError, verify_files, write_manifest
+from libs.run.safe_load import read_bytes_stable
 from libs.run.weight_guard import describe_bad_weight, first_bad_weight
 
 log = logging.getLogger(__name__)
@@ -66,21 +69,27 @@ class NonFiniteWeightsError(ValueError):
 
 def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
     """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``;
-    with ``verify``, first check it against its folder's manifest.json when there is one."""
+    with ``verify``, first check it against its folder's manifest.json when there is one.
+    The file is read into memory in one go (no memory map) and refused when it changes
+    meanwhile, so a copy still being written is a clear error, never a bus error."""
     path = Path(path)
+    if path.is_dir():
+        hint = f" (a checkpoint folder: pass {path / 'nnet_ema.pth'})" if (path / "nnet_ema.pth").is_file() else ""
+        raise IsADirectoryError(f"weights file {path} is a folder, expected a .pth or .safetensors file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if verify:
         verify_files(path.parent, [path.name])
+    data = read_bytes_stable(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
         try:
-            return load_file(str(path), device="cpu")
+            return load(data)
         except Exception as e:  # garbage header, truncated file, ...
             raise ValueError(f"cannot read {path} as a .safetensors file ({type(e).__name__}: {e}); the file is "
                              f"corrupt or not safetensors: re-export or re-download it") from e
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with objects, corrupt file, ...
         raise ValueError(f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e}). "
                          f"Expected a plain state dict saved with torch.save(net.state_dict(), path) "
@@ -274,24 +283,61 @@ def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
 
 def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
     """Every file of a training checkpoint (file name -> object), verified: against its
-    manifest (when it has one), readable, and with finite network and EMA weights.
-    Raises ``CorruptCheckpointError`` otherwise."""
+    manifest (when it has one, which must list every file), readable, consistent
+    (``check_checkpoint_contents``), and with finite network and EMA weights. Raises
+    ``CorruptCheckpointError`` naming the file otherwise."""
     ckpt_dir = Path(ckpt_dir)
-    verified = verify_files(ckpt_dir)
+    present = [n for n in (*CHECKPOINT_FILES, "config.json") if (ckpt_dir / n).exists()]
+    verified = verify_files(ckpt_dir, present)
     out = {}
     for name in CHECKPOINT_FILES:
         path = ckpt_dir / name
+        if not path.is_file():
+            raise CorruptCheckpointError(f"{path} is missing: the checkpoint is incomplete")
         try:
             out[name] = read_state_dict(path, verify=False) if name.startswith("nnet") \
                 else load_checkpoint_file(ckpt_dir, name)
-        except (OSError, ValueError, RuntimeError, EOFError) as e:
+        except Exception as e:  # OSError, UnpicklingError, ValueError, RuntimeError, EOFError, ...
             raise CorruptCheckpointError(f"{path} is unreadable ({type(e).__name__})") from e
         if name.startswith("nnet"):
             bad = first_bad_weight(out[name].items())
             if bad is not None:
                 raise CorruptCheckpointError(f"{path}: {describe_bad_weight(bad)}")
+    if (ckpt_dir / "config.json").exists():
+        try:
+            out["config.json"] = json.loads((ckpt_dir / "config.json").read_text())
+            assert isinstance(out["config.json"], dict)
+        except (OSError, ValueError, AssertionError) as e:
+            raise CorruptCheckpointError(f"{ckpt_dir / 'config.json'} is unreadable ({type(e).__name__})") from None
+    check_checkpoint_contents(ckpt_dir, out)
     out["verified"] = verified
     return out
+
+
+def check_checkpoint_contents(ckpt_dir: Path, out: Mapping) -> None:
+    """The files of a checkpoint fit together: ``step.pth`` an int equal to the folder's step,
+    ``optimizer.pth`` a torch optimizer state (``state``, ``param_groups``), ``lr_scheduler.pth``
+    a dict, the network and its EMA with the same tensor names and shapes."""
+    def bad(name, why):
+        return CorruptCheckpointError(f"{ckpt_dir / name} is inconsistent: {why}")
+
+    step, m = out["step.pth"], _CKPT_DIR.match(ckpt_dir.name)
+    if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+        step = int(step)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise bad("step.pth", f"holds {type(step).__name__}, expected the step as an int >= 0")
+    if m and int(m.group(1)) != step:
+        raise bad("step.pth", f"holds step {step} in the folder of step {m.group(1)}")
+    opt = out["optimizer.pth"]
+    if not (isinstance(opt, Mapping) and isinstance(opt.get("state"), Mapping)
+            and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+        raise bad("optimizer.pth", "not an optimizer state (a dict with 'state' and 'param_groups')")
+    if not isinstance(out["lr_scheduler.pth"], Mapping):
+        raise bad("lr_scheduler.pth", f"holds {type(out['lr_scheduler.pth']).__name__}, expected a scheduler state")
+    net, ema = out["nnet.pth"], out["nnet_ema.pth"]
+    if {k: tuple(v.shape) for k, v in net.items()} != {k: tuple(v.shape) for k, v in ema.items()}:
+        raise bad("nnet_ema.pth", "its tensor names or shapes differ from nnet.pth")
 
 
 def newest_intact_checkpoint(root: Union[str, os.PathLike]):
@@ -324,7 +370,7 @@ def load_checkpoint_file(ckpt_dir: Union[str, os.PathLike], name: str):
     path = Path(ckpt_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {name}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(read_bytes_stable(path)), map_location="cpu", weights_only=True)
 
 
 def _rmtree(path: Path):

@@ -35,7 +35,19 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def load_config_json(path) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+    """A config saved as JSON; an unreadable file is a ``ValueError`` naming it and its line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (a saved config is JSON): restore it, or delete it (a run "
+                         f"writes it again)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): restore it, or "
+                         f"delete it (a run writes it again)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a config (a JSON object): restore it, or "
+                         f"delete it (a run writes it again)")
+    return ml_collections.ConfigDict(data)
 
 
 def config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list:
@@ -48,3 +60,18 @@ def config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list:
         elif (list(va) if isinstance(va, tuple) else va) != (list(vb) if isinstance(vb, tuple) else vb):
             out.append(f"{prefix}{k}")
     return out
+
+
+IGNORED_NNET_FIELDS = ("use_checkpoint",)  # activation checkpointing: memory, not the function
+
+
+def nnet_differences(saved: Mapping, current: Mapping) -> list:
+    """'nnet.<field>: checkpoint <value>, config <value>' for every field of two ``config.nnet``
+    dicts that differ (but ``IGNORED_NNET_FIELDS``), sorted by field."""
+    def get(d, dotted):
+        for part in dotted.split("."):
+            d = d.get(part, "<absent>") if isinstance(d, Mapping) else "<absent>"
+        return d
+
+    return [f"nnet.{k}: checkpoint {get(saved, k)!r}, config {get(current, k)!r}"
+            for k in config_diff(saved, current) if k.split(".")[0] not in IGNORED_NNET_FIELDS]

@@ -7,8 +7,14 @@ disk (``OSError``), a diverged run (``FloatingPointError``), a workdir in use
 
     train.py: error: <problem and fix>
 
-on stderr and exits with ``EXIT_USER_ERROR``. Anything else is a bug and keeps its
-traceback. ``ADADIFF_DEBUG=1`` in the environment shows the traceback of user errors too.
+on stderr and exits with ``EXIT_USER_ERROR``. Ctrl-C (``KeyboardInterrupt``) prints
+
+    train.py: interrupted (Ctrl-C): stopped; ...
+
+and exits with ``EXIT_INTERRUPTED`` (130, as a shell reports SIGINT); the code it interrupts
+cleans up on the way out (staged outputs are removed, locks released by their ``with``).
+Anything else is a bug and keeps its traceback. ``ADADIFF_DEBUG=1`` in the environment
+shows the traceback of user errors and interruptions too.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Callable, Optional
 
 DEBUG_ENV = "ADADIFF_DEBUG"
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):
@@ -76,9 +83,18 @@ def report(prog: str, exc: BaseException) -> Optional[str]:
     return line
 
 
+def report_interrupt(prog: str) -> None:
+    """Print the one line of a Ctrl-C and exit with ``EXIT_INTERRUPTED``."""
+    print(f"{prog}: interrupted (Ctrl-C): stopped; nothing half-written was kept and locks are released. "
+          f"Run the command again to start over (a training run resumes from its last checkpoint)",
+          file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
-    """Wrap a CLI body: user errors become one line on stderr and ``sys.exit(EXIT_USER_ERROR)``;
-    bugs (and every error when ADADIFF_DEBUG=1) keep their traceback."""
+    """Wrap a CLI body: user errors become one line on stderr and ``sys.exit(EXIT_USER_ERROR)``,
+    Ctrl-C one line and ``sys.exit(EXIT_INTERRUPTED)``; bugs (and every error when
+    ADADIFF_DEBUG=1) keep their traceback."""
     name = prog or os.path.basename(sys.argv[0] or "adadiff")
 
     @functools.wraps(main)
@@ -90,5 +106,9 @@ def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
                 raise
             report(name, exc)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            report_interrupt(name)
 
     return run

@@ -2,7 +2,8 @@
 
 It is written last, into the checkpoint's temporary directory, just before that directory is
 renamed into place; loading verifies it. A checkpoint without one (written before
-checksums) still loads, unverified. The file sits beside the released layout
+checksums) still loads, unverified; one whose manifest is unreadable, or does not list a
+file that is read, fails to verify. The file sits beside the released layout
 (nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth, step.pth), which stays as it was.
 """
 from __future__ import annotations
@@ -44,12 +45,15 @@ def write_manifest(folder: Union[str, os.PathLike], names: Iterable[str]) -> Pat
 def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
     """{file name: {'sha256', 'bytes'}} of ``folder``, or None when it has no manifest."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
+    if not path.is_file():
+        raise CorruptCheckpointError(f"{path} is not a file (a folder or a broken link); the checkpoint cannot be "
+                                     f"verified: use another checkpoint")
     try:
         files = json.loads(path.read_text())["files"]
         assert isinstance(files, dict)
-    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as e:
         raise CorruptCheckpointError(f"{path} is unreadable ({type(e).__name__}); the checkpoint cannot be "
                                      f"verified: use another checkpoint") from None
     return files
@@ -58,15 +62,21 @@ def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
 def verify_files(folder: Union[str, os.PathLike], names: Optional[Iterable[str]] = None) -> bool:
     """Check ``names`` (default: every file the manifest lists) against the manifest.
     Returns False when there is no manifest (nothing to check); raises
-    ``CorruptCheckpointError`` on a missing, resized or changed file."""
+    ``CorruptCheckpointError`` on a missing, resized or changed file, on a name the manifest
+    does not list (it cannot be verified), and on an unreadable manifest."""
     folder = Path(folder)
     files = read_manifest(folder)
     if files is None:
         return False
     for name in (files if names is None else names):
         if name not in files:
-            continue  # not part of the checkpoint as saved (e.g. a file added later)
+            raise CorruptCheckpointError(f"{folder / name} is not listed in {folder / MANIFEST}, so it cannot be "
+                                         f"verified: the checkpoint was changed after it was saved; move the file "
+                                         f"out of the checkpoint folder, or use another checkpoint")
         path, want = folder / name, files[name]
+        if not isinstance(want, dict):
+            raise CorruptCheckpointError(f"{folder / MANIFEST} is unreadable (its entry for {name} is not a "
+                                         f"checksum); the checkpoint cannot be verified: use another checkpoint")
         if not path.is_file():
             raise CorruptCheckpointError(f"{path} is missing (listed in {MANIFEST}): the checkpoint is incomplete; "
                                          f"use another checkpoint")

@@ -43,6 +43,7 @@ from libs.run.atomic import atomic_write_text
 from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_checkpoint, save_checkpoint
 from libs.run.config_io import config_to_json
 from libs.run.lock import LauncherWatch, RunLock
+from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
 from libs.run.seeds import Stream, mix_seed
 from libs.training import best_checkpoint, hooks
@@ -254,9 +255,9 @@ def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
     if resume_from is not None:
         load_weights(state.net, saved["nnet.pth"], str(resume_from / "nnet.pth"))
         load_weights(state.ema, saved["nnet_ema.pth"], str(resume_from / "nnet_ema.pth"))
-        state.optimizer.load_state_dict(saved["optimizer.pth"])
-        state.lr_scheduler.load_state_dict(saved["lr_scheduler.pth"])
-        state.step, state.last_ckpt = int(saved["step.pth"]), resume_from
+        load_training_state(state.optimizer, state.lr_scheduler, saved, resume_from)
+        state.step = check_resume_step(saved["step.pth"], config.train.n_steps, resume_from)
+        state.last_ckpt = resume_from
         hooks.override_hyperparameters(state.optimizer, state.lr_scheduler, config.optimizer)
         run.logger.info("resumed from %s (step %d)", resume_from, state.step)
     elif config.train.get("pretrained_weight"):

@@ -178,7 +178,7 @@ def test_config_json_is_written_only_after_the_weights_load(run_copy):
     assert (run_copy / "config.json").read_bytes() == before
 
 
-def _eval(config, out, nnet):
+def _eval(config, out, nnet, exit_threshold="0.5", **flags):
     from libs.cli.entry import eval_main
 
     class Flags(types.SimpleNamespace):
@@ -188,8 +188,8 @@ def _eval(config, out, nnet):
         def __getitem__(self, name):
             return types.SimpleNamespace(config_filename="configs/digits_uvit_tiny.py")
 
-    flags_obj = Flags(config=config, nnet_path=str(nnet), output_path=str(out), exit_threshold="0.5",
-                      workdir=str(out.parent))
+    flags_obj = Flags(config=config, nnet_path=str(nnet), output_path=str(out), exit_threshold=exit_threshold,
+                      workdir=str(out.parent), **flags)
     return eval_main(flags_obj, lambda c: PixelTask(c, load_data=False), "eval.py")
 
 
@@ -217,8 +217,8 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
     changed.sample.sample_steps = 3
     with pytest.raises(KeyboardInterrupt):
         _eval(changed, out, nnet)
-    assert snapshot(out, skip=("log.txt",)) == {k: v for k, v in first.items()} | {
-        k: v for k, v in snapshot(out).items() if k.startswith(".eval.tmp")}  # old pair untouched
+    assert snapshot(out) == first  # old pair untouched, the staged report removed, the lock released
+    assert not (out / ".eval.tmp").exists() and not (out / "run.lock").exists()
 
     # Publishing dies after moving the first file: config.json is absent, so no report claims it.
     monkeypatch.setattr(engine, "evaluate", real)
@@ -239,6 +239,39 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
     _eval(changed, out, nnet)  # a complete run publishes its report with its config
     assert json.loads((out / "config.json").read_text())["sample"]["sample_steps"] == 3
     assert not (out / ".eval.tmp").exists()
+
+    # Another sweep into the same folder: exactly its files, no grid of the earlier policies left.
+    assert (out / "grid_threshold_0.5.png").is_file()
+    _eval(changed, out, nnet, exit_threshold="0.7")
+    assert sorted(p.name for p in out.glob("grid_*")) == ["grid_full.png", "grid_threshold_0.7.png"]
+
+
+def test_weights_are_checked_against_their_checkpoint_config(good_run, tmp_path):
+    from libs.cli.entry import ConfigMismatchError
+
+    config = tiny(tmp_path)
+    config.sample.update(n_samples=2, mini_batch_size=2, sample_steps=2, grid_size=2, fid_stat="")
+    config.nnet.num_heads = 4  # same tensor shapes as the checkpoint's 2 heads: would run silently
+    nnet, out = good_run / "ckpts/2.ckpt/nnet_ema.pth", tmp_path / "eval"
+    with pytest.raises(ConfigMismatchError, match=r"nnet.num_heads: checkpoint 2, config 4.*--allow_config_mismatch"):
+        _eval(config, out, nnet)
+    assert not (out / "config.json").exists()
+    _eval(config, out, nnet, allow_config_mismatch=True)
+    assert "nnet.num_heads: checkpoint 2, config 4; running anyway" in (out / "log.txt").read_text()
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    from libs.run.errors import EXIT_INTERRUPTED
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("ADADIFF_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        guarded(interrupted, "eval.py")()
+    assert e.value.code == EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eval.py: interrupted (Ctrl-C): stopped")
 
 
 # ----------------------------------------------------------------------------- 4. leaked temporaries, kills
@@ -398,11 +431,222 @@ def test_every_shipped_config_passes_the_check_and_bad_values_are_listed():
 
 
 # ----------------------------------------------------------------------------- the table of bad inputs
-def _runner(script, cases, tmp_path, kind="absl"):
-    spec = tmp_path / f"{Path(script).stem}_spec.json"
-    spec.write_text(json.dumps({"script": script, "kind": kind, "cases": [{"args": c[0], "fault": c[2]}
-                                                                           for c in cases]}))
-    results = tmp_path / f"{Path(script).stem}_results.json"
+# Each row: (script, arguments, expected text in the one error line, simulated fault). Arguments
+# and faults name the files the ``bad_input_results`` fixture makes: {good} a finished run,
+# {ckpt} its 2.ckpt, {nnet} its nnet_ema.pth, {work} a scratch folder (see the fixture).
+GW = "--workdir={good}"
+EV = ["--config.sample.fid_stat=", "--config.sample.n_samples=4", "--config.sample.mini_batch_size=4",
+      "--config.sample.sample_steps=2", "--output_path={evalout}"]
+NNET = "--nnet_path={nnet}"
+TRAIN_ROWS = [
+    (TRAIN + [GW, "--config.train.batch_size=0"], "config.train.batch_size=0: must be an integer >= 1", None),
+    (TRAIN + [GW, "--config.train.batch_size=-4"], "config.train.batch_size=-4", None),
+    (TRAIN + [GW, "--config.train.n_steps=0"], "config.train.n_steps=0: must be an integer >= 1", None),
+    (TRAIN + [GW, "--config.train.n_steps=-5"], "config.train.n_steps=-5", None),
+    (TRAIN + [GW, "--config.train.save_interval=-1"], "config.train.save_interval=-1: must be an integer >= 0", None),
+    (TRAIN + [GW, "--config.train.log_interval=-10"], "config.train.log_interval=-10", None),
+    (TRAIN + [GW, "--config.train.keep_ckpts=-1"], "config.train.keep_ckpts=-1", None),
+    (TRAIN + [GW, "--config.train.ema_rate=2.0"], "config.train.ema_rate=2.0: must be a finite number in [0, 1]",
+     None),
+    (TRAIN + [GW, "--config.train.ema_rate=-0.5"], "config.train.ema_rate=-0.5", None),
+    (TRAIN + [GW, "--config.train.grad_clip=-1.0"], "config.train.grad_clip=-1.0", None),
+    (TRAIN + [GW, "--config.optimizer.lr=inf"], "config.optimizer.lr=inf: must be a finite number in (0, inf)", None),
+    (TRAIN + [GW, "--config.optimizer.lr=0.0"], "config.optimizer.lr=0.0", None),
+    (TRAIN + [GW, "--config.optimizer.lr=-0.001"], "config.optimizer.lr=-0.001", None),
+    (TRAIN + [GW, "--config.optimizer.name=sgd"], "config.optimizer.name='sgd': choose one of adamw", None),
+    (TRAIN + [GW, "--config.lr_scheduler.name=cosine"], "config.lr_scheduler.name='cosine': choose one of customized",
+     None),
+    (TRAIN + [GW, "--config.lr_scheduler.warmup_steps=-1"], "config.lr_scheduler.warmup_steps=-1", None),
+    (TRAIN + [GW, "--config.loss.objective=ddpm"], "config.loss.objective='ddpm': choose one of adadiff, uvit", None),
+    (TRAIN + [GW, "--config.loss.layer_weight=mean"], "config.loss.layer_weight='mean': choose one of", None),
+    (TRAIN + [GW, "--config.loss.p_uncond=1.5"], "config.loss.p_uncond=1.5", None),
+    (TRAIN + [GW, "--config.sample.algorithm=ddim"], "config.sample.algorithm='ddim': choose one of", None),
+    (TRAIN + [GW, "--config.nnet.num_heads=3"], "embed_dim=32 is not divisible by config.nnet.num_heads=3", None),
+    (TRAIN + [GW, "--config.nnet.patch_size=3"], "img_size=8 is not divisible by config.nnet.patch_size=3", None),
+    (TRAIN + [GW, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of uvit, uvit_t2i", None),
+    (TRAIN + [GW, "--config.time=discrete"], "use train_discrete.py", None),
+    (TRAIN + [GW, "--config.train.no_such_key=1"], "unknown config field '--config.train.no_such_key'", None),
+    (TRAIN + [GW, "--config.nnet.depht=4"], "the config has no field 'depht'; did you mean 'depth'", None),
+    (TRAIN + [GW, "--config.nnet.depth.x=4"], "config.nnet.depth is a value, not a group of fields", None),
+    (TRAIN + [GW, "--config.train.batch_size=abc"], "--config.train.batch_size=abc", None),
+    (["--config=configs/no_such_config.py", GW], "no_such_config.py", None),
+    (["--config={work}/syntax_error.py", GW], "config file {work}/syntax_error.py, line 2: invalid syntax", None),
+    (["--config={work}/no_get_config.py", GW], "defines no get_config()", None),
+    (["--config={work}/name_error.py", GW], "name_error.py, line 2: NameError: name 'undefined_name'", None),
+    (TRAIN + [GW, "--config.train.n_steps=3", "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
+    (TRAIN + [GW, "--config.train.n_steps=1"], "config.train.n_steps=1 is below step 2 of the checkpoint", None),
+    (TRAIN + [GW, "--config.train.n_steps=3", "--config.loss.objective=uvit"],
+     "its optimizer.pth trains", None),
+    (TRAIN + ["--workdir={badcfg}", "--config.train.n_steps=3"], "{badcfg}/config.json is not valid JSON (line 1",
+     None),
+    (TRAIN + ["--workdir={a_file}"], "is a file, not a folder", None),
+    (TRAIN + ["--workdir={a_file}/run"], "is a file, not a folder", None),
+    (TRAIN + ["--workdir={busy}"], "in use by another run: pid {pid}", None),
+    (TRAIN + [GW, "--config.train.n_steps=3"], "Read-only file system", {"erofs": "{good}"}),
+    (TRAIN + ["--workdir={work}/ro/run"], "Read-only file system", {"erofs": "{work}/ro"}),
+    (TRAIN + [GW, "--config.train.n_steps=3"], "No space left on device: {good}/config.json",
+     {"enospc": "config.json"}),
+    (TRAIN + ["--workdir={work}/full"], "No space left on device", {"enospc": ".pth"}),
+    (TRAIN + ["--workdir={work}/pre1", "--pretrained_weight={garbage}"], "cannot read {garbage} as a .safetensors file",
+     None),
+    (TRAIN + ["--workdir={work}/pre2", "--pretrained_weight={work}/missing.pth"], "weights file not found", None),
+    (TRAIN + ["--workdir={work}/pre3", "--pretrained_weight={nan}"], "non-finite", None),
+    (TRAIN + ["--workdir={work}/pre4", "--pretrained_weight={ckpt}"], "is a folder, expected a .pth", None),
+    (TRAIN + ["--workdir={work}/pre5", "--pretrained_weight={evil}"], "cannot read {evil} as a PyTorch state dict",
+     None),
+    (TRAIN + ["--workdir={work}/fid1", "--config.train.eval_interval=1", "--config.sample.fid_stat={stats_neg}"],
+     "'sigma' is not positive semi-definite", None),
+    (TRAIN + ["--workdir={work}/fid2", "--config.train.eval_interval=1", "--config.sample.n_samples=1",
+              "--config.sample.fid_stat={stats_ok}"], "config.sample.n_samples=1: an FID needs at least 2", None),
+]
+EVAL_ROWS = [
+    (TINY + EV + [NNET, "--exit_threshold=1.3"], "exit policy '1.3': the threshold is out of range", None),
+    (TINY + EV + [NNET, "--exit_threshold=abc"], "'abc' is not a number", None),
+    (TINY + EV + [NNET, "--exit_threshold=static:1"], "use --exit_policy for static:K", None),
+    (TINY + EV + [NNET, "--exit_policy=0.9", "--exit_threshold=0.9"], "not both", None),
+    (TINY + EV + [NNET, "--exit_policy=0.9,cosine:1"], "unknown exit policy 'cosine:1'", None),
+    (TINY + EV + [NNET, "--exit_policy=static:9"], "static:9: the network has", None),
+    (TINY + EV + [NNET, "--exit_policy=budget:0"], "budget:0", None),
+    (TINY + EV, "no weights to evaluate", None),
+    (TINY + EV + ["--nnet_path={work}/missing.pth"], "weights file not found", None),
+    (TINY + EV + ["--nnet_path={garbage}"], "cannot read {garbage} as a .safetensors file", None),
+    (TINY + EV + ["--nnet_path={nan}"], "holds non-finite values", None),
+    (TINY + EV + ["--nnet_path={evil}"], "cannot read {evil} as a PyTorch state dict", None),
+    (TINY + EV + ["--nnet_path={flipped}/nnet_ema.pth"], "does not match its checksum", None),
+    (TINY + EV + ["--nnet_path={ckpt}"], "is a folder, expected a .pth or .safetensors file (a checkpoint folder: "
+                                        "pass {ckpt}/nnet_ema.pth)", None),
+    (TINY + EV + ["--nnet_path={unlisted}/nnet_ema.pth"], "is not listed in", None),
+    (TINY + EV + [NNET, "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
+    (TINY + EV + ["--nnet_path={exported_real}", "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
+    (TINY + EV + [NNET, "--config.nnet.num_heads=4"],
+     "config.nnet differs from the checkpoint's own {ckpt}/config.json in nnet.num_heads: checkpoint 2, config 4",
+     None),
+    (TINY + EV + [NNET, "--config.nnet.num_heads=5"], "not divisible by config.nnet.num_heads=5", None),
+    (TINY + EV + [NNET, "--config.sample.algorithm=ddim"], "config.sample.algorithm='ddim'", None),
+    (TINY + EV + [NNET, "--config.sample.n_samples=0"], "config.sample.n_samples=0", None),
+    (TINY + EV + [NNET, "--config.sample.n_samples=1", "--config.sample.fid_stat={stats_ok}"],
+     "config.sample.n_samples=1: an FID needs at least 2 samples", None),
+    (TINY + EV + [NNET, "--config.sample.sample_steps=0"], "config.sample.sample_steps=0", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_rand}"], "is not a readable .npz file (neither a zip", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_trunc}"], "is not a readable .npz file", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_flip}"], "is corrupt (BadZipFile", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_obj}"], "holds a Python object array", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_neg}"], "not positive semi-definite", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_asym}"], "'sigma' is not symmetric", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={stats_small}"], "'mu' has shape (16,), expected (2048,)", None),
+    (TINY + EV + [NNET, "--config.sample.fid_stat={work}"], "is a folder, expected an .npz", None),
+    (TINY + EV + [NNET, "--output_path={a_file}"], "is a file, not a folder", None),
+    (TINY + EV + [NNET, "--output_path={ckpt}"], "--output_path={ckpt} is a checkpoint", None),
+    (TINY + EV + [NNET, "--output_path={good}"], "--output_path={good} is the training workdir", None),
+    (TINY + EV + [NNET, "--output_path={good}/ckpts/x"], "lies in {good}/ckpts of the training workdir", None),
+    (TINY + EV + [NNET, "--output_path={mine}"], "holds files no evaluation wrote (notes.txt)", None),
+    (TINY + EV + [NNET, "--output_path={busy_eval}"], "{busy_eval} is in use by another run: pid {pid}", None),
+    (TINY + EV + [NNET, "--output_path={work}/ro2/eval"], "Read-only file system", {"erofs": "{work}/ro2"}),
+]
+EXPORT_ROWS = [
+    (["{work}/missing.pth", "{exported}"], "weights file not found", None),
+    (["{garbage}", "{exported}"], "as a .safetensors file", None),
+    (["{flipped}/nnet_ema.pth", "{exported}"], "does not match its checksum", None),
+    (["{nnet}", "{exported}"], "No space left on device: {exported}", {"enospc": "exported.pth"}),
+    (["{nnet}", "{work}"], "DST={work} is a folder", None),
+    (["{nnet}", "{nnet}"], "is the input {nnet}", None),
+    (["{nnet}", "{ckpt}/nnet_ema.safetensors"], "is a checkpoint", None),
+    (["{nnet}", "{good}/exported.pth"], "is the training workdir", None),
+    (["{ckpt}", "{exported}"], "is a folder, expected a .pth", None),
+]
+FID_ROWS = [
+    (["{stats_rand}", "{stats_ok}"], "is not a readable .npz file", None),
+    (["{stats_flip}", "{stats_ok}"], "is corrupt (BadZipFile", None),
+    (["{stats_obj}", "{stats_ok}"], "holds a Python object array", None),
+    (["{stats_neg}", "{stats_ok}"], "not positive semi-definite", None),
+    (["{stats_asym}", "{stats_ok}"], "is not symmetric", None),
+    (["{work}/missing.npz", "{stats_ok}"], "does not exist", None),
+]
+STATS_ROWS = [
+    (["{stats_ok}", "{stats_ok}"], "is the input", None),
+    (["{images}", "{ckpt}/ref.npz"], "is a checkpoint", None),
+    (["{images}", "{good}/ref.npz"], "is the training workdir", None),
+]
+SCRIPTS = {"train.py": ("absl", TRAIN_ROWS), "eval.py": ("absl", EVAL_ROWS),
+           "scripts/export_weights.py": ("argparse", EXPORT_ROWS), "tools/fid.py": ("argparse", FID_ROWS),
+           "tools/fid_stats.py": ("argparse", STATS_ROWS)}
+BAD_INPUTS = [pytest.param(script, i, id=f"{script}: {row[1][:70]}")
+              for script, (_, rows) in SCRIPTS.items() for i, row in enumerate(rows)]
+
+
+def _bad_input_files(work, good_run) -> dict:
+    """The files the rows name: {placeholder: path}."""
+    import numpy as np
+
+    ckpt = good_run / "ckpts/2.ckpt"
+    paths = {"good": good_run, "ckpt": ckpt, "nnet": ckpt / "nnet_ema.pth", "work": work, "pid": os.getpid()}
+    for name in ("a_file", "garbage", "nan", "evil", "flipped", "unlisted", "evalout", "exported", "busy",
+                 "busy_eval", "badcfg", "mine", "images"):
+        paths[name] = work / name
+    (work / "a_file").write_text("not a folder")
+    paths["garbage"] = work / "garbage.safetensors"
+    paths["garbage"].write_bytes(b"\xff" * 64)
+    sd = torch.load(ckpt / "nnet_ema.pth", weights_only=True)
+    paths["nan"] = work / "nan.pth"
+    save_weights({k: v.clone().fill_(float("nan")) if k == "pos_embed" else v for k, v in sd.items()}, paths["nan"])
+    paths["evil"] = work / "evil.pth"
+    torch.save({"w": types.SimpleNamespace(x=1)}, paths["evil"])  # a pickle of an object: weights_only refuses it
+    paths["flipped"] = work / "flipped.ckpt"
+    shutil.copytree(ckpt, paths["flipped"])
+    flip_byte(paths["flipped"] / "nnet_ema.pth")
+    paths["unlisted"] = work / "unlisted.ckpt"
+    shutil.copytree(ckpt, paths["unlisted"])
+    manifest = json.loads((paths["unlisted"] / "manifest.json").read_text())
+    del manifest["files"]["nnet_ema.pth"]
+    (paths["unlisted"] / "manifest.json").write_text(json.dumps(manifest))
+    paths["evalout"].mkdir()
+    (paths["evalout"] / "report.txt").write_text("previous report\n")
+    (paths["evalout"] / "config.json").write_text('{"previous": true}\n')
+    paths["exported"] = work / "exported.pth"
+    paths["exported"].write_bytes(b"previous export")
+    paths["exported_real"] = work / "exported_real.pth"  # weights outside a checkpoint: no config.json to compare
+    shutil.copy(ckpt / "nnet_ema.pth", paths["exported_real"])
+    shutil.copytree(good_run, paths["badcfg"])
+    (paths["badcfg"] / "config.json").write_text("{not json")
+    paths["mine"].mkdir()
+    (paths["mine"] / "notes.txt").write_text("keep me")
+    paths["images"] = work / "images.npz"
+    np.savez(paths["images"], arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    d, asym = 2048, np.eye(2048)
+    asym[0, 1] = 0.5
+    for name, mu, sigma in (("ok", np.zeros(d), np.eye(d)), ("neg", np.zeros(d), -np.eye(d)),
+                            ("asym", np.zeros(d), asym), ("small", np.zeros(16), np.eye(16))):
+        paths[f"stats_{name}"] = work / f"stats_{name}.npz"
+        np.savez(paths[f"stats_{name}"], mu=mu, sigma=sigma)
+    paths["stats_obj"] = work / "stats_obj.npz"
+    np.savez(paths["stats_obj"], mu=np.array([{"a": 1}] * 3, dtype=object), sigma=np.eye(3))
+    data = bytearray(paths["stats_ok"].read_bytes())
+    paths["stats_trunc"] = work / "stats_trunc.npz"
+    paths["stats_trunc"].write_bytes(bytes(data[:len(data) // 2]))
+    data[len(data) // 2] ^= 1
+    paths["stats_flip"] = work / "stats_flip.npz"
+    paths["stats_flip"].write_bytes(bytes(data))
+    paths["stats_rand"] = work / "stats_rand.npz"
+    paths["stats_rand"].write_bytes(os.urandom(4096))
+    (work / "syntax_error.py").write_text("def get_config():\n    return d(=1)\n")
+    (work / "no_get_config.py").write_text("x = 1\n")
+    (work / "name_error.py").write_text("def get_config():\n    return undefined_name\n")
+    return paths
+
+
+def _fill(value, paths):
+    if isinstance(value, dict):
+        return {k: _fill(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, paths) for v in value]
+    return value.format(**paths) if isinstance(value, str) else value
+
+
+def _start(script, kind, rows, paths, work):
+    spec = work / f"{Path(script).stem}_spec.json"
+    spec.write_text(json.dumps({"script": script, "kind": kind,
+                                "cases": [{"args": _fill(r[0], paths), "fault": _fill(r[2], paths)} for r in rows]}))
+    results = work / f"{Path(script).stem}_results.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ADADIFF_DEBUG", None)
     proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.cli_runner", str(spec), str(results)], cwd=ROOT,
@@ -410,138 +654,43 @@ def _runner(script, cases, tmp_path, kind="absl"):
     return proc, results
 
 
-def _check(name, cases, proc, results):
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    got = json.loads(results.read_text())
-    assert len(got) == len(cases)
-    prog = Path(name).name
-    for (args, expect, _), r in zip(cases, got):
-        lines = [line for line in r["stderr"].splitlines() if line.startswith(f"{prog}: error:")]
-        assert r["code"] == EXIT_USER_ERROR, (args, r)
-        assert len(lines) == 1 and expect in lines[0], (args, expect, r["stderr"][-2000:])
-        assert "Traceback" not in r["stderr"], (args, r["stderr"][-3000:])
+@pytest.fixture(scope="module")
+def bad_input_results(good_run, tmp_path_factory):
+    """Every row of every script, run through the real CLIs (one process per script, in
+    parallel) while live runs hold {busy} and {busy_eval}; with what was on disk before and after."""
+    work = tmp_path_factory.mktemp("bad_inputs")
+    paths = _bad_input_files(work, good_run)
+    watched = (good_run, paths["evalout"], paths["mine"], paths["badcfg"])
+    before = [snapshot(w) for w in watched]
+    names_before = {p.name for p in work.iterdir()}
+    results = {}
+    with RunLock(paths["busy"]), RunLock(paths["busy_eval"], flag="--output_path"):
+        procs = [(script, *_start(script, kind, rows, paths, work)) for script, (kind, rows) in SCRIPTS.items()]
+        for script, proc, path in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            results[script] = json.loads(path.read_text())
+    after = [snapshot(w) for w in watched]
+    created = sorted(p.name for p in work.iterdir() if p.name not in names_before and p.is_dir()
+                     and (any(p.rglob("*.pth")) or (p.name != "full" and (p / "config.json").exists())))
+    return {"results": results, "paths": paths, "unchanged": before == after, "created": created}
 
 
 @pytest.mark.slow
-def test_bad_inputs_table(good_run, tmp_path):
-    work = tmp_path
-    good = str(good_run)
-    a_file = work / "a_file"
-    a_file.write_text("not a folder")
-    garbage = work / "garbage.safetensors"
-    garbage.write_bytes(b"\xff" * 64)
-    nan = work / "nan.pth"
-    sd = torch.load(good_run / "ckpts/2.ckpt/nnet_ema.pth", weights_only=True)
-    save_weights({k: v.clone().fill_(float("nan")) if k == "pos_embed" else v for k, v in sd.items()}, nan)
-    flipped = work / "flipped.ckpt"
-    shutil.copytree(good_run / "ckpts/2.ckpt", flipped)
-    flip_byte(flipped / "nnet_ema.pth")
-    evalout = work / "evalout"
-    evalout.mkdir()
-    (evalout / "report.txt").write_text("previous report\n")
-    (evalout / "config.json").write_text('{"previous": true}\n')
-    exported = work / "exported.pth"
-    exported.write_bytes(b"previous export")
-    busy = work / "busy"
-    gw = f"--workdir={good}"
-
-    # (arguments, expected text in the one error line, simulated fault)
-    train_cases = [
-        (TRAIN + [gw, "--config.train.batch_size=0"], "config.train.batch_size=0: must be an integer >= 1", None),
-        (TRAIN + [gw, "--config.train.batch_size=-4"], "config.train.batch_size=-4", None),
-        (TRAIN + [gw, "--config.train.n_steps=0"], "config.train.n_steps=0: must be an integer >= 1", None),
-        (TRAIN + [gw, "--config.train.n_steps=-5"], "config.train.n_steps=-5", None),
-        (TRAIN + [gw, "--config.train.save_interval=-1"], "config.train.save_interval=-1: must be an integer >= 0",
-         None),
-        (TRAIN + [gw, "--config.train.log_interval=-10"], "config.train.log_interval=-10", None),
-        (TRAIN + [gw, "--config.train.keep_ckpts=-1"], "config.train.keep_ckpts=-1", None),
-        (TRAIN + [gw, "--config.train.ema_rate=2.0"], "config.train.ema_rate=2.0: must be a finite number in [0, 1]",
-         None),
-        (TRAIN + [gw, "--config.train.ema_rate=-0.5"], "config.train.ema_rate=-0.5", None),
-        (TRAIN + [gw, "--config.train.grad_clip=-1.0"], "config.train.grad_clip=-1.0", None),
-        (TRAIN + [gw, "--config.optimizer.lr=inf"], "config.optimizer.lr=inf: must be a finite number in (0, inf)",
-         None),
-        (TRAIN + [gw, "--config.optimizer.lr=0.0"], "config.optimizer.lr=0.0", None),
-        (TRAIN + [gw, "--config.optimizer.lr=-0.001"], "config.optimizer.lr=-0.001", None),
-        (TRAIN + [gw, "--config.optimizer.name=sgd"], "config.optimizer.name='sgd': choose one of adamw", None),
-        (TRAIN + [gw, "--config.lr_scheduler.name=cosine"], "config.lr_scheduler.name='cosine': choose one of "
-                                                            "customized", None),
-        (TRAIN + [gw, "--config.lr_scheduler.warmup_steps=-1"], "config.lr_scheduler.warmup_steps=-1", None),
-        (TRAIN + [gw, "--config.loss.objective=ddpm"], "config.loss.objective='ddpm': choose one of adadiff, uvit",
-         None),
-        (TRAIN + [gw, "--config.loss.layer_weight=mean"], "config.loss.layer_weight='mean': choose one of", None),
-        (TRAIN + [gw, "--config.loss.p_uncond=1.5"], "config.loss.p_uncond=1.5", None),
-        (TRAIN + [gw, "--config.sample.algorithm=ddim"], "config.sample.algorithm='ddim': choose one of", None),
-        (TRAIN + [gw, "--config.nnet.num_heads=3"], "embed_dim=32 is not divisible by config.nnet.num_heads=3", None),
-        (TRAIN + [gw, "--config.nnet.patch_size=3"], "img_size=8 is not divisible by config.nnet.patch_size=3", None),
-        (TRAIN + [gw, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of uvit, uvit_t2i", None),
-        (TRAIN + [gw, "--config.time=discrete"], "use train_discrete.py", None),
-        (TRAIN + [gw, "--config.train.no_such_key=1"], "unknown config field '--config.train.no_such_key'", None),
-        (TRAIN + [gw, "--config.train.batch_size=abc"], "--config.train.batch_size=abc", None),
-        (["--config=configs/no_such_config.py", gw], "no_such_config.py", None),
-        (TRAIN + [gw, "--config.train.n_steps=3", "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
-        (TRAIN + [f"--workdir={a_file}"], "is a file, not a folder", None),
-        (TRAIN + [f"--workdir={a_file}/run"], "is a file, not a folder", None),
-        (TRAIN + [f"--workdir={busy}"], f"in use by another run: pid {os.getpid()}", None),
-        (TRAIN + [gw, "--config.train.n_steps=3"], "Read-only file system", {"erofs": good}),
-        (TRAIN + [f"--workdir={work / 'ro' / 'run'}"], "Read-only file system", {"erofs": str(work / "ro")}),
-        (TRAIN + [gw, "--config.train.n_steps=3"], "No space left on device: " + good + "/config.json",
-         {"enospc": "config.json"}),
-        (TRAIN + [f"--workdir={work / 'full'}"], "No space left on device", {"enospc": ".pth"}),
-        (TRAIN + [f"--workdir={work / 'pre1'}", f"--pretrained_weight={garbage}"],
-         f"cannot read {garbage} as a .safetensors file", None),
-        (TRAIN + [f"--workdir={work / 'pre2'}", f"--pretrained_weight={work / 'missing.pth'}"],
-         "weights file not found", None),
-        (TRAIN + [f"--workdir={work / 'pre3'}", f"--pretrained_weight={nan}"], "non-finite", None),
-    ]
-    ev = ["--config.sample.fid_stat=", "--config.sample.n_samples=4", "--config.sample.mini_batch_size=4",
-          "--config.sample.sample_steps=2", f"--output_path={evalout}"]
-    nnet = f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}"
-    eval_cases = [
-        (TINY + ev + [nnet, "--exit_threshold=1.3"], "exit policy '1.3': the threshold is out of range", None),
-        (TINY + ev + [nnet, "--exit_threshold=abc"], "'abc' is not a number", None),
-        (TINY + ev + [nnet, "--exit_threshold=static:1"], "use --exit_policy for static:K", None),
-        (TINY + ev + [nnet, "--exit_policy=0.9", "--exit_threshold=0.9"], "not both", None),
-        (TINY + ev + [nnet, "--exit_policy=0.9,cosine:1"], "unknown exit policy 'cosine:1'", None),
-        (TINY + ev + [nnet, "--exit_policy=static:9"], "static:9: the network has", None),
-        (TINY + ev + [nnet, "--exit_policy=budget:0"], "budget:0", None),
-        (TINY + ev, "no weights to evaluate", None),
-        (TINY + ev + [f"--nnet_path={work / 'missing.pth'}"], "weights file not found", None),
-        (TINY + ev + [f"--nnet_path={garbage}"], f"cannot read {garbage} as a .safetensors file", None),
-        (TINY + ev + [f"--nnet_path={nan}"], "holds non-finite values", None),
-        (TINY + ev + [f"--nnet_path={flipped / 'nnet_ema.pth'}"], "does not match its checksum", None),
-        (TINY + ev + [nnet, "--config.nnet.embed_dim=64"], "shape mismatch pos_embed", None),
-        (TINY + ev + [nnet, "--config.nnet.num_heads=5"], "not divisible by config.nnet.num_heads=5", None),
-        (TINY + ev + [nnet, "--config.sample.algorithm=ddim"], "config.sample.algorithm='ddim'", None),
-        (TINY + ev + [nnet, "--config.sample.n_samples=0"], "config.sample.n_samples=0", None),
-        (TINY + ev + [nnet, "--config.sample.sample_steps=0"], "config.sample.sample_steps=0", None),
-        (TINY + ev + [nnet, f"--output_path={a_file}"], "is a file, not a folder", None),
-        (TINY + ev + [nnet, f"--output_path={work / 'ro2' / 'eval'}"], "Read-only file system",
-         {"erofs": str(work / "ro2")}),
-    ]
-    src = str(good_run / "ckpts/2.ckpt/nnet_ema.pth")
-    export_cases = [
-        ([str(work / "missing.pth"), str(exported)], "weights file not found", None),
-        ([str(garbage), str(exported)], "as a .safetensors file", None),
-        ([str(flipped / "nnet_ema.pth"), str(exported)], "does not match its checksum", None),
-        ([src, str(exported)], f"No space left on device: {exported}", {"enospc": "exported.pth"}),
-        ([src, str(work)], "Is a directory", None),
-    ]
-    good_before, eval_before = snapshot(good_run), snapshot(evalout)
-    with RunLock(busy):  # a live run holds this workdir
-        procs = [(name, cases, *_runner(name, cases, work, kind))
-                 for name, cases, kind in (("train.py", train_cases, "absl"), ("eval.py", eval_cases, "absl"),
-                                           ("scripts/export_weights.py", export_cases, "argparse"))]
-        for name, cases, proc, results in procs:
-            _check(name, cases, proc, results)
-    assert len(train_cases) + len(eval_cases) + len(export_cases) >= 25
-    assert snapshot(good_run) == good_before  # checkpoints, config.json, stats.jsonl untouched
-    assert snapshot(evalout) == eval_before  # the previous report and its config.json untouched
-    assert exported.read_bytes() == b"previous export"
-    assert not (work / "full" / "ckpts").exists() or not any((work / "full" / "ckpts").iterdir())
-    for fresh in ("pre1", "pre2", "pre3"):  # refused before the run's record was written
-        assert not (work / fresh / "config.json").exists()
+@pytest.mark.parametrize("script,index", BAD_INPUTS)
+def test_bad_input(bad_input_results, script, index):
+    """Exit status 2, one line naming the problem (no traceback), nothing valid changed on disk."""
+    args, expect, _ = SCRIPTS[script][1][index]
+    expect = _fill(expect, bad_input_results["paths"])
+    r = bad_input_results["results"][script][index]
+    prog = Path(script).name
+    lines = [line for line in r["stderr"].splitlines() if line.startswith(f"{prog}: error:")]
+    assert r["code"] == EXIT_USER_ERROR, (args, r)
+    assert len(lines) == 1 and expect in lines[0], (args, expect, r["stderr"][-2000:])
+    assert "Traceback" not in r["stderr"], (args, r["stderr"][-3000:])
+    assert bad_input_results["unchanged"]  # the run, its checkpoints, the previous report, other folders
+    assert bad_input_results["created"] == []  # no refused run saved a checkpoint or its record (config.json)
+    assert bad_input_results["paths"]["exported"].read_bytes() == b"previous export"
 
 
 @pytest.mark.slow
@@ -552,3 +701,28 @@ def test_real_cli_exit_status_and_one_line(tmp_path):
     assert r.returncode == EXIT_USER_ERROR
     assert r.stderr == "train.py: error: invalid config: config.train.batch_size=0: must be an integer >= 1\n"
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
+    """SIGINT mid-run: one line, status 130, no traceback, lock released, nothing staged left."""
+    out = tmp_path / "out"
+    args = TRAIN + [f"--workdir={out}", "--config.train.n_steps=100000"] if script == "train.py" else \
+        TINY + ["--config.sample.fid_stat=", "--config.sample.n_samples=100000", "--config.sample.mini_batch_size=2",
+                f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", f"--output_path={out}"]
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:  # wait until the run is under way
+            if " step 1 " in line or "evaluating" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        p.wait(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
+    assert not (out / "run.lock").exists() and not (out / ".eval.tmp").exists()
+    assert not [q for q in out.rglob("*") if q.name.endswith((".tmp", ".old"))]

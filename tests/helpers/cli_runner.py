@@ -84,6 +84,7 @@ def run_case(module, kind, script, args, spec):
             if name.startswith("config."):
                 delattr(flags.FLAGS, name)
     sys.argv = argv
+    sys.modules.pop("config_config", None)  # ml_collections' config module: a fresh one per case, as in a new process
     with contextlib.redirect_stderr(err), fault(spec):
         try:
             if kind == "absl":

@@ -1,0 +1,129 @@
+"""Destinations that cannot hurt a run: where evaluations, exports and statistics may write.
+
+A training workdir and its checkpoints belong to the training run: a report, an exported
+file or a statistics file written into them could replace a file a manifest covers (the
+checkpoint then fails its checksum and resume skips it) or the run's own ``config.json``.
+They are recognised by their marker files:
+
+* a **checkpoint**: a folder named ``<step>.ckpt``, or holding ``manifest.json`` or any of
+  ``nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth, step.pth``;
+* a **training workdir**: a folder holding ``ckpts/`` or ``stats.jsonl``, or a ``run.lock``
+  taken by a training command.
+
+``check_output_folder`` refuses a destination folder that is a checkpoint or lies inside one,
+that is a training workdir, or that lies inside one of the workdir's own folders (``ckpts/``,
+``samples/``). A new folder of its own inside a workdir (``<workdir>/eval``, the default
+report folder) is fine: nothing of the run is in it. ``check_output_file`` applies the
+same rule to a file's folder and refuses to overwrite the command's own input.
+``check_report_folder`` adds what a report folder may already hold (files an evaluation
+publishes), so that replacing a previous report never deletes anything else.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from libs.run.errors import UserError
+
+PathLike = Union[str, os.PathLike]
+CHECKPOINT_MARKERS = ("manifest.json", "nnet.pth", "nnet_ema.pth", "optimizer.pth", "lr_scheduler.pth", "step.pth")
+WORKDIR_MARKERS = ("ckpts", "stats.jsonl")
+RUN_FOLDERS = ("ckpts", "samples")  # folders of a workdir that the training writes into
+REPORT_FILES = ("config.json", "report.txt", "report.csv", "report.json", "exit_block_per_step.csv", "tradeoff.png",
+                "grid_*.png", "log.txt", "run.lock")
+_CKPT_NAME = re.compile(r"^\d+\.ckpt$")
+
+
+class UnsafeDestinationError(UserError):
+    """A destination that is, or lies inside, a checkpoint or a training workdir, or an input."""
+
+
+def folder_kind(folder: Path) -> Optional[str]:
+    """'checkpoint', 'training workdir' or None (by the marker files above)."""
+    if not folder.is_dir():
+        return None
+    if _CKPT_NAME.match(folder.name) or any((folder / m).exists() for m in CHECKPOINT_MARKERS):
+        return "checkpoint"
+    if any((folder / m).exists() for m in WORKDIR_MARKERS) or _training_lock(folder / "run.lock"):
+        return "training workdir"
+    return None
+
+
+def _training_lock(path: Path) -> bool:
+    """A ``run.lock`` whose command runs a train*.py script."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    words = str(info.get("command", "")).split()[:3] if isinstance(info, dict) else []
+    return any(os.path.basename(w).startswith("train") and w.endswith(".py") for w in words)
+
+
+def check_output_folder(dest: PathLike, flag: str) -> Path:
+    """Refuse ``dest`` (a folder to write into) when it is or lies inside a checkpoint, is a
+    training workdir, or lies in a workdir's ``ckpts/`` / ``samples/``; returns it resolved."""
+    dest = Path(os.path.abspath(dest))
+    real = Path(os.path.realpath(dest))
+    for path in dict.fromkeys((real, *real.parents, dest, *dest.parents)):
+        kind = folder_kind(path)
+        if kind == "checkpoint":
+            where = "is" if path in (dest, real) else f"lies inside {path}, which is"
+            raise UnsafeDestinationError(
+                f"{flag}={dest} {where} a checkpoint: writing there would change files its manifest covers "
+                f"(resume would then skip it); choose a folder outside the checkpoint")
+        if kind == "training workdir":
+            inside = real.relative_to(path).parts if real.is_relative_to(path) else dest.relative_to(path).parts
+            if not inside or inside[0] in RUN_FOLDERS:
+                where = "is" if not inside else f"lies in {path / inside[0]} of"
+                raise UnsafeDestinationError(
+                    f"{flag}={dest} {where} the training workdir {path}: writing there could replace the run's "
+                    f"files; choose a new folder (e.g. {path / 'eval'}) or one outside the workdir")
+    return dest
+
+
+def check_output_file(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
+    """Refuse a file destination whose folder ``check_output_folder`` refuses, that is a
+    folder, or that is one of ``inputs`` (the same file, also through a link)."""
+    dest = Path(os.path.abspath(dest))
+    if dest.is_dir():
+        raise UnsafeDestinationError(f"{flag}={dest} is a folder: give a file name in it")
+    for src in inputs:
+        if _same_file(dest, Path(src)):
+            raise UnsafeDestinationError(f"{flag}={dest} is the input {src}: writing would overwrite the file it is "
+                                         f"read from; choose another destination")
+    check_output_folder(dest.parent, flag)
+    return dest
+
+
+def check_report_folder(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
+    """``check_output_folder``, plus: no input is a file of ``dest`` (a published report replaces
+    the files of the previous one), and ``dest`` holds only files an evaluation publishes
+    (``REPORT_FILES``) besides folders, so replacing a previous report deletes nothing else."""
+    dest = check_output_folder(dest, flag)
+    for src in inputs:  # publishing replaces and removes the folder's top-level files
+        src = Path(os.path.realpath(src))
+        if src.is_file() and src.parent == Path(os.path.realpath(dest)):
+            raise UnsafeDestinationError(f"{flag}={dest} holds the input {src}: a new report replaces the folder's "
+                                         f"files; choose another {flag}")
+    if dest.is_dir():
+        foreign = sorted(p.name for p in dest.iterdir() if not p.is_dir() and not is_report_file(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", ... (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+            raise UnsafeDestinationError(f"{flag}={dest} holds files no evaluation wrote ({shown}); a report replaces "
+                                         f"the files of the folder: choose a new or empty {flag}")
+    return dest
+
+
+def is_report_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in REPORT_FILES)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
