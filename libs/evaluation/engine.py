@@ -144,14 +144,15 @@ def _choose(ctx: _Context, runs, budget: float):
         policy = _calibrated(ctx, s, policy)
         calibrated.append((s, policy))
         summary, x0 = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s, keep=True)
-        ref_samples = x0 if ref_samples is None else ref_samples
+        images = ctx.task.decode(x0.to(acc.device)).clamp(0, 1).cpu()  # what FID sees, (N, C, H, W) in [0, 1]
+        ref_samples = images if ref_samples is None else ref_samples
         candidates.append(dict(sample_steps=s, policy=policy.spec, gflops_per_image=summary["gflops_per_image"],
-                               proxy=proxy_distance(x0, ref_samples)))
+                               proxy=proxy_distance(images, ref_samples)))
     for c in candidates:
         c["compute_ratio"] = c["gflops_per_image"] / candidates[0]["gflops_per_image"]
     pick = choose_under_budget(candidates, budget)
     choice = dict(budget=budget, chosen=pick, candidates=candidates,
-                  proxy="mean squared distance of x_0 to the reference run's x_0 from the same noise, on "
+                  proxy="mean squared distance of the images (in [0, 1]) to the reference run's images from the same noise, on "
                         f"{int(ctx.config.sample.get('calib_samples', 64))} calibration images")
     if ctx.logger:
         c = candidates[pick]

@@ -9,14 +9,17 @@
   count) picks, among the sweep's candidates (step counts x policies) whose GFLOPs/img on the
   calibration images is at most R x the reference's, the one with the smallest quality proxy
   (``choose_under_budget``).
-* The proxy is the mean squared distance, per element, between a candidate's samples x_0 and
-  the reference run's samples from the same noise, on the ``config.sample.calib_samples``
-  calibration images (``proxy_distance``). Why: every candidate approximates the same ODE
-  solution map x_T -> x_0 that the reference run approximates best (most steps, every
-  block), so its distance to the reference is its integration-plus-exit error, measured
-  without Inception features or reference statistics, on a few dozen images; FID degrades
-  with that error. It is cheap and needs no labels; it cannot see a candidate that is far
-  from the reference yet as good in distribution (it is a ranking proxy, not FID).
+* The proxy is the mean squared distance, per pixel, between a candidate's images (decoded,
+  clipped to [0, 1]: what FID sees) and the reference run's images from the same noise, on the
+  ``config.sample.calib_samples`` calibration images (``proxy_distance``). Why: every
+  candidate approximates the same ODE solution map x_T -> x_0 that the reference run
+  approximates best (most steps, every block), so its distance to the reference is its
+  integration-plus-exit error, measured without Inception features or reference statistics,
+  on a few dozen images. Images rather than raw x_0: an exited block's x_0 can leave the data
+  range where decoding clips it, and the raw distance then ranks rows by error nobody sees
+  (measured on the digits model: ``benchmarks/bench_proxy.py``, Spearman with FID in
+  benchmarks/README.md). It is a ranking proxy, not FID: it cannot see a candidate that is far
+  from the reference yet as good in distribution.
 """
 from __future__ import annotations
 
