@@ -5,10 +5,10 @@
 #   2. AdaDiff fine-tuning of the shipped U-ViT backbone (pretrained/, made by train.py: see
 #      pretrained/README.md for the exact command)
 #   3. the compute-quality frontier: every sampler step count of SAMPLE_STEPS x {full depth, the
-#      AdaDiff threshold 0.85, threshold 0.85's timestep profile}, on the same images and noise:
+#      AdaDiff threshold 0.9, threshold 0.9's timestep profile}, on the same images and noise:
 #      FID (+- a bootstrap standard error over the images), GFLOPs/img, its ratio to 50 steps at
 #      full depth, the Pareto points, plots, a grid per pair (report.txt, tradeoff.png).
-#      A wider sweep: EXIT_POLICIES=0.85,0.9,static:4,profile:0.85 SAMPLE_STEPS=10,12,15,25,50 bash scripts/main_job.sh
+#      A wider sweep: EXIT_POLICIES=0.85,0.9,static:4,profile:0.9 SAMPLE_STEPS=10,12,15,20,25,50 bash scripts/main_job.sh
 #      The best pair under a compute budget: COMPUTE_BUDGET=0.3 bash scripts/main_job.sh
 # Every variable below can be overridden from the environment, e.g. STEPS=2000 bash scripts/main_job.sh
 set -euo pipefail
@@ -18,8 +18,8 @@ BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
 WORKDIR=${WORKDIR:-workdir/main_job}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 STEPS=${STEPS:-800}
-EXIT_POLICIES=${EXIT_POLICIES:-0.85,profile:0.85}
-SAMPLE_STEPS=${SAMPLE_STEPS:-12,15,25,50}
+EXIT_POLICIES=${EXIT_POLICIES:-0.9,profile:0.9}
+SAMPLE_STEPS=${SAMPLE_STEPS:-10,12,15,50}
 N_SAMPLES=${N_SAMPLES:-250}
 COMPUTE_BUDGET=${COMPUTE_BUDGET:-}
 
