@@ -80,6 +80,7 @@ def _check_nnet(c: _Checker):
 def _check_sample(c: _Checker):
     from libs.diffusion.registry import SAMPLERS
     from libs.exits.policy import ExitPolicyError, parse_policies
+    from libs.models.compile import MODES
     from libs.tasks.conditions import CONDITIONS
 
     c.choice("sample.algorithm", SAMPLERS)
@@ -90,6 +91,7 @@ def _check_sample(c: _Checker):
     c.number("sample.scale", 0)
     c.integer("sample.calib_samples", 1)
     c.choice("sample.conditions", CONDITIONS)
+    c.choice("sample.compile", MODES)
     policy = _get(c.config, "sample.exit_policy")
     if policy is not _MISSING:
         try:

@@ -16,7 +16,8 @@ import numpy as np
 class PolicyResult:
     """One policy of a sweep. ``threshold`` is the certainty threshold it ran at (NaN for
     static and profile rules); ``calibration`` what calibration found (budget: the
-    threshold, profile: the exit block per step)."""
+    threshold, profile: the exit block per step); ``compile_seconds`` the time of the calls
+    that compiled (``config.sample.compile``), left out of ``seconds`` and so of the speedup."""
 
     policy: str
     family: str
@@ -31,23 +32,25 @@ class PolicyResult:
     speedup: float = 1.0
     calibration: str = ""
     exit_block_per_step: list = field(default_factory=list)
+    compile_seconds: float = 0.0
 
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "exit_block_per_step"}
 
 
 COLUMNS = ("policy", "family", "threshold", "fid", "layer_ratio", "mean_blocks", "gflops_per_image", "seconds",
-           "images_per_s", "speedup", "n_images", "calibration")
+           "images_per_s", "speedup", "compile_seconds", "n_images", "calibration")
 
 
 def format_table(results: Sequence[PolicyResult]) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
     head = f"{'policy':>{width}} {'FID':>8} {'layers':>7} {'blocks':>7} {'GFLOPs/img':>11} {'time(s)':>8} " \
-           f"{'img/s':>8} {'speedup':>8}"
+           f"{'img/s':>8} {'speedup':>8} {'compile(s)':>10}"
     lines = [head]
     for r in results:
         lines.append(f"{r.policy:>{width}} {r.fid:>8.3f} {r.layer_ratio:>7.3f} {r.mean_blocks:>7.2f} "
-                     f"{r.gflops_per_image:>11.4g} {r.seconds:>8.1f} {r.images_per_s:>8.2f} {r.speedup:>8.2f}")
+                     f"{r.gflops_per_image:>11.4g} {r.seconds:>8.1f} {r.images_per_s:>8.2f} {r.speedup:>8.2f} "
+                     f"{r.compile_seconds:>10.1f}")
     notes = [f"{r.policy}: {r.calibration}" for r in results if r.calibration]
     if notes:
         lines += ["", "calibrated:"] + [f"  {n}" for n in notes]
