@@ -13,7 +13,9 @@ prints per (mode, policy):
   run per call) and their ratio;
 * compiled full depth against eager full depth;
 * the largest difference of the sampled x_0 from the first mode's (eager), and whether every
-  call's exit counts are the same.
+  call's exit counts are the same;
+* with batch size 1 among ``--batch_sizes``: each batched cell's images/s against the batch-1
+  loop of the first mode (eager: the released way of sampling, one image at a time).
 
 Policies that need calibration (``profile:``) are calibrated once, eagerly, on
 ``--calib_images`` images. ``--nnet_path`` loads weights (the trained digits heads), else the
@@ -135,6 +137,7 @@ def measure(config, net, task, args):
             speedup = full / per_call
             rows.append(dict(config=args.config, batch=bs, mode=m, policy=q.spec, compile_s=compile_s[m, q],
                              graphs=graphs[m, q], ms_per_call=1e3 * per_call, blocks=blocks[m, q],
+                             images_per_s=bs * runs / (per_call * calls[m, q]),
                              speedup=speedup, ideal=ideal, of_ideal=speedup / ideal,
                              full_vs_first_mode=eager_full / full,
                              max_abs_diff=(x0[m, q] - x0[modes[0], q]).abs().max().item(),
@@ -170,6 +173,15 @@ def main(argv=None):
               f"{r['ms_per_call']:>8.3f} {r['blocks']:>6.2f} {r['speedup']:>7.3f} {r['ideal']:>6.3f} "
               f"{r['of_ideal']:>8.3f} {r['full_vs_first_mode']:>14.3f} {r['max_abs_diff']:>9.1e} "
               f"{str(r['same_exits']):>10}", flush=True)
+    loop = {r["policy"]: r["images_per_s"] for r in rows if r["batch"] == 1 and r["mode"] == rows[0]["mode"]}
+    if loop and any(r["batch"] > 1 for r in rows):
+        print(f"\n# sampling throughput against the batch-1 {rows[0]['mode']} loop (same policy)")
+        print(f"{'batch':>5} {'mode':>13} {'policy':>14} {'images/s':>9} {'vs loop':>8}")
+        for r in rows:
+            if r["batch"] > 1 and r["policy"] in loop:
+                r["vs_batch1_loop"] = r["images_per_s"] / loop[r["policy"]]
+                print(f"{r['batch']:>5} {r['mode']:>13} {r['policy']:>14} {r['images_per_s']:>9.1f} "
+                      f"{r['vs_batch1_loop']:>7.2f}x", flush=True)
     if args.json:
         import json
         from pathlib import Path

@@ -200,3 +200,18 @@ def test_report_has_a_compile_column(tmp_path):
     assert "compile_seconds" in COLUMNS and r.row()["compile_seconds"] == 12.5
     head, row = format_table([r]).splitlines()
     assert head.split()[-1] == "compile(s)" and row.split()[-1] == "12.5"
+
+
+def test_the_config_check_names_the_compile_modes():
+    from configs.digits_uvit_tiny import get_config
+    from libs.cli.config_check import ConfigError, check_config
+
+    config = get_config()
+    assert config.sample.compile == "none"
+    for mode in ("none", "blocks", "graphs"):
+        config.sample.compile = mode
+        check_config(config, "eval")
+    config.sample.compile = "fast"
+    with pytest.raises(ConfigError, match=r"^invalid config: config.sample.compile='fast': choose one of none, "
+                                          r"blocks, graphs$"):
+        check_config(config, "eval")
