@@ -57,9 +57,9 @@ MODES = ("none", "blocks", "graphs")
 BATCH_MODES = ("dynamic", "bucket")
 #: methods compiled besides ``forward`` on the repeated modules that define them: the
 #: uncertainty heads' exit-test statistic of a batch (libs/models/uvit_core.py
-#: ``UncertaintyHead``). A batch of one keeps its eager test (``mean_certainty_one``: three
-#: small ops and one host read cost less than entering a compiled graph, 13 against 23 us
-#: per test on the digits model, one CPU thread).
+#: ``UncertaintyHead``). A batch of one keeps its eager test (``mean_certainty_one``: its
+#: three small ops and one host read cost less than entering a compiled graph, on the digits
+#: model on one CPU thread).
 HEAD_METHODS = ("mean_certainty",)
 
 log = logging.getLogger(__name__)
