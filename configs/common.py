@@ -18,7 +18,10 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_thresh
               a threshold, 1.0 / none / full = full depth); calib_samples: images that profile:
               and budget: policies calibrate on; conditions: 'balanced' (label i mod K, caption 0
               of val image i) or 'random' (released: random labels, a random caption of a shuffled
-              val image), both fixed per image by config.seed
+              val image), both fixed per image by config.seed; compile: 'none' (eager) | 'blocks'
+              (compiled blocks and heads, every exit rule) | 'graphs' (whole-call graphs for static
+              schedules, the rest as blocks), for evaluation and training-time grids
+              (libs/models/compile.py; compile time is reported apart from sampling time)
 """
 import ml_collections
 
@@ -50,7 +53,7 @@ def base_config():
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=STEP_COUNTS(1000), n_samples=50000, mini_batch_size=500,
                       scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="",
-                      conditions="balanced")
+                      conditions="balanced", compile="none")
     return config
 
 

@@ -90,6 +90,7 @@ def _check_sample(c: _Checker):
     from libs.diffusion.registry import SAMPLERS, parse_step_counts
     from libs.evaluation.frontier import parse_compute_budget
     from libs.exits.policy import ExitPolicyError, parse_policies
+    from libs.models.compile import MODES
     from libs.tasks.conditions import CONDITIONS
 
     c.choice("sample.algorithm", SAMPLERS)
@@ -101,6 +102,7 @@ def _check_sample(c: _Checker):
     c.number("sample.scale", 0)
     c.integer("sample.calib_samples", 1)
     c.choice("sample.conditions", CONDITIONS)
+    c.choice("sample.compile", MODES)
     policy = _get(c.config, "sample.exit_policy")
     if policy is not _MISSING:
         try:

@@ -34,6 +34,7 @@ from libs.evaluation.report import PolicyResult, write_report
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
+from libs.models.compile import compile_network, compile_seconds
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def sample_grid(net, task, config, path, exit_policy="full", device=None) -> Non
     largest of ``config.sample.sample_steps``)."""
     sc = config.sample
     device = device or next(net.parameters()).device
+    net = compile_network(net, sc.get("compile", "none"))  # config.sample.compile
     policy = calibrate_policy(parse_policies(exit_policy)[0], net, task, config, device)
     n, bs = int(sc.get("grid_size", 64)), int(sc.mini_batch_size)
     recorder = ExitRecorder(net.num_blocks, device)
@@ -121,6 +123,7 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     elif logger:
         logger.warning("config.sample.fid_stat is empty: no FID, only compute and time")
     net.eval()
+    ctx.net = compile_network(net, sc.get("compile", "none"), logger=logger)  # config.sample.compile
     return ctx
 
 
@@ -173,7 +176,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
     fid_acc = FIDAccumulator(ctx.inception, cache=ctx.cache, keep_features=True) if ctx.inception else None
     png_root = Path(sc.path) / slug if sc.get("path") else None
     n, grid_n, hits = int(sc.n_samples), min(int(sc.get("grid_size", 64)), int(sc.n_samples)), ctx.cache.hits
-    grid, seconds = [], 0.0
+    grid, seconds, compiled_before = [], 0.0, compile_seconds(ctx.net)
     label = f"sample {policy.spec} @{steps}"
     for b, idx in tqdm(ctx.mine, disable=not (acc_.is_main_process and ctx.progress), desc=label, dynamic_ncols=True):
         _sync(device)
@@ -190,6 +193,8 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
             png_root.mkdir(parents=True, exist_ok=True)
             for i, im in zip(idx, u8):
                 save_png(im, png_root / f"{i}.png")
+    compile_s = compile_seconds(ctx.net) - compiled_before  # calls that compiled: not sampling time
+    seconds -= compile_s
     # Combine processes: exit counts and FID sums add up; time is the slowest process's.
     recorder.reduce(acc_)
     if acc_.num_processes > 1:
@@ -203,7 +208,8 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
                        mean_blocks=summary["mean_blocks"], layer_ratio=summary["layer_ratio"],
                        gflops_per_image=summary["gflops_per_image"], seconds=seconds,
                        images_per_s=n / seconds if seconds > 0 else float("nan"), calibration=policy.calibration(),
-                       exit_block_per_step=summary["exit_block_per_step"], slug=slug)
+                       exit_block_per_step=summary["exit_block_per_step"], slug=slug,
+                       compile_seconds=compile_s)
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")
         if ctx.logger:

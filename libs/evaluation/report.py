@@ -26,7 +26,9 @@ import numpy as np
 class PolicyResult:
     """One (step count, policy) pair of a sweep. ``threshold`` is the certainty threshold it
     ran at (NaN for static and profile rules); ``calibration`` what calibration found (budget:
-    the threshold, profile: the exit block per step); ``slug`` names its grid file."""
+    the threshold, profile: the exit block per step); ``slug`` names its grid file;
+    ``compile_seconds`` the time of the calls that compiled (``config.sample.compile``), left
+    out of ``seconds`` and so of the speedup (compiled against compiled full depth)."""
 
     policy: str
     family: str
@@ -46,6 +48,7 @@ class PolicyResult:
     pareto: bool = False
     calibration: str = ""
     slug: str = ""
+    compile_seconds: float = 0.0
     exit_block_per_step: list = field(default_factory=list)
 
     def row(self) -> dict:
@@ -57,8 +60,8 @@ class PolicyResult:
 
 
 COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
-           "pareto", "layer_ratio", "mean_blocks", "seconds", "images_per_s", "speedup", "n_images", "algorithm",
-           "calibration")
+           "pareto", "layer_ratio", "mean_blocks", "seconds", "images_per_s", "speedup", "compile_seconds", "n_images",
+           "algorithm", "calibration")
 
 
 def _json_safe(value):
@@ -75,12 +78,12 @@ def _json_safe(value):
 def format_table(results: Sequence[PolicyResult], choice: Optional[dict] = None) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
     head = (f"{'steps':>5} {'policy':>{width}} {'GFLOPs/img':>10} {'ratio':>6} {'FID':>8} {'+-2se':>6} "
-            f"{'layers':>6} {'time(s)':>7} {'speedup':>7}  pareto")
+            f"{'layers':>6} {'time(s)':>7} {'speedup':>7} {'compile(s)':>10}  pareto")
     lines = [head]
     for r in results:
         lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.gflops_per_image:>10.4g} {r.compute_ratio:>6.3f} "
                      f"{r.fid:>8.3f} {2 * r.fid_se:>6.2f} {r.layer_ratio:>6.3f} {r.seconds:>7.1f} "
-                     f"{r.speedup:>7.2f}  {'*' if r.pareto else ''}")
+                     f"{r.speedup:>7.2f} {r.compile_seconds:>10.1f}  {'*' if r.pareto else ''}")
     lines += ["", "FID +-2se: bootstrap standard error over the evaluated images' Inception features"]
     frontier = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
     if frontier:

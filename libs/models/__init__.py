@@ -3,6 +3,7 @@
 ================  ==========================================================================
 ``backbone``      the backbone contract (``ExitBackbone``): the hooks every exit rule runs on
 ``exit_loop``     the one early-exit loop over those hooks (batch compaction, batch of one)
+``compile``       compiled sampling views (``config.sample.compile``: none, blocks, graphs)
 ``uvit_core``     ``UViTBackbone``: U-ViT blocks, long skips, uncertainty heads
 ``uvit``          ``UViT``: unconditional / class-conditional
 ``uvit_t2i``      ``UViT`` for text-to-image (CLIP context tokens)

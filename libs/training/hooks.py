@@ -15,7 +15,7 @@ Guards (every process reaches the same verdict, so all of them stop together):
   EMA stops the run before those weights are logged or saved.
 
 Interval hooks: ``every`` (is a hook due), ``LossMeter`` and ``write_log_row`` (the stats row of
-a log step), ``sample_grids``, ``evaluate_fid`` and ``prune_checkpoints``.
+a log step), ``sample_grids`` (compiled per ``config.sample.compile``), ``evaluate_fid`` and ``prune_checkpoints``.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from libs.evaluation.engine import evaluate, sample_grid
+from libs.models.compile import compile_network, compile_seconds
 from libs.run.checkpoint import clean_stale_temporaries, list_checkpoints
 from libs.run.config_io import config_diff, load_config_json
 from libs.run.weight_guard import describe_bad_weight, first_bad_weight
@@ -136,10 +137,11 @@ def sample_grids(ema: nn.Module, task, config, policies, step: int, logger) -> N
     """Main process: one grid per policy, ``samples/<step>.png`` at full depth and
     ``samples/<step>_<policy slug>.png`` for the exit policies."""
     folder = Path(config.workdir) / "samples"
+    ema = compile_network(ema, config.sample.get("compile", "none"), logger=logger)  # config.sample.compile
     for policy in policies:
         name = f"{step}.png" if policy.is_full else f"{step}_{policy.slug}.png"
         sample_grid(ema, task, config, folder / name, policy)
-    logger.info("sample grids in %s", folder)
+    logger.info("sample grids in %s (compiling: %.1fs)", folder, compile_seconds(ema))
 
 
 def evaluate_fid(ema: nn.Module, task, config, policies, accelerator, step: int, metrics, logger) -> list:
