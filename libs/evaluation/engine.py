@@ -81,13 +81,16 @@ def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=con
     seed = mix_seed(config.seed, Stream.CALIBRATION)
 
     @torch.no_grad()
-    def run(rule: ExitPolicy) -> dict:
-        recorder = ExitRecorder(net.num_blocks, device)
+    def run(rule: ExitPolicy, keep: bool = False):
+        """The summary of ``rule`` on the calibration images; with ``keep`` also FLOPs and their
+        samples x_0 (what the reuse plan's proxy compares, libs/exits/reuse.py)."""
+        recorder, samples = ExitRecorder(net.num_blocks, device), []
         for b, s in enumerate(range(0, n, bs)):
             with autocast():
-                generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b, device,
-                         decode=False)
-        return recorder.summary(None, n)
+                samples.append(generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b,
+                                        device, decode=False).float().cpu())
+        summary = recorder.summary(net.flops() if keep else None, n)
+        return (summary, torch.cat(samples)) if keep else summary
 
     was_training = net.training
     net.eval()
@@ -208,7 +211,11 @@ def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
                            n_images=n, fid=fid, mean_blocks=summary["mean_blocks"],
                            layer_ratio=summary["layer_ratio"], gflops_per_image=summary["gflops_per_image"],
                            seconds=seconds, images_per_s=n / seconds if seconds > 0 else float("nan"),
-                           calibration=policy.calibration(), exit_block_per_step=summary["exit_block_per_step"])
+                           calibration=policy.calibration(), exit_block_per_step=summary["exit_block_per_step"],
+                           blocks_reused=summary["blocks_reused"],
+                           cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
+                           blocks_computed_per_step=summary["blocks_computed_per_step"],
+                           blocks_reused_per_step=summary["blocks_reused_per_step"])
         results.append(res)
         if is_main:
             save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], output_dir / f"grid_{policy.slug}.png")

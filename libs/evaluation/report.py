@@ -1,6 +1,7 @@
 """The evaluation report: one row per exit policy of a sweep, written as report.txt/.csv/.json,
 exit_block_per_step.csv and tradeoff.png (FID against layer ratio and against time, one curve
-per policy family, and each policy's mean exit block per sampling step)."""
+per policy family, and each policy's blocks computed, and reused from the cache, per sampling
+step)."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,9 @@ import numpy as np
 class PolicyResult:
     """One policy of a sweep. ``threshold`` is the certainty threshold it ran at (NaN for
     static and profile rules); ``calibration`` what calibration found (budget: the
-    threshold, profile: the exit block per step)."""
+    threshold, profile: the exit block per step). ``mean_blocks`` counts blocks computed;
+    ``blocks_reused`` the mean per call taken from the reuse cache instead
+    (libs/exits/reuse.py), ``cache_kib_per_image`` the cache's memory per image."""
 
     policy: str
     family: str
@@ -31,23 +34,28 @@ class PolicyResult:
     speedup: float = 1.0
     calibration: str = ""
     exit_block_per_step: list = field(default_factory=list)
+    blocks_reused: float = 0.0
+    cache_kib_per_image: float = 0.0
+    blocks_computed_per_step: list = field(default_factory=list)
+    blocks_reused_per_step: list = field(default_factory=list)
 
     def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "exit_block_per_step"}
+        return {k: v for k, v in asdict(self).items() if not k.endswith("_per_step")}
 
 
-COLUMNS = ("policy", "family", "threshold", "fid", "layer_ratio", "mean_blocks", "gflops_per_image", "seconds",
-           "images_per_s", "speedup", "n_images", "calibration")
+COLUMNS = ("policy", "family", "threshold", "fid", "layer_ratio", "mean_blocks", "blocks_reused", "gflops_per_image",
+           "seconds", "images_per_s", "speedup", "n_images", "cache_kib_per_image", "calibration")
 
 
 def format_table(results: Sequence[PolicyResult]) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
-    head = f"{'policy':>{width}} {'FID':>8} {'layers':>7} {'blocks':>7} {'GFLOPs/img':>11} {'time(s)':>8} " \
-           f"{'img/s':>8} {'speedup':>8}"
+    head = f"{'policy':>{width}} {'FID':>8} {'layers':>7} {'blocks':>7} {'reused':>7} {'GFLOPs/img':>11} " \
+           f"{'time(s)':>8} {'img/s':>8} {'speedup':>8}"
     lines = [head]
     for r in results:
         lines.append(f"{r.policy:>{width}} {r.fid:>8.3f} {r.layer_ratio:>7.3f} {r.mean_blocks:>7.2f} "
-                     f"{r.gflops_per_image:>11.4g} {r.seconds:>8.1f} {r.images_per_s:>8.2f} {r.speedup:>8.2f}")
+                     f"{r.blocks_reused:>7.2f} {r.gflops_per_image:>11.4g} {r.seconds:>8.1f} {r.images_per_s:>8.2f} "
+                     f"{r.speedup:>8.2f}")
     notes = [f"{r.policy}: {r.calibration}" for r in results if r.calibration]
     if notes:
         lines += ["", "calibrated:"] + [f"  {n}" for n in notes]
@@ -72,7 +80,8 @@ def write_report(results: Sequence[PolicyResult], output_dir) -> None:
 
 # family -> (colour, marker and line of the trade-off curves, line of the per-step panel)
 _STYLE = {"threshold": ("C0", "o-", "-"), "budget": ("C1", "D", "-"), "static": ("C2", "s--", "--"),
-          "profile": ("C3", "^-.", "-."), "full": ("k", "*", ":")}
+          "profile": ("C3", "^-.", "-."), "deepcache": ("C4", "v-", "-"), "phase": ("C5", "P-", "-"),
+          "plan": ("C6", "X", "-"), "full": ("k", "*", ":")}
 
 
 def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
@@ -105,11 +114,14 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
     axes[1].set_title("FID vs time")
     for r in results:
         line = _STYLE.get(r.family, ("", "", "-"))[2]  # colours: one per policy; line style: its family
-        axes[2].plot(range(1, len(r.exit_block_per_step) + 1), r.exit_block_per_step, line, alpha=0.9,
-                     label=r.policy, lw=1.2)
+        computed = r.blocks_computed_per_step or [b + 1 for b in r.exit_block_per_step]
+        drawn = axes[2].plot(range(1, len(computed) + 1), computed, line, alpha=0.9, label=r.policy, lw=1.2)
+        if any(r.blocks_reused_per_step):
+            axes[2].plot(range(1, len(computed) + 1), r.blocks_reused_per_step, ":", color=drawn[0].get_color(),
+                         alpha=0.9, lw=1.2, label=f"{r.policy} (reused)")
     axes[2].set_xlabel("sampling step (network call; 1 = noisiest)")
-    axes[2].set_ylabel("mean exit block (0-based)")
-    axes[2].set_title("exit block per sampling step")
+    axes[2].set_ylabel("mean blocks computed (dotted: reused)")
+    axes[2].set_title("blocks per sampling step")
     axes[2].legend(fontsize=7, ncol=2)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
