@@ -23,6 +23,11 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_thresh
 import ml_collections
 
 
+def STEP_COUNTS(default):  # noqa: N802
+    """sample_steps takes one count (50) or a comma-separated sweep (10,15,20,50): any literal type."""
+    return ml_collections.FieldReference(default, field_type=object)
+
+
 def d(**kwargs):
     return ml_collections.ConfigDict(kwargs)
 
@@ -42,7 +47,7 @@ def base_config():
                      max_abs_weight=1e4)
     config.optimizer = d(name="adamw", lr=4e-4, weight_decay=0.03, betas=(0.99, 0.999))
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
-    config.sample = d(algorithm="euler_maruyama_sde", sample_steps=1000, n_samples=50000, mini_batch_size=500,
+    config.sample = d(algorithm="euler_maruyama_sde", sample_steps=STEP_COUNTS(1000), n_samples=50000, mini_batch_size=500,
                       scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="",
                       conditions="balanced")
     return config

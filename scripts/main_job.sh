@@ -4,10 +4,12 @@
 #   1. FID reference statistics of the digits (cached in assets/fid_stats/)
 #   2. AdaDiff fine-tuning of the shipped U-ViT backbone (pretrained/, made by train.py: see
 #      pretrained/README.md for the exact command)
-#   3. an evaluation sweep of exit policies at equal compute (about 0.71 of the layers): the
-#      AdaDiff threshold 0.85, static truncation after block 4 and threshold 0.85's timestep
-#      profile, with full depth: table, plots, a grid per policy. A wider sweep (12 min):
-#      EXIT_POLICIES=0.8,0.85,0.9,static:4,static:5,profile:0.85,profile:0.9 bash scripts/main_job.sh
+#   3. the compute-quality frontier: every sampler step count of SAMPLE_STEPS x {full depth, the
+#      AdaDiff threshold 0.85, threshold 0.85's timestep profile}, on the same images and noise:
+#      FID (+- a bootstrap standard error over the images), GFLOPs/img, its ratio to 50 steps at
+#      full depth, the Pareto points, plots, a grid per pair (report.txt, tradeoff.png).
+#      A wider sweep: EXIT_POLICIES=0.85,0.9,static:4,profile:0.85 SAMPLE_STEPS=10,12,15,25,50 bash scripts/main_job.sh
+#      The best pair under a compute budget: COMPUTE_BUDGET=0.3 bash scripts/main_job.sh
 # Every variable below can be overridden from the environment, e.g. STEPS=2000 bash scripts/main_job.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +18,10 @@ BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
 WORKDIR=${WORKDIR:-workdir/main_job}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 STEPS=${STEPS:-800}
-EXIT_POLICIES=${EXIT_POLICIES:-0.85,static:4,profile:0.85}
-N_SAMPLES=${N_SAMPLES:-500}
+EXIT_POLICIES=${EXIT_POLICIES:-0.85,profile:0.85}
+SAMPLE_STEPS=${SAMPLE_STEPS:-12,15,25,50}
+N_SAMPLES=${N_SAMPLES:-250}
+COMPUTE_BUDGET=${COMPUTE_BUDGET:-}
 
 # Steps 1 and 2 are independent: they run side by side, one CPU thread each (the Inception
 # network of step 1 and the tiny U-ViT of step 2 each gain little from a second thread, so
@@ -40,8 +44,9 @@ if [ -n "$stats_pid" ]; then
   tail -n 1 "$WORKDIR/fid_stats.log"
 fi
 
-echo "== 3/3 exit-policy sweep: $EXIT_POLICIES and full depth, $N_SAMPLES samples each"
+echo "== 3/3 frontier: sampler steps $SAMPLE_STEPS x ($EXIT_POLICIES and full depth), $N_SAMPLES samples each"
 python eval.py --config="$CONFIG" --nnet_path="$WORKDIR/adadiff/ckpts/$STEPS.ckpt/nnet_ema.pth" \
   --exit_policy="$EXIT_POLICIES" --output_path="$WORKDIR/eval" --config.sample.fid_stat="$FID_STAT" \
-  --config.sample.n_samples="$N_SAMPLES"
+  --config.sample.n_samples="$N_SAMPLES" --config.sample.sample_steps="$SAMPLE_STEPS" \
+  ${COMPUTE_BUDGET:+--compute_budget="$COMPUTE_BUDGET"}
 echo "report, plots and grids: $WORKDIR/eval/ (report.txt, tradeoff.png, grid_*.png)"

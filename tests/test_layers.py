@@ -75,3 +75,13 @@ def test_released_import_paths():
     assert dpm_solver_sample is dpm.dpm_solver_sample
     assert load_weights is ckpt.load_weights and build_nnet is reg.build_nnet
     assert UViT.__module__ == "libs.models.uvit" and UViTT2I.__module__ == "libs.models.uvit_t2i"
+
+
+def test_no_function_runs_past_100_lines():
+    """Each loop reads as one page: no function of libs/ or the top-level modules is longer."""
+    long = []
+    for path in list((ROOT / "libs").rglob("*.py")) + list(ROOT.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
+                long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

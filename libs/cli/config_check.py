@@ -63,6 +63,15 @@ class _Checker:
             lo, hi = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
             self._bad(dotted, value, f"must be a finite number in {lo}{low:g}, {high:g}{hi}{what}")
 
+    def parsed(self, dotted, parse):
+        """``parse(value)`` raises a ValueError naming the field and the fix."""
+        value = _get(self.config, dotted)
+        if value is not _MISSING:
+            try:
+                parse(value)
+            except ValueError as e:
+                self.problems.append(str(e))
+
     def ensure(self, condition, message):
         if not condition:
             self.problems.append(message)
@@ -78,12 +87,14 @@ def _check_nnet(c: _Checker):
 
 
 def _check_sample(c: _Checker):
-    from libs.diffusion.registry import SAMPLERS
+    from libs.diffusion.registry import SAMPLERS, parse_step_counts
+    from libs.evaluation.frontier import parse_compute_budget
     from libs.exits.policy import ExitPolicyError, parse_policies
     from libs.tasks.conditions import CONDITIONS
 
     c.choice("sample.algorithm", SAMPLERS)
-    c.integer("sample.sample_steps", 1)
+    c.parsed("sample.sample_steps", parse_step_counts)  # one count or a comma-separated list
+    c.parsed("sample.compute_budget", parse_compute_budget)
     c.integer("sample.n_samples", 1)
     c.integer("sample.mini_batch_size", 1)
     c.integer("sample.grid_size", 0)

@@ -38,6 +38,9 @@ def define_flags(kind: str) -> flags.FlagValues:
                             "Threshold or comma-separated sweep of thresholds, 1.0/none = full depth "
                             "(sets config.sample.exit_policy).")
         flags.DEFINE_string("output_path", None, "Report folder (config.output_path, default <workdir>/eval).")
+        # issue 18: the compute budget (libs/evaluation/frontier.py)
+        flags.DEFINE_string("compute_budget", None, "Fraction in (0, 1] of the reference run's GFLOPs/img: evaluate "
+                            "the sweep's best candidate under it (config.sample.compute_budget).")
     flags.mark_flags_as_required(["config"])
     return flags.FLAGS
 
@@ -113,7 +116,8 @@ def resolve_eval_config(flags_obj):
     """Apply the flags that mirror config fields; fill path defaults."""
     config = apply_flags(flags_obj, {"nnet_path": flags_obj.nnet_path, "workdir": flags_obj.workdir,
                                      "sample.exit_policy": exit_policy_flag(flags_obj),
-                                     "output_path": flags_obj.output_path})
+                                     "output_path": flags_obj.output_path,
+                                     "sample.compute_budget": flags_obj.compute_budget})
     if not config.get("output_path"):
         set_from_flags(config, {"output_path": os.path.join(config.workdir, "eval")})
     return config

@@ -6,6 +6,8 @@
 ``wrappers``        the sampler-side ``ModelFn``; wrappers: guidance, time conversion, conditions
 ``euler_maruyama``  Euler-Maruyama SDE / probability-flow ODE samplers
 ``dpm_solver``      DPM-Solver / DPM-Solver++: one integrator, three methods (fast, single, multi)
-``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names
+``unipc``           UniPC (multistep predictor-corrector, bh1 / bh2)
+``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names;
+                    ``parse_step_counts``: one step count or a comma-separated sweep
 ==================  ========================================================================
 """

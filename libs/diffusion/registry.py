@@ -1,16 +1,65 @@
 """The samplers a config can name (``config.sample.algorithm``), each as
-``sample(model_fn, x_T, generator) -> x_0`` over a schedule (``libs/diffusion/schedules.py``)."""
+``sample(model_fn, x_T, generator) -> x_0`` over a schedule (``libs/diffusion/schedules.py``),
+and the step counts a config can ask for (``config.sample.sample_steps``: one count, or a
+comma-separated list that a sweep runs each of)."""
 from __future__ import annotations
 
-SAMPLERS = ("euler_maruyama_sde", "euler_maruyama_ode", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_2m")
+from typing import Optional, Tuple
+
+SAMPLERS = ("euler_maruyama_sde", "euler_maruyama_ode", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_2m", "unipc")
 
 
-def make_sampler(sample_cfg, schedule):
-    """``sample(model_fn, x_T, generator) -> x_0`` for ``sample_cfg.algorithm``."""
+class StepCountError(ValueError):
+    """``config.sample.sample_steps`` is not a positive step count or a list of them."""
+
+
+def parse_step_counts(value) -> Tuple[int, ...]:
+    """The step counts of ``config.sample.sample_steps``, in the order given, duplicates dropped.
+
+    Accepts an int (50), a comma-separated string ('10,15,20,50'), or a list/tuple of ints
+    (what a comma-separated override and config.json hold). Every count must be an integer
+    >= 1; raises ``StepCountError`` naming the bad item and the fix otherwise."""
+    fix = "give a step count >= 1 or a comma-separated list of them, e.g. --config.sample.sample_steps=10,15,20,50"
+    if isinstance(value, bool):
+        raise StepCountError(f"config.sample.sample_steps={value!r}: {fix}")
+    if isinstance(value, int):
+        items = [value]
+    elif isinstance(value, str):
+        items = [s.strip() for s in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise StepCountError(f"config.sample.sample_steps={value!r}: {fix}")
+    if not items:
+        raise StepCountError(f"config.sample.sample_steps={value!r} is empty: {fix}")
+    counts = []
+    for item in items:
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            what = "an empty item" if item == "" else f"the item {item!r}"
+            raise StepCountError(f"config.sample.sample_steps={value!r} has {what}: {fix}")
+        if item not in counts:
+            counts.append(item)
+    return tuple(counts)
+
+
+def reference_steps(value) -> int:
+    """The largest step count of ``config.sample.sample_steps``: the sweep's reference run (and
+    what a single sampling run, e.g. training's sample grids, uses)."""
+    return max(parse_step_counts(value))
+
+
+def make_sampler(sample_cfg, schedule, steps: Optional[int] = None):
+    """``sample(model_fn, x_T, generator) -> x_0`` for ``sample_cfg.algorithm`` with ``steps``
+    model calls (default: the largest of ``sample_cfg.sample_steps``)."""
     from libs.diffusion.dpm_solver import dpm_solver_sample
     from libs.diffusion.euler_maruyama import euler_maruyama_ode, euler_maruyama_sde
+    from libs.diffusion.unipc import unipc_sample
 
-    name, steps = sample_cfg.algorithm, sample_cfg.sample_steps
+    name = sample_cfg.algorithm
+    steps = reference_steps(sample_cfg.sample_steps) if steps is None else int(steps)
+    skip_type = sample_cfg.get("skip_type", "time_uniform")
     if name == "euler_maruyama_sde":
         return lambda f, x, g: euler_maruyama_sde(f, x, schedule, steps, generator=g)
     if name == "euler_maruyama_ode":
@@ -22,7 +71,10 @@ def make_sampler(sample_cfg, schedule):
         # (steps + 1)-point time-uniform grid (not 1/3, 2/3 of lambda intervals), see libs/diffusion/dpm_solver.py
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep",
                                                  predict="data", skip_type="time_uniform")
-    if name == "dpm_solver_pp_2m":
+    if name == "dpm_solver_pp_2m":  # DPM-Solver++(2M): data prediction, second-order multistep
         return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=2, method="multistep",
-                                                 predict="data", skip_type=sample_cfg.get("skip_type", "time_uniform"))
+                                                 predict="data", skip_type=skip_type)
+    if name == "unipc":  # UniPC-2 (B2(h)): data prediction, second-order predictor with corrector
+        return lambda f, x, g: unipc_sample(f, x, schedule, steps=steps, order=2, predict="data",
+                                            skip_type=skip_type)
     raise ValueError(f"unknown sampler config.sample.algorithm={name!r}; choose one of {SAMPLERS}")

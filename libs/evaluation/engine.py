@@ -1,126 +1,57 @@
 """The evaluation engine shared by every ``eval*.py`` and by training's periodic evaluation.
 
-For each exit policy of a sweep (``libs/exits/policy.py``; full depth always included, as the
-baseline) it samples the same ``n_samples`` images (per-image seeds: every policy sees the
-same noise and the same labels/prompts, whatever the number of processes), and measures FID
-against the reference statistics, blocks per network call, layer ratio, GFLOPs per image,
-sampling time, images/s, speedup over full depth and the mean exit block per sampling step
-(written by ``libs/evaluation/report.py``). Policies that need calibration (``profile:``,
-``budget:``) are first calibrated on ``config.sample.calib_samples`` images of their own
-seeds. What differs between pixel, latent and text-to-image models is the ``task`` object
-(``libs/tasks/``): shape of x_T, conditioning, schedule, decoding to images.
+A sweep is every pair of a step count (``config.sample.sample_steps``: one count or a
+comma-separated list) and an exit policy (``libs/exits/policy.py``; full depth always
+included, at every step count: the step-reduction baseline). Each pair samples the same
+``n_samples`` images (per-image seeds: every pair sees the same noise and the same
+labels/prompts, whatever the number of processes), and measures FID (with a bootstrap
+standard error) against the reference statistics, blocks per network call, layer ratio,
+GFLOPs per image, its ratio to the reference run (full depth at the largest step count),
+sampling time, images/s, speedup over the reference run, the mean exit block per sampling
+step and whether the pair is on the compute-FID frontier (written by
+``libs/evaluation/report.py``; frontier and budget: ``libs/evaluation/frontier.py``).
+Policies that need calibration (``profile:``, ``budget:``) are calibrated at each step count
+(``libs/evaluation/calibration.py``). With ``config.sample.compute_budget`` = R only the
+reference run and the candidate the budget picks are evaluated. What differs between pixel,
+latent and text-to-image models is the ``task`` object (``libs/tasks/``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from libs.run.seeds import Stream, mix_seed
+from libs.diffusion.registry import make_sampler, parse_step_counts  # noqa: F401 (released import path)
+from libs.evaluation.calibration import calibrate_policy, calibration_run
+from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags, proxy_distance
+from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
+from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
-from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
-from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
-from libs.diffusion.registry import make_sampler
-
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- sampling
-def initial_noise(task, indices: Sequence[int], seed: int, device) -> torch.Tensor:
-    """x_T of the given image indices: one seed per image, whatever the batch or process."""
-    return torch.stack([torch.randn(task.sample_shape, generator=torch.Generator().manual_seed(
-        mix_seed(seed, Stream.X_T, i))) for i in indices]).to(device)
-
-
-def sampler_generator(seed: int, batch_seed: int, device) -> torch.Generator:
-    """The sampler's own randomness (SDE noise) for one batch."""
-    return torch.Generator(device=device).manual_seed(mix_seed(seed, Stream.SAMPLER, batch_seed))
-
-
-def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorder: ExitRecorder,
-             seed: int, batch_seed: int, device, decode: bool = True) -> torch.Tensor:
-    """One batch of images in [0, 1] (or x_0 itself with ``decode=False``) for the given image
-    indices under one exit policy. Runs under ``torch.inference_mode`` (cheaper per op than
-    ``no_grad``: it matters at small batches), so the images it returns are inference tensors:
-    clone them before using them in autograd."""
-    with torch.inference_mode():
-        return _generate(net, task, sample_cfg, indices, exit_policy, recorder, seed, batch_seed, device, decode)
-
-
-def _generate(net, task, sample_cfg, indices, exit_policy, recorder, seed, batch_seed, device, decode):
-    x_T = initial_noise(task, indices, seed, device)
-    cond = task.conditions(indices, device)
-    recorder.start_run()
-    net_fn = with_time_scale(recorder.wrap(net, exit_policy), task.time_scale)
-    scale = float(sample_cfg.get("scale", 0.0) or 0.0)
-    if scale > 0:
-        model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)
-    else:
-        model_fn = conditional_model_fn(net_fn, cond)
-    x0 = make_sampler(sample_cfg, task.schedule)(model_fn, x_T, sampler_generator(seed, batch_seed, device))
-    return task.decode(x0) if decode else x0
-
-
-def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=contextlib.nullcontext,
-                     logger=None) -> ExitPolicy:
-    """A runnable copy of ``policy``: ``profile:`` and ``budget:`` are calibrated on the first
-    ``config.sample.calib_samples`` image indices (noise of their own seed stream, so not the
-    evaluated images' noise); other policies are returned as they are."""
-    if not policy.needs_calibration:
-        return policy
-    sc = config.sample
-    n, bs = int(sc.get("calib_samples", 64)), int(sc.mini_batch_size)
-    seed = mix_seed(config.seed, Stream.CALIBRATION)
-
-    @torch.no_grad()
-    def run(rule: ExitPolicy, keep: bool = False):
-        """The summary of ``rule`` on the calibration images; with ``keep`` also FLOPs and their
-        samples x_0 (what the reuse plan's proxy compares, libs/exits/reuse.py)."""
-        recorder, samples = ExitRecorder(net.num_blocks, device), []
-        for b, s in enumerate(range(0, n, bs)):
-            with autocast():
-                samples.append(generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b,
-                                        device, decode=False).float().cpu())
-        summary = recorder.summary(net.flops() if keep else None, n)
-        return (summary, torch.cat(samples)) if keep else summary
-
-    was_training = net.training
-    net.eval()
-    t0 = time.perf_counter()
-    calibrated = policy.calibrate(run)
-    net.train(was_training)
-    logger = logger or log
-    logger.info("calibrated %s on %d images in %.1fs: %s", policy.spec, n, time.perf_counter() - t0,
-                calibrated.calibration())
-    target = getattr(calibrated, "target", None)
-    if target is not None and abs(calibrated.achieved - target) > 0.01:
-        logger.warning("%s: the closest calibration layer ratio is %.3f (threshold %.4f); the rule's exits come "
-                       "in steps too coarse for +-0.01 on %d images", policy.spec, calibrated.achieved,
-                       calibrated.tau, n)
-    return calibrated
-
-
 @torch.no_grad()
 def sample_grid(net, task, config, path, exit_policy="full", device=None) -> None:
-    """The first ``config.sample.grid_size`` images of the evaluation set, as one PNG."""
+    """The first ``config.sample.grid_size`` images of the evaluation set, as one PNG (at the
+    largest of ``config.sample.sample_steps``)."""
     sc = config.sample
     device = device or next(net.parameters()).device
     policy = calibrate_policy(parse_policies(exit_policy)[0], net, task, config, device)
-    n = int(sc.get("grid_size", 64))
+    n, bs = int(sc.get("grid_size", 64)), int(sc.mini_batch_size)
     recorder = ExitRecorder(net.num_blocks, device)
     images = []
-    for s in range(0, n, int(sc.mini_batch_size)):
-        idx = list(range(s, min(s + int(sc.mini_batch_size), n)))
-        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed,
-                                                s // int(sc.mini_batch_size), device)).cpu())
+    for s in range(0, n, bs):
+        idx = list(range(s, min(s + bs, n)))
+        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, s // bs,
+                                                device)).cpu())
     save_grid(images, Path(path))
 
 
@@ -130,106 +61,185 @@ def sweep_policies(value) -> List[ExitPolicy]:
     return [FULL] + [p for p in policies if not p.is_full]
 
 
+@dataclass
+class _Context:
+    """What every (step count, policy) run of one sweep shares."""
+
+    net: object
+    task: object
+    config: object
+    accelerator: object
+    output_dir: Path
+    logger: Optional[logging.Logger]
+    progress: bool
+    mine: list  # (batch number, image indices) of this process
+    ref: Optional[tuple] = None  # reference FID statistics
+    inception: object = None
+    cache: object = None
+    multi_step: bool = False  # more than one step count: slugs and labels carry it
+    results: list = field(default_factory=list)
+
+
 def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
              progress: bool = True) -> List[PolicyResult]:
     """Run the sweep; every process must call this. Writes the report on the main process."""
-    from libs.evaluation.fid import FeatureCache, FIDAccumulator, frechet_distance, load_statistics
-
-    sc = config.sample
-    output_dir = Path(output_dir)
-    device = accelerator.device
-    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    ctx = _setup(net, task, config, accelerator, output_dir, logger, progress)
+    steps = sorted(parse_step_counts(config.sample.sample_steps), reverse=True)  # reference first
     policies = sweep_policies(policies)
     for p in policies:
         p.check(net.num_blocks)
+    budget = parse_compute_budget(config.sample.get("compute_budget"))
+    runs, choice = [(s, p) for s in steps for p in policies], None
+    if budget is not None:
+        runs, choice = _choose(ctx, runs, budget)
+    for s, policy in runs:
+        ctx.results.append(_run(ctx, s, policy))
+    _finish(ctx.results)
+    if accelerator.is_main_process:
+        write_report(ctx.results, ctx.output_dir, choice)
+    accelerator.wait_for_everyone()
+    return ctx.results
+
+
+def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Context:
+    """Fail fast on bad sizes, missing reference statistics and Inception weights, before sampling."""
+    from libs.evaluation.fid import FeatureCache, load_statistics
+
+    sc = config.sample
     n, bs = int(sc.n_samples), int(sc.mini_batch_size)
     if n < 1 or bs < 1:
         raise ValueError(f"config.sample.n_samples ({n}) and mini_batch_size ({bs}) must be positive")
-
-    # Fail fast on missing reference statistics and Inception weights, before sampling.
-    ref = load_statistics(sc.fid_stat) if sc.get("fid_stat") else None
-    inception = None
-    if ref is not None:
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
+                   mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
+                   multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache())
+    ctx.ref = load_statistics(sc.fid_stat) if sc.get("fid_stat") else None
+    if ctx.ref is not None:
         from libs.evaluation.inception import load_inception
-        inception = load_inception(config.get("inception_path") or None, device=device)
+        ctx.inception = load_inception(config.get("inception_path") or None, device=accelerator.device)
     elif logger:
         logger.warning("config.sample.fid_stat is empty: no FID, only compute and time")
-
-    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
-    mine = [(b, idx) for b, idx in enumerate(batches) if b % world == rank]
-    png_root = Path(sc.path) if sc.get("path") else None
-    grid_n = min(int(sc.get("grid_size", 64)), n)
     net.eval()
-    results = []
-    cache = FeatureCache()  # byte-identical images across policies get their features once
-    for policy in policies:
-        if policy.needs_calibration:
-            policy = calibrate_policy(policy, net, task, config, device, accelerator.autocast, logger)
-            if world > 1:  # every process runs the policy the main process calibrated
-                from accelerate.utils import broadcast_object_list
-                policy = broadcast_object_list([policy])[0]
-        recorder = ExitRecorder(net.num_blocks, device)
-        acc = FIDAccumulator(inception, cache=cache) if inception is not None else None
-        hits_before = cache.hits
-        grid, seconds = [], 0.0
-        bar = tqdm(mine, disable=not (is_main and progress), desc=f"sample {policy.spec}", dynamic_ncols=True)
-        for b, idx in bar:
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.no_grad(), accelerator.autocast():
-                images = generate(net, task, sc, idx, policy, recorder, config.seed, b, device)
-            _sync(device)
-            seconds += time.perf_counter() - t0
-            u8 = images_to_uint8(images)  # (B, C, H, W)
-            if acc is not None:
-                acc.update(u8)
-            grid += [(i, im.cpu()) for i, im in zip(idx, u8) if i < grid_n]
-            if png_root is not None:
-                folder = png_root / policy.slug
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, im in zip(idx, u8):
-                    save_png(im, folder / f"{i}.png")
-        # Combine processes: exit counts and FID sums add up; time is the slowest process's.
-        recorder.reduce(accelerator)
-        seconds = float(accelerator.reduce(torch.tensor([seconds], device=device), reduction="max")[0]) \
-            if world > 1 else seconds
-        fid = float("nan")
-        if acc is not None:
-            if world > 1:
-                acc.sum = accelerator.reduce(acc.sum.to(device), reduction="sum")
-                acc.sum_outer = accelerator.reduce(acc.sum_outer.to(device), reduction="sum")
-                acc.num_images = int(accelerator.reduce(torch.tensor([acc.num_images], device=device),
-                                                        reduction="sum")[0])
-            if is_main:
-                mu, sigma = acc.compute()
-                fid = frechet_distance(mu, sigma, *ref)
-        if world > 1:
-            from accelerate.utils import gather_object
-            grid = gather_object(grid)
-        summary = recorder.summary(net.flops(), n)
-        res = PolicyResult(policy=policy.spec, family=policy.family, threshold=policy.effective_threshold(),
-                           n_images=n, fid=fid, mean_blocks=summary["mean_blocks"],
-                           layer_ratio=summary["layer_ratio"], gflops_per_image=summary["gflops_per_image"],
-                           seconds=seconds, images_per_s=n / seconds if seconds > 0 else float("nan"),
-                           calibration=policy.calibration(), exit_block_per_step=summary["exit_block_per_step"],
-                           blocks_reused=summary["blocks_reused"],
-                           cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
-                           blocks_computed_per_step=summary["blocks_computed_per_step"],
-                           blocks_reused_per_step=summary["blocks_reused_per_step"])
-        results.append(res)
-        if is_main:
-            save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], output_dir / f"grid_{policy.slug}.png")
-            if logger:
-                logger.info("%s FID=%.4g layer_ratio=%.3f GFLOPs/img=%.4g time=%.1fs (Inception features reused "
-                            "for %d identical images)", policy.spec, fid, res.layer_ratio, res.gflops_per_image,
-                            seconds, cache.hits - hits_before)
-    full = results[0].seconds
-    for r in results:
-        r.speedup = full / r.seconds if r.seconds > 0 else float("nan")
-    if is_main:
-        write_report(results, output_dir)
-    accelerator.wait_for_everyone()
-    return results
+    return ctx
+
+
+def _calibrated(ctx: _Context, steps: int, policy: ExitPolicy) -> ExitPolicy:
+    if not policy.needs_calibration:
+        return policy
+    acc = ctx.accelerator
+    policy = calibrate_policy(policy, ctx.net, ctx.task, ctx.config, acc.device, acc.autocast, ctx.logger, steps)
+    if acc.num_processes > 1:  # every process runs the policy the main process calibrated
+        from accelerate.utils import broadcast_object_list
+        policy = broadcast_object_list([policy])[0]
+    return policy
+
+
+def _choose(ctx: _Context, runs, budget: float):
+    """The budget's pick among ``runs`` by the proxy on the calibration images; returns the runs
+    to evaluate (the reference, then the pick) and the choice record for the report."""
+    acc, net = ctx.accelerator, ctx.net
+    candidates, ref_samples, calibrated = [], None, []
+    for s, policy in runs:  # runs[0] is the reference: full depth at the largest step count
+        policy = _calibrated(ctx, s, policy)
+        calibrated.append((s, policy))
+        summary, x0 = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s, keep=True)
+        ref_samples = x0 if ref_samples is None else ref_samples
+        candidates.append(dict(sample_steps=s, policy=policy.spec, gflops_per_image=summary["gflops_per_image"],
+                               proxy=proxy_distance(x0, ref_samples)))
+    for c in candidates:
+        c["compute_ratio"] = c["gflops_per_image"] / candidates[0]["gflops_per_image"]
+    pick = choose_under_budget(candidates, budget)
+    choice = dict(budget=budget, chosen=pick, candidates=candidates,
+                  proxy="mean squared distance of x_0 to the reference run's x_0 from the same noise, on "
+                        f"{int(ctx.config.sample.get('calib_samples', 64))} calibration images")
+    if ctx.logger:
+        c = candidates[pick]
+        ctx.logger.info("compute budget %.3g: chose %s at %d steps (compute ratio %.3f, proxy %.4g) among %d "
+                        "candidates", budget, c["policy"], c["sample_steps"], c["compute_ratio"], c["proxy"],
+                        len(candidates))
+    return ([calibrated[0]] + ([calibrated[pick]] if pick != 0 else [])), choice
+
+
+def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
+    """Sample and measure one (step count, policy) pair of the sweep."""
+    from libs.evaluation.fid import FIDAccumulator
+
+    acc_, sc, device = ctx.accelerator, ctx.config.sample, ctx.accelerator.device
+    policy = _calibrated(ctx, steps, policy)
+    slug = f"{steps}steps_{policy.slug}" if ctx.multi_step else policy.slug
+    recorder = ExitRecorder(ctx.net.num_blocks, device)
+    fid_acc = FIDAccumulator(ctx.inception, cache=ctx.cache, keep_features=True) if ctx.inception else None
+    png_root = Path(sc.path) / slug if sc.get("path") else None
+    n, grid_n, hits = int(sc.n_samples), min(int(sc.get("grid_size", 64)), int(sc.n_samples)), ctx.cache.hits
+    grid, seconds = [], 0.0
+    label = f"sample {policy.spec} @{steps}"
+    for b, idx in tqdm(ctx.mine, disable=not (acc_.is_main_process and ctx.progress), desc=label, dynamic_ncols=True):
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), acc_.autocast():
+            images = generate(ctx.net, ctx.task, sc, idx, policy, recorder, ctx.config.seed, b, device, steps=steps)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        u8 = images_to_uint8(images)  # (B, C, H, W)
+        if fid_acc is not None:
+            fid_acc.update(u8)
+        grid += [(i, im.cpu()) for i, im in zip(idx, u8) if i < grid_n]
+        if png_root is not None:
+            png_root.mkdir(parents=True, exist_ok=True)
+            for i, im in zip(idx, u8):
+                save_png(im, png_root / f"{i}.png")
+    # Combine processes: exit counts and FID sums add up; time is the slowest process's.
+    recorder.reduce(acc_)
+    if acc_.num_processes > 1:
+        from accelerate.utils import gather_object
+        seconds = float(acc_.reduce(torch.tensor([seconds], device=device), reduction="max")[0])
+        grid = gather_object(grid)
+    fid, fid_se = _fid(ctx, fid_acc)
+    summary = recorder.summary(ctx.net.flops(), n)
+    res = PolicyResult(policy=policy.spec, family=policy.family, threshold=policy.effective_threshold(),
+                       n_images=n, fid=fid, fid_se=fid_se, sample_steps=steps, algorithm=str(sc.algorithm),
+                       mean_blocks=summary["mean_blocks"], layer_ratio=summary["layer_ratio"],
+                       gflops_per_image=summary["gflops_per_image"], seconds=seconds,
+                       images_per_s=n / seconds if seconds > 0 else float("nan"), calibration=policy.calibration(),
+                       exit_block_per_step=summary["exit_block_per_step"], slug=slug,
+                       blocks_reused=summary["blocks_reused"],
+                       cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
+                       blocks_computed_per_step=summary["blocks_computed_per_step"],
+                       blocks_reused_per_step=summary["blocks_reused_per_step"])
+    if acc_.is_main_process:
+        save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")
+        if ctx.logger:
+            ctx.logger.info("%s at %d steps: FID=%.4g+-%.2g layer_ratio=%.3f GFLOPs/img=%.4g time=%.1fs (Inception "
+                            "features reused for %d identical images)", policy.spec, steps, fid, 2 * fid_se,
+                            res.layer_ratio, res.gflops_per_image, seconds, ctx.cache.hits - hits)
+    return res
+
+
+def _fid(ctx: _Context, fid_acc):
+    """(FID, bootstrap standard error) on the main process; NaN without reference statistics."""
+    from libs.evaluation.fid import frechet_distance
+    from libs.evaluation.fid_uncertainty import fid_standard_error
+
+    if fid_acc is None:
+        return float("nan"), float("nan")
+    fid_acc.reduce(ctx.accelerator)
+    if not ctx.accelerator.is_main_process:
+        return float("nan"), float("nan")
+    mu, sigma = fid_acc.compute()
+    resamples = int(ctx.config.sample.get("fid_bootstrap", 100))
+    se = fid_standard_error(fid_acc.features(), *ctx.ref, resamples=resamples) if resamples > 1 else float("nan")
+    return frechet_distance(mu, sigma, *ctx.ref), se
+
+
+def _finish(results: Sequence[PolicyResult]) -> None:
+    """Ratios to the reference run (results[0]) and the frontier flags."""
+    ref = results[0]
+    flags = pareto_flags([r.gflops_per_image for r in results], [r.fid for r in results])
+    for r, on in zip(results, flags):
+        r.speedup = ref.seconds / r.seconds if r.seconds > 0 else float("nan")
+        r.compute_ratio = r.gflops_per_image / ref.gflops_per_image
+        r.pareto = on
 
 
 def _sync(device):

@@ -132,16 +132,20 @@ class FIDAccumulator:
     numpy). Floats are quantized as the PNG writer does (x * 255 + 0.5, clamped, to uint8)
     unless quantize=False, so streamed samples give the statistics of their saved PNGs.
     Features are summed in float64 (sum and sum of outer products), so memory is
-    O(D^2) whatever the number of images.
+    O(D^2) whatever the number of images; ``keep_features=True`` also keeps every image's
+    features (for a bootstrap of the FID, ``libs/evaluation/fid_uncertainty.py``).
+    Across processes, ``reduce(accelerator)`` adds up every process's sums (and gathers the
+    kept features) so that the main process holds the statistics of all images.
     """
 
     def __init__(self, model: nn.Module, batch_size: int = 50, quantize: bool = True,
-                 dims: int = FEATURE_DIM, cache: Optional["FeatureCache"] = None):
+                 dims: int = FEATURE_DIM, cache: Optional["FeatureCache"] = None, keep_features: bool = False):
         self.model = model
         self.batch_size = batch_size
         self.quantize = quantize
         self.cache = cache
         self.num_images = 0
+        self.kept = [] if keep_features else None  # (B, D) float64 CPU arrays, in update order
         # float64 sums in torch (numpy's BLAS threads would contend with torch's), kept on the
         # CPU or on the CUDA device of the first features.
         self.sum = torch.zeros(dims, dtype=torch.float64)  # (D,)
@@ -173,6 +177,30 @@ class FIDAccumulator:
         self.num_images += features.shape[0]
         self.sum += features.sum(dim=0)
         self.sum_outer += features.T @ features  # (D, B) @ (B, D)
+        if self.kept is not None:
+            self.kept.append(features.cpu().numpy())
+
+    def reduce(self, accelerator) -> None:
+        """Add up the statistics of every process (call on all of them; a no-op with one).
+        ``accelerator``: anything with ``num_processes``, ``device`` and accelerate's
+        ``reduce(tensor, reduction='sum')``; kept features are gathered with ``gather_object``."""
+        if accelerator.num_processes <= 1:
+            return
+        device = accelerator.device
+        self.sum = accelerator.reduce(self.sum.to(device), reduction="sum")
+        self.sum_outer = accelerator.reduce(self.sum_outer.to(device), reduction="sum")
+        self.num_images = int(accelerator.reduce(torch.tensor([self.num_images], device=device),
+                                                 reduction="sum")[0])
+        if self.kept is not None:
+            from accelerate.utils import gather_object
+            self.kept = [np.concatenate(self.kept) if self.kept else np.zeros((0, self.sum.shape[0]))]
+            self.kept = gather_object(self.kept)
+
+    def features(self) -> np.ndarray:
+        """(N, D) float64: every kept image's features (``keep_features=True``)."""
+        if self.kept is None:
+            raise ValueError("features() needs FIDAccumulator(..., keep_features=True)")
+        return np.concatenate(self.kept) if self.kept else np.zeros((0, self.sum.shape[0]))
 
     def compute(self) -> Stats:
         """mu (D,), sigma (D, D): mean and unbiased covariance, as np.cov(rowvar=False)."""

@@ -1,25 +1,35 @@
-"""The evaluation report: one row per exit policy of a sweep, written as report.txt/.csv/.json,
-exit_block_per_step.csv and tradeoff.png (FID against layer ratio and against time, one curve
-per policy family, and each policy's blocks computed, and reused from the cache, per sampling
-step)."""
+"""The evaluation report: one row per (step count, exit policy) of a sweep, written as
+report.txt/.csv/.json, exit_block_per_step.csv, budget.json (with a compute budget) and
+tradeoff.png (FID against GFLOPs/img with one curve per policy across step counts, full
+depth included, and the frontier through the Pareto points; FID against time; each row's
+blocks computed, and reused from the cache, per sampling step).
+
+Columns: ``sample_steps``, ``policy``, ``gflops_per_image``, ``compute_ratio`` (to the
+reference run: full depth at the largest step count), ``fid`` and ``fid_se`` (bootstrap
+standard error over the image set, ``libs/evaluation/fid_uncertainty.py``), ``seconds``,
+``pareto`` (no other row has both GFLOPs/img <= and FID <=, one of them strictly;
+``libs/evaluation/frontier.py``), ``mean_blocks`` (blocks computed per call), ``blocks_reused``
+(mean per call taken from the reuse cache instead, ``libs/exits/reuse.py``) and
+``cache_kib_per_image`` (the cache's memory per image). report.json holds null where a value
+is missing (NaN).
+"""
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 
 @dataclass
 class PolicyResult:
-    """One policy of a sweep. ``threshold`` is the certainty threshold it ran at (NaN for
-    static and profile rules); ``calibration`` what calibration found (budget: the
-    threshold, profile: the exit block per step). ``mean_blocks`` counts blocks computed;
-    ``blocks_reused`` the mean per call taken from the reuse cache instead
-    (libs/exits/reuse.py), ``cache_kib_per_image`` the cache's memory per image."""
+    """One (step count, policy) pair of a sweep. ``threshold`` is the certainty threshold it
+    ran at (NaN for static and profile rules); ``calibration`` what calibration found (budget:
+    the threshold, profile: the exit block per step); ``slug`` names its grid file."""
 
     policy: str
     family: str
@@ -31,8 +41,14 @@ class PolicyResult:
     gflops_per_image: float
     seconds: float
     images_per_s: float
+    sample_steps: int = 0
+    algorithm: str = ""
+    fid_se: float = float("nan")
+    compute_ratio: float = 1.0
     speedup: float = 1.0
+    pareto: bool = False
     calibration: str = ""
+    slug: str = ""
     exit_block_per_step: list = field(default_factory=list)
     blocks_reused: float = 0.0
     cache_kib_per_image: float = 0.0
@@ -42,28 +58,66 @@ class PolicyResult:
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_per_step")}
 
+    @property
+    def label(self) -> str:
+        return f"{self.policy} @{self.sample_steps}"
 
-COLUMNS = ("policy", "family", "threshold", "fid", "layer_ratio", "mean_blocks", "blocks_reused", "gflops_per_image",
-           "seconds", "images_per_s", "speedup", "n_images", "cache_kib_per_image", "calibration")
+
+COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
+           "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "seconds", "images_per_s", "speedup", "n_images",
+           "cache_kib_per_image", "algorithm", "calibration")
 
 
-def format_table(results: Sequence[PolicyResult]) -> str:
+def _json_safe(value):
+    """NaN/inf -> None, recursively: report.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_table(results: Sequence[PolicyResult], choice: Optional[dict] = None) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
-    head = f"{'policy':>{width}} {'FID':>8} {'layers':>7} {'blocks':>7} {'reused':>7} {'GFLOPs/img':>11} " \
-           f"{'time(s)':>8} {'img/s':>8} {'speedup':>8}"
+    head = (f"{'steps':>5} {'policy':>{width}} {'GFLOPs/img':>10} {'ratio':>6} {'FID':>8} {'+-2se':>6} "
+            f"{'layers':>6} {'reused':>6} {'time(s)':>7} {'speedup':>7}  pareto")
     lines = [head]
     for r in results:
-        lines.append(f"{r.policy:>{width}} {r.fid:>8.3f} {r.layer_ratio:>7.3f} {r.mean_blocks:>7.2f} "
-                     f"{r.blocks_reused:>7.2f} {r.gflops_per_image:>11.4g} {r.seconds:>8.1f} {r.images_per_s:>8.2f} "
-                     f"{r.speedup:>8.2f}")
-    notes = [f"{r.policy}: {r.calibration}" for r in results if r.calibration]
+        lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.gflops_per_image:>10.4g} {r.compute_ratio:>6.3f} "
+                     f"{r.fid:>8.3f} {2 * r.fid_se:>6.2f} {r.layer_ratio:>6.3f} {r.blocks_reused:>6.2f} "
+                     f"{r.seconds:>7.1f} {r.speedup:>7.2f}  {'*' if r.pareto else ''}")
+    lines += ["", "FID +-2se: bootstrap standard error over the evaluated images' Inception features"]
+    frontier = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
+    if frontier:
+        lines += ["", "frontier (* above; no other row has both fewer or equal GFLOPs/img and lower or equal FID):"]
+        lines += [f"  {r.sample_steps} steps, {r.policy}: {r.gflops_per_image:.4g} GFLOPs/img "
+                  f"({r.compute_ratio:.3f} of the reference), FID {r.fid:.2f} +- {2 * r.fid_se:.2f}"
+                  for r in frontier]
+    notes = [f"{r.label}: {r.calibration}" for r in results if r.calibration]
     if notes:
         lines += ["", "calibrated:"] + [f"  {n}" for n in notes]
+    if choice:
+        lines += ["", format_choice(choice)]
     return "\n".join(lines)
 
 
-def write_report(results: Sequence[PolicyResult], output_dir) -> None:
-    """report.csv, report.json, report.txt, exit_block_per_step.csv and tradeoff.png."""
+def format_choice(choice: dict) -> str:
+    """The compute budget's choice and every candidate's proxy value."""
+    c = choice["candidates"][choice["chosen"]]
+    lines = [f"compute budget {choice['budget']:g}: chose {c['policy']} at {c['sample_steps']} steps "
+             f"(compute ratio {c['compute_ratio']:.3f}); proxy = {choice['proxy']}:"]
+    for i, k in enumerate(choice["candidates"]):
+        mark = "  <- chosen" if i == choice["chosen"] else ("" if k["compute_ratio"] <= choice["budget"] + 1e-12
+                                                             else "  (over budget)")
+        lines.append(f"  {k['sample_steps']:>4} steps {k['policy']:>16}  ratio {k['compute_ratio']:.3f}  "
+                     f"proxy {k['proxy']:.4g}{mark}")
+    return "\n".join(lines)
+
+
+def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[dict] = None) -> None:
+    """report.csv, report.json, report.txt, exit_block_per_step.csv, budget.json and tradeoff.png."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "report.csv", "w", newline="") as f:
@@ -71,17 +125,41 @@ def write_report(results: Sequence[PolicyResult], output_dir) -> None:
         w.writeheader()
         for r in results:
             w.writerow({k: r.row()[k] for k in COLUMNS})
-    (output_dir / "report.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    (output_dir / "report.txt").write_text(format_table(results) + "\n")
-    np.savetxt(output_dir / "exit_block_per_step.csv", np.array([r.exit_block_per_step for r in results]).T,
-               delimiter=",", header=",".join(r.policy for r in results), comments="")
+    (output_dir / "report.json").write_text(json.dumps(_json_safe([asdict(r) for r in results]), indent=2,
+                                                       allow_nan=False))
+    if choice is not None:
+        (output_dir / "budget.json").write_text(json.dumps(_json_safe(choice), indent=2, allow_nan=False))
+    (output_dir / "report.txt").write_text(format_table(results, choice) + "\n")
+    np.savetxt(output_dir / "exit_block_per_step.csv", _per_step_table(results), delimiter=",",
+               header=",".join(r.label for r in results), comments="")
     plot_report(results, output_dir / "tradeoff.png")
 
 
+def _per_step_table(results: Sequence[PolicyResult]) -> np.ndarray:
+    """(max steps, rows), NaN-padded: rows of different step counts have different lengths."""
+    longest = max(len(r.exit_block_per_step) for r in results)
+    table = np.full((longest, len(results)), np.nan)
+    for j, r in enumerate(results):
+        table[:len(r.exit_block_per_step), j] = r.exit_block_per_step
+    return table
+
+
 # family -> (colour, marker and line of the trade-off curves, line of the per-step panel)
-_STYLE = {"threshold": ("C0", "o-", "-"), "budget": ("C1", "D", "-"), "static": ("C2", "s--", "--"),
+_STYLE = {"threshold": ("C0", "o-", "-"), "budget": ("C1", "D-", "-"), "static": ("C2", "s--", "--"),
           "profile": ("C3", "^-.", "-."), "deepcache": ("C4", "v-", "-"), "phase": ("C5", "P-", "-"),
-          "plan": ("C6", "X", "-"), "full": ("k", "*", ":")}
+          "plan": ("C6", "X-", "-"), "full": ("k", "*-", ":")}
+
+
+def _curves(ax, results, key):
+    """One curve per policy across step counts (colour: its family), points labelled by steps."""
+    for spec in dict.fromkeys(r.policy for r in results):
+        rows = sorted((r for r in results if r.policy == spec), key=lambda r: getattr(r, key))
+        color, style, _ = _STYLE.get(rows[0].family, ("C4", "x-", "-"))
+        xs, ys = [getattr(r, key) for r in rows], [r.fid for r in rows]
+        ax.plot(xs, ys, style, color=color, label=spec, markersize=9 if rows[0].family == "full" else 5)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(str(r.sample_steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=color)
 
 
 def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
@@ -89,40 +167,31 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-    full = [r for r in results if r.family == "full"]
-    for ax, key, xlabel in ((axes[0], "layer_ratio", "layer ratio (blocks run / all blocks)"),
-                            (axes[1], "seconds", "sampling time (s)")):
-        for family, (color, style, _) in _STYLE.items():
-            if family == "full":
-                continue
-            rows = sorted((r for r in results if r.family == family), key=lambda r: getattr(r, key))
-            if not rows:
-                continue
-            xs, ys = [getattr(r, key) for r in rows], [r.fid for r in rows]
-            ax.plot(xs, ys, style, color=color, label=family)
-            for r, x, y in zip(rows, xs, ys):
-                ax.annotate(r.policy.split(":")[-1], (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=color)
-        for r in full:
-            ax.plot([getattr(r, key)], [r.fid], "k*", markersize=11, label="full depth")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    _curves(axes[0], results, "gflops_per_image")
+    front = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
+    if front:
+        axes[0].plot([r.gflops_per_image for r in front], [r.fid for r in front], color="0.5", lw=6, alpha=0.3,
+                     zorder=0, label="frontier (Pareto points)")
+    _curves(axes[1], results, "seconds")
+    for ax, xlabel in ((axes[0], "GFLOPs per image"), (axes[1], "sampling time (s)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("FID")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_title("FID vs layers (lower left is better)")
+        ax.legend(fontsize=7)
+    axes[0].set_title("FID vs compute (numbers: sampler steps; lower left is better)")
     axes[1].set_title("FID vs time")
     for r in results:
-        line = _STYLE.get(r.family, ("", "", "-"))[2]  # colours: one per policy; line style: its family
+        line = _STYLE.get(r.family, ("", "", "-"))[2]  # colours: one per row; line style: its family
         computed = r.blocks_computed_per_step or [b + 1 for b in r.exit_block_per_step]
-        drawn = axes[2].plot(range(1, len(computed) + 1), computed, line, alpha=0.9, label=r.policy, lw=1.2)
+        drawn = axes[2].plot(range(1, len(computed) + 1), computed, line, alpha=0.9, label=r.label, lw=1.2)
         if any(r.blocks_reused_per_step):
             axes[2].plot(range(1, len(computed) + 1), r.blocks_reused_per_step, ":", color=drawn[0].get_color(),
-                         alpha=0.9, lw=1.2, label=f"{r.policy} (reused)")
+                         alpha=0.9, lw=1.2, label=f"{r.label} (reused)")
     axes[2].set_xlabel("sampling step (network call; 1 = noisiest)")
     axes[2].set_ylabel("mean blocks computed (dotted: reused)")
     axes[2].set_title("blocks per sampling step")
-    axes[2].legend(fontsize=7, ncol=2)
+    axes[2].legend(fontsize=6, ncol=2)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

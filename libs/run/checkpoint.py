@@ -50,8 +50,9 @@ class LoadReport:
 
     def __str__(self):
         if self.kind == "uvit":
-            return (f"loaded U-ViT weights from {self.source}; {len(self.fresh_heads)} uncertainty-head tensors "
-                    f"are not in the file and keep their fresh initialisation")
+            return (f"loaded backbone weights without uncertainty heads (a released U-ViT or DiT file) from "
+                    f"{self.source}; {len(self.fresh_heads)} uncertainty-head tensors are not in the file and keep "
+                    f"their fresh initialisation")
         return f"loaded {self.kind} weights from {self.source}"
 
 

@@ -1,6 +1,5 @@
 """Contracts of libs/diffusion/noise.py: which time each forward-noise process draws, in which
-order it reads the generator, what the network is told, and x_t = alpha x_0 + sigma eps.
-(The marginal statistics of a large batch are checked in tests/training/test_losses.py.)"""
+order it reads the generator, what the network is told, and x_t = alpha x_0 + sigma eps."""
 import pytest
 import torch
 
@@ -71,3 +70,20 @@ def test_noise_is_a_function_of_the_generator(noise):
     a, b, c = (noise.sample(x0, _gen(s)) for s in (11, 11, 12))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(a[2], c[2])
+
+
+@pytest.mark.parametrize("noise", [ContinuousNoise(), DiscreteNoise()])
+def test_noise_sampling_marginals(noise):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 1), 2.0)
+    xt, t_net, eps = noise.sample(x0, g)
+    if isinstance(noise, ContinuousNoise):
+        t = t_net / 999
+        assert 0 <= t.min() and t.max() <= 1
+        ab = torch.exp(-(0.1 * t + 9.95 * t ** 2))
+    else:
+        assert t_net.min() >= 1 and t_net.max() <= 1000 and torch.equal(t_net, t_net.round())
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        ab = torch.cumprod(1 - betas, 0)[t_net.long() - 1].float()
+    torch.testing.assert_close(xt[:, 0], ab.sqrt() * 2.0 + (1 - ab).sqrt() * eps[:, 0], atol=1e-5, rtol=1e-5)
+    assert abs(eps.mean()) < 0.03 and abs(eps.std() - 1) < 0.03

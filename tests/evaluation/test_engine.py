@@ -141,3 +141,45 @@ def test_eval_errors(trained, tmp_path):
     assert r.returncode != 0 and "make_fid_stats.py" in r.stderr
     r = _eval([f"--nnet_path={nnet}", "--config.nnet.embed_dim=64", f"--output_path={tmp_path}"])
     assert r.returncode != 0 and "shape mismatch" in r.stderr
+
+
+def _sweep(trained_digits, tmp_path, **sample):
+    from accelerate import Accelerator
+
+    from libs.evaluation.engine import evaluate
+    from libs.tasks.pixel import PixelTask
+
+    net, config = trained_digits
+    config.sample.update(n_samples=6, mini_batch_size=6, calib_samples=6, grid_size=4, fid_stat="",
+                         algorithm="unipc", **sample)
+    return evaluate(net, PixelTask(config, load_data=False), config, "0.5,profile:0.5", Accelerator(cpu=True),
+                    tmp_path, progress=False)
+
+
+def test_step_count_sweep_gives_one_row_per_pair_on_the_same_images(trained_digits, tmp_path):
+    import json
+
+    rows = _sweep(trained_digits, tmp_path, sample_steps="2,4")
+    assert [(r.sample_steps, r.policy) for r in rows] == [(4, "full"), (4, "threshold:0.5"), (4, "profile:0.5"),
+                                                          (2, "full"), (2, "threshold:0.5"), (2, "profile:0.5")]
+    full4, full2 = rows[0], rows[3]
+    assert full2.gflops_per_image == pytest.approx(full4.gflops_per_image / 2, rel=1e-12)  # exact scaling
+    assert full4.compute_ratio == 1.0 and full2.compute_ratio == pytest.approx(0.5)
+    assert all(len(r.exit_block_per_step) == r.sample_steps for r in rows)
+    report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: FID is null, not NaN
+    assert report[0]["fid"] is None and all(r["pareto"] is False for r in report)
+    for name in ("grid_4steps_full.png", "grid_2steps_threshold_0.5.png", "report.txt", "tradeoff.png"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_compute_budget_end_to_end(trained_digits, tmp_path):
+    import json
+
+    rows = _sweep(trained_digits, tmp_path / "b", sample_steps="2,4", compute_budget=0.5)
+    choice = json.loads((tmp_path / "b" / "budget.json").read_text())
+    assert len(choice["candidates"]) == 6 and choice["candidates"][0]["proxy"] == 0.0
+    picked = choice["candidates"][choice["chosen"]]
+    eligible = [c for c in choice["candidates"] if c["compute_ratio"] <= 0.5 + 1e-12]
+    assert picked["proxy"] == min(c["proxy"] for c in eligible)
+    assert [(r.sample_steps, r.policy) for r in rows] == [(4, "full"), (picked["sample_steps"], picked["policy"])]
+    assert "compute budget 0.5: chose" in (tmp_path / "b" / "report.txt").read_text()

@@ -5,7 +5,6 @@ import torch
 
 from libs.training.losses import adadiff_loss, mos, uvit_loss
 from libs.models.uvit import UViT
-from libs.diffusion.noise import ContinuousNoise, DiscreteNoise
 
 
 def test_mos_and_uvit_loss():
@@ -62,20 +61,3 @@ def test_gradient_flow():
     # The denoising loss reaches the backbone only.
     g = _grads(terms["denoise"].mean(), net)
     assert not (g & heads) and "out_blocks.0.skip_linear.weight" in g
-
-
-@pytest.mark.parametrize("noise", [ContinuousNoise(), DiscreteNoise()])
-def test_noise_sampling_marginals(noise):
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.full((20000, 1), 2.0)
-    xt, t_net, eps = noise.sample(x0, g)
-    if isinstance(noise, ContinuousNoise):
-        t = t_net / 999
-        assert 0 <= t.min() and t.max() <= 1
-        ab = torch.exp(-(0.1 * t + 9.95 * t ** 2))
-    else:
-        assert t_net.min() >= 1 and t_net.max() <= 1000 and torch.equal(t_net, t_net.round())
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        ab = torch.cumprod(1 - betas, 0)[t_net.long() - 1].float()
-    torch.testing.assert_close(xt[:, 0], ab.sqrt() * 2.0 + (1 - ab).sqrt() * eps[:, 0], atol=1e-5, rtol=1e-5)
-    assert abs(eps.mean()) < 0.03 and abs(eps.std() - 1) < 0.03

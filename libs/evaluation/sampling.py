@@ -1,0 +1,46 @@
+"""Sampling one batch of an evaluation set: per-image initial noise, the sampler's own
+randomness per batch, and ``generate`` (network -> exit policy -> guidance -> sampler ->
+images). Every policy and step count of a sweep sees the same noise and conditions for an
+image index, whatever the batch or process."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from libs.diffusion.registry import make_sampler
+from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
+from libs.exits.recorder import ExitRecorder
+from libs.run.seeds import Stream, mix_seed
+
+
+def initial_noise(task, indices: Sequence[int], seed: int, device) -> torch.Tensor:
+    """x_T of the given image indices: one seed per image, whatever the batch or process."""
+    return torch.stack([torch.randn(task.sample_shape, generator=torch.Generator().manual_seed(
+        mix_seed(seed, Stream.X_T, i))) for i in indices]).to(device)
+
+
+def sampler_generator(seed: int, batch_seed: int, device) -> torch.Generator:
+    """The sampler's own randomness (SDE noise) for one batch."""
+    return torch.Generator(device=device).manual_seed(mix_seed(seed, Stream.SAMPLER, batch_seed))
+
+
+def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorder: ExitRecorder,
+             seed: int, batch_seed: int, device, decode: bool = True, steps: Optional[int] = None) -> torch.Tensor:
+    """One batch of images in [0, 1] (or x_0 itself with ``decode=False``) for the given image
+    indices under one exit policy, with ``steps`` sampler steps (default: the largest of
+    ``sample_cfg.sample_steps``). Runs under ``torch.inference_mode`` (cheaper per op than
+    ``no_grad``: it matters at small batches), so the images it returns are inference tensors:
+    clone them before using them in autograd."""
+    with torch.inference_mode():
+        x_T = initial_noise(task, indices, seed, device)
+        cond = task.conditions(indices, device)
+        recorder.start_run()
+        net_fn = with_time_scale(recorder.wrap(net, exit_policy), task.time_scale)
+        scale = float(sample_cfg.get("scale", 0.0) or 0.0)
+        if scale > 0:
+            model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)
+        else:
+            model_fn = conditional_model_fn(net_fn, cond)
+        x0 = make_sampler(sample_cfg, task.schedule, steps)(model_fn, x_T, sampler_generator(seed, batch_seed, device))
+        return task.decode(x0) if decode else x0
