@@ -396,37 +396,57 @@ def proxy_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def greedy_plan(ratio: float, run: Callable[..., tuple]) -> ComputePlan:
-    """Start from full depth at every call; while the plan's compute ratio (measured GFLOPs/img
-    on the calibration images over full depth's) is above ``ratio``, try every cheaper action at
-    every call (a reuse only where an earlier call computes its span) and keep the one change
-    with the smallest proxy increase per GFLOP saved. One calibration run per trial."""
+    """A plan under the compute ratio ``ratio``, training-free, in the spirit of Learning-to-Cache's
+    per-timestep router:
+
+    1. one calibration run per (call, action) with every other call at full depth gives the
+       action's harm there: the proxy distance of the samples to full depth's;
+    2. greedy: take (call, action) changes by harm per GFLOP saved, smallest first (a cheaper
+       action may replace a call's earlier one), until the plan's GFLOPs/img is at most
+       ``ratio`` x full depth's. A call's GFLOPs depend only on its action (the actions decide
+       nothing per sample), so the plan's cost is the sum over its calls. A reuse is taken only
+       where the call before computes its span, so every reused value is one call old, as in
+       the runs that measured its harm;
+    3. one run of the plan gives its proxy (harms are not additive) and its compute ratio.
+
+    ``run(policy, keep=True) -> (summary, samples x_0)`` samples the calibration images."""
     ref_summary, reference = run(FULL, keep=True)
-    full_g, num_blocks = ref_summary["gflops_per_image"], ref_summary["num_blocks"]
-    actions = [FULL] * len(ref_summary["exit_block_per_step"])
-    g, proxy = full_g, 0.0
-    options = plan_actions(num_blocks)
-    while g > ratio * full_g * (1 + 1e-9):
-        best = None
-        for c, current in enumerate(actions):
-            for a in options:
-                if _blocks_computed(a, num_blocks) >= _blocks_computed(current, num_blocks):
-                    continue
-                if a.reuses and not any(_computes(b, a.reuse_span(num_blocks), num_blocks) for b in actions[:c]):
-                    continue
-                trial = actions[:c] + [a] + actions[c + 1:]
-                summary, x0 = run(ComputePlan(ratio, trial, 0.0, 0.0), keep=True)
-                saved = g - summary["gflops_per_image"]
-                if saved <= 0:
-                    continue
-                d = proxy_distance(x0, reference)
-                score = (d - proxy) / saved
-                if best is None or score < best[0]:
-                    best = (score, trial, summary["gflops_per_image"], d)
-        if best is None:
-            raise ExitPolicyError(f"plan:{_fmt(ratio)} cannot be reached: the cheapest plan found runs "
-                                  f"{g / full_g:.3f} of full depth's GFLOPs/img; raise R")
-        _, actions, g, proxy = best
-    return ComputePlan(ratio, actions, proxy, g / full_g)
+    full_g, N = ref_summary["gflops_per_image"], ref_summary["num_blocks"]
+    calls = len(ref_summary["exit_block_per_step"])
+    changes = []  # (harm per GFLOP saved, call, action, GFLOPs saved)
+    for c in range(calls):
+        for a in plan_actions(N):
+            if a.reuses and c == 0:
+                continue  # nothing cached yet
+            trial = [FULL] * calls
+            trial[c] = a
+            summary, x0 = run(ComputePlan(ratio, trial, 0.0, 0.0), keep=True)
+            saved = full_g - summary["gflops_per_image"]
+            if saved > 0:
+                changes.append((proxy_distance(x0, reference) / saved, c, a, saved))
+    actions, saved_at = [FULL] * calls, [0.0] * calls
+    g = full_g
+    for _, c, a, saved in sorted(changes, key=lambda ch: (ch[0], ch[1], ch[2].spec)):
+        if g <= ratio * full_g * (1 + 1e-9):
+            break
+        if saved <= saved_at[c] or not _fits(actions, c, a, N):
+            continue
+        g -= saved - saved_at[c]
+        actions[c], saved_at[c] = a, saved
+    if g > ratio * full_g * (1 + 1e-9):
+        raise ExitPolicyError(f"plan:{_fmt(ratio)} cannot be reached: the cheapest plan found runs "
+                              f"{g / full_g:.3f} of full depth's GFLOPs/img; raise R")
+    summary, x0 = run(ComputePlan(ratio, actions, 0.0, 0.0), keep=True)
+    return ComputePlan(ratio, actions, proxy_distance(x0, reference), summary["gflops_per_image"] / full_g)
+
+
+def _fits(actions: List[ExitPolicy], c: int, a: ExitPolicy, num_blocks: int) -> bool:
+    """Whether call c may take action ``a``: a reuse needs the call before to compute its span, and
+    a reuse at the call after must still find its span computed at c."""
+    if a.reuses and not _computes(actions[c - 1], a.reuse_span(num_blocks), num_blocks):
+        return False
+    after = actions[c + 1] if c + 1 < len(actions) else None
+    return after is None or not after.reuses or _computes(a, after.reuse_span(num_blocks), num_blocks)
 
 
 #: the reuse rules of each family spelled ``family:...`` (``libs.exits.policy.parse_policy``)

@@ -104,6 +104,14 @@ def test_greedy_plan_picks_the_cheapest_harm_per_flop_under_the_ratio():
     assert plan.achieved == pytest.approx(17 / 28) and plan.proxy == pytest.approx(0.31)
     assert all(r[0] != "reuse:1" for r in runs)  # no reuse before any call computed the span
     assert plan.calibration().startswith("compute ratio 0.607, proxy 0.31")
+    assert len(runs) == 1 + 3 + 3 * 6 + 1  # full, each action at each call (no reuse at call 0), the plan
+
+
+def test_greedy_plan_reuses_only_one_call_old_values():
+    run, _ = _fake_run(calls=6, harm={(c, "reuse:1"): 0.01 for c in range(6)})
+    plan = greedy_plan(0.7, run)  # 42 blocks, at most 29.4: three reuses at least
+    specs = [a.spec for a in plan.actions]
+    assert specs[0] != "reuse:1" and all(not (a == b == "reuse:1") for a, b in zip(specs, specs[1:])), specs
 
 
 def test_greedy_plan_that_cannot_reach_the_ratio_says_so():
