@@ -232,6 +232,7 @@ class ExitBackbone(nn.Module):
         per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
         cond = self._cond_from_args(args, kwargs)
         policy = _policy_from_args(exit_threshold, exit_policy)
+        self._refuse_reuse(policy)
         if policy.is_full:
             return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
         return self._forward_early_exit(x, timesteps, cond, policy).sample
@@ -245,9 +246,7 @@ class ExitBackbone(nn.Module):
         policy = _policy_from_args(exit_threshold, exit_policy)
         if reuse_cache is not None and reuse_cache.spans:
             return self._forward_cached(x, timesteps, cond, policy, reuse_cache)
-        if policy.reuse_span(self.num_blocks) is not None:
-            raise ValueError(f"exit policy {policy.spec} reuses blocks: pass reuse_cache= (a ReuseCache of the "
-                             f"sampling run, libs/exits/reuse.py), as ExitRecorder.wrap does")
+        self._refuse_reuse(policy)
         if policy.is_full:  # no sample can exit, so no head is evaluated
             return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
         return self._forward_early_exit(x, timesteps, cond, policy)
@@ -287,6 +286,11 @@ class ExitBackbone(nn.Module):
         h, carry = self.embed(x, timesteps, cond)
         run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
         return EarlyExitOutput(*run(self, h, carry, policy))
+
+    def _refuse_reuse(self, policy: ExitPolicy) -> None:
+        if policy.reuse_span(self.num_blocks) is not None:
+            raise ValueError(f"exit policy {policy.spec} reuses blocks: call forward_early_exit with reuse_cache= "
+                             f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as ExitRecorder.wrap does")
 
     def _forward_cached(self, x, timesteps, cond, policy: ExitPolicy, cache) -> EarlyExitOutput:
         static = policy.static_exit(self.num_blocks)
