@@ -2,7 +2,8 @@
 
 ================  ==========================================================================
 ``backbone``      the backbone contract (``ExitBackbone``): the hooks every exit rule runs on
-``exit_loop``     the one early-exit loop over those hooks (batch compaction, batch of one)
+``exit_loop``     the one early-exit loop over those hooks (batch compaction, batch of one),
+                  and its form with a reuse cache (libs/exits/reuse.py)
 ``uvit_core``     ``UViTBackbone``: U-ViT blocks, long skips, uncertainty heads
 ``uvit``          ``UViT``: unconditional / class-conditional
 ``uvit_t2i``      ``UViT`` for text-to-image (CLIP context tokens)
