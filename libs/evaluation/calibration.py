@@ -51,7 +51,8 @@ def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=con
     was_training = net.training
     net.eval()
     t0 = time.perf_counter()
-    calibrated = policy.calibrate(lambda rule: calibration_run(net, task, config, rule, device, autocast, steps))
+    calibrated = policy.calibrate(lambda rule, keep=False: calibration_run(net, task, config, rule, device, autocast,
+                                                                           steps, keep))
     net.train(was_training)
     logger = logger or log
     at = f" at {steps} steps" if steps is not None else ""

@@ -209,6 +209,10 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
                        gflops_per_image=summary["gflops_per_image"], seconds=seconds,
                        images_per_s=n / seconds if seconds > 0 else float("nan"), calibration=policy.calibration(),
                        exit_block_per_step=summary["exit_block_per_step"], slug=slug,
+                       blocks_reused=summary["blocks_reused"],
+                       cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
+                       blocks_computed_per_step=summary["blocks_computed_per_step"],
+                       blocks_reused_per_step=summary["blocks_reused_per_step"],
                        compile_seconds=compile_s)
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")

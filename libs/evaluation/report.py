@@ -2,13 +2,16 @@
 report.txt/.csv/.json, exit_block_per_step.csv, budget.json (with a compute budget) and
 tradeoff.png (FID against GFLOPs/img with one curve per policy across step counts, full
 depth included, and the frontier through the Pareto points; FID against time; each row's
-mean exit block per sampling step).
+blocks computed, and reused from the cache, per sampling step).
 
 Columns: ``sample_steps``, ``policy``, ``gflops_per_image``, ``compute_ratio`` (to the
 reference run: full depth at the largest step count), ``fid`` and ``fid_se`` (bootstrap
 standard error over the image set, ``libs/evaluation/fid_uncertainty.py``), ``seconds``,
 ``pareto`` (no other row has both GFLOPs/img <= and FID <=, one of them strictly;
-``libs/evaluation/frontier.py``). report.json holds null where a value is missing (NaN).
+``libs/evaluation/frontier.py``), ``mean_blocks`` (blocks computed per call), ``blocks_reused``
+(mean per call taken from the reuse cache instead, ``libs/exits/reuse.py``) and
+``cache_kib_per_image`` (the cache's memory per image). report.json holds null where a value
+is missing (NaN).
 """
 from __future__ import annotations
 
@@ -50,9 +53,13 @@ class PolicyResult:
     slug: str = ""
     compile_seconds: float = 0.0
     exit_block_per_step: list = field(default_factory=list)
+    blocks_reused: float = 0.0
+    cache_kib_per_image: float = 0.0
+    blocks_computed_per_step: list = field(default_factory=list)
+    blocks_reused_per_step: list = field(default_factory=list)
 
     def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "exit_block_per_step"}
+        return {k: v for k, v in asdict(self).items() if not k.endswith("_per_step")}
 
     @property
     def label(self) -> str:
@@ -60,8 +67,8 @@ class PolicyResult:
 
 
 COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
-           "pareto", "layer_ratio", "mean_blocks", "seconds", "images_per_s", "speedup", "compile_seconds", "n_images",
-           "algorithm", "calibration")
+           "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "seconds", "images_per_s", "speedup",
+           "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration")
 
 
 def _json_safe(value):
@@ -78,12 +85,12 @@ def _json_safe(value):
 def format_table(results: Sequence[PolicyResult], choice: Optional[dict] = None) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
     head = (f"{'steps':>5} {'policy':>{width}} {'GFLOPs/img':>10} {'ratio':>6} {'FID':>8} {'+-2se':>6} "
-            f"{'layers':>6} {'time(s)':>7} {'speedup':>7} {'compile(s)':>10}  pareto")
+            f"{'layers':>6} {'reused':>6} {'time(s)':>7} {'speedup':>7} {'compile(s)':>10}  pareto")
     lines = [head]
     for r in results:
         lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.gflops_per_image:>10.4g} {r.compute_ratio:>6.3f} "
-                     f"{r.fid:>8.3f} {2 * r.fid_se:>6.2f} {r.layer_ratio:>6.3f} {r.seconds:>7.1f} "
-                     f"{r.speedup:>7.2f} {r.compile_seconds:>10.1f}  {'*' if r.pareto else ''}")
+                     f"{r.fid:>8.3f} {2 * r.fid_se:>6.2f} {r.layer_ratio:>6.3f} {r.blocks_reused:>6.2f} "
+                     f"{r.seconds:>7.1f} {r.speedup:>7.2f} {r.compile_seconds:>10.1f}  {'*' if r.pareto else ''}")
     lines += ["", "FID +-2se: bootstrap standard error over the evaluated images' Inception features"]
     frontier = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
     if frontier:
@@ -142,7 +149,8 @@ def _per_step_table(results: Sequence[PolicyResult]) -> np.ndarray:
 
 # family -> (colour, marker and line of the trade-off curves, line of the per-step panel)
 _STYLE = {"threshold": ("C0", "o-", "-"), "budget": ("C1", "D-", "-"), "static": ("C2", "s--", "--"),
-          "profile": ("C3", "^-.", "-."), "full": ("k", "*-", ":")}
+          "profile": ("C3", "^-.", "-."), "deepcache": ("C4", "v-", "-"), "phase": ("C5", "P-", "-"),
+          "plan": ("C6", "X-", "-"), "full": ("k", "*-", ":")}
 
 
 def _curves(ax, results, key):
@@ -178,11 +186,14 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
     axes[1].set_title("FID vs time")
     for r in results:
         line = _STYLE.get(r.family, ("", "", "-"))[2]  # colours: one per row; line style: its family
-        axes[2].plot(range(1, len(r.exit_block_per_step) + 1), r.exit_block_per_step, line, alpha=0.9,
-                     label=r.label, lw=1.2)
+        computed = r.blocks_computed_per_step or [b + 1 for b in r.exit_block_per_step]
+        drawn = axes[2].plot(range(1, len(computed) + 1), computed, line, alpha=0.9, label=r.label, lw=1.2)
+        if any(r.blocks_reused_per_step):
+            axes[2].plot(range(1, len(computed) + 1), r.blocks_reused_per_step, ":", color=drawn[0].get_color(),
+                         alpha=0.9, lw=1.2, label=f"{r.label} (reused)")
     axes[2].set_xlabel("sampling step (network call; 1 = noisiest)")
-    axes[2].set_ylabel("mean exit block (0-based)")
-    axes[2].set_title("exit block per sampling step")
+    axes[2].set_ylabel("mean blocks computed (dotted: reused)")
+    axes[2].set_title("blocks per sampling step")
     axes[2].legend(fontsize=6, ncol=2)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()

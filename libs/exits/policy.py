@@ -18,7 +18,28 @@ comma-separated list:
                   until the measured layer ratio is within 0.01 of R, then threshold:T runs.
     full | none   full depth (also 1.0 / threshold:1): no head, no exit test.
 
-``profile:`` and ``budget:`` need calibration (libs.evaluation (calibrate_policy)) before they run.
+Cross-step reuse (``libs/exits/reuse.py``): a call may take the output of a span of blocks
+from the cache of the last call of the same sampling run that computed it, instead of
+computing the span:
+
+    deepcache:N:k DeepCache: every N-th call (0, N, 2N, ...) computes every block and caches
+                  the span of blocks k .. num_blocks-1-k; the calls between compute the k
+                  shallow blocks on each side of it and reuse the span (U-ViT: the tokens
+                  entering the out-block paired with in-block k-1, long skips fresh; 2k of the
+                  blocks run). N >= 1 (1: every call computes), k >= 1 with 2k < num_blocks.
+    phase:F:A+B   rule A on the first round(F x calls) network calls of a run, rule B after
+                  (B's calls counted from the switch); A and B are rules that need no
+                  calibration (threshold, static, full, deepcache), F in [0, 1]. E.g.
+                  phase:0.4:threshold:0.9+deepcache:2:1. Calibration counts the calls per
+                  run (one cheap static:0 run of the calibration images).
+    plan:R        a calibrated compute plan under the compute ratio R in (0, 1] (GFLOPs/img
+                  over full depth's at the same sampler steps): per network call, compute
+                  every block, reuse a DeepCache span of depth k, or stop after block K,
+                  chosen greedily on the calibration images to keep the samples closest to
+                  the full-depth samples from the same noise.
+
+``profile:``, ``budget:``, ``phase:`` and ``plan:`` need calibration (libs.evaluation
+(calibrate_policy)) before they run.
 
 Each rule validates its argument in one place, the classmethod ``argument_problem``: its
 constructor raises it and ``parse_policy`` reports it against the spelling the user wrote.
@@ -29,7 +50,9 @@ and ``-0`` is ``0``.
 
 The network side of the contract is three hooks: ``static_exit`` (every row exits after one
 known block: a truncated forward), ``init_state`` and ``decide`` (a per-sample decision
-after each block, from the block's mean certainty). A new rule is one new subclass.
+after each block, from the block's mean certainty). A new rule is one new subclass. Reuse adds
+two: ``reuse_span`` (per call: the span of blocks whose output the call takes from the cache)
+and ``cache_spans`` (per run: the spans the run keeps in its cache).
 """
 from __future__ import annotations
 
@@ -40,7 +63,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 FULL_DEPTH_WORDS = ("full", "none", "inf")
-SPELLING = "threshold:T (or a bare T), static:K, profile:T, budget:R, full"
+SPELLING = "threshold:T (or a bare T), static:K, profile:T, budget:R, deepcache:N:k, phase:F:A+B, plan:R, full"
 
 
 class ExitPolicyError(ValueError):
@@ -78,6 +101,8 @@ class ExitPolicy:
     uses_heads = False
     #: needs calibration (libs.evaluation (calibrate_policy)) before it runs
     needs_calibration = False
+    #: may take a span's output from the cache of an earlier call (libs/exits/reuse.py)
+    reuses = False
 
     @classmethod
     def argument_problem(cls, value) -> Optional[str]:
@@ -124,7 +149,18 @@ class ExitPolicy:
             raise ExitPolicyError(f"exit policy {self.spec} needs trained uncertainty heads, but the weights are "
                                   f"plain U-ViT; use static:K or full, or fine-tune with train.py first")
 
+    def cache_spans(self, num_blocks: int) -> Tuple[Tuple[int, int], ...]:
+        """The spans ``(start, stop)`` (blocks start .. stop-1) whose outputs a sampling run keeps
+        in its cache, so that later calls may reuse them; () for rules that never reuse."""
+        return ()
+
     # -------------------------------------------------------------- network side
+    def reuse_span(self, num_blocks: int) -> Optional[Tuple[int, int]]:
+        """The span ``(start, stop)`` whose output this call takes from the run's cache instead
+        of computing blocks start .. stop-1 (a row with nothing cached computes them); None: the
+        call computes every block it runs."""
+        return None
+
     def static_exit(self, num_blocks: int) -> Optional[int]:
         """Block after which every row exits, when known before the call (None: decided per sample)."""
         return num_blocks - 1
@@ -419,6 +455,9 @@ def parse_policy(item) -> ExitPolicy:
         return FULL
     bare = ":" not in low  # a bare number is a threshold
     family, _, arg = ("threshold", "", text) if bare else (part.strip() for part in low.partition(":"))
+    from libs.exits import reuse  # the reuse rules build on this module's rules
+    if family in reuse.RULES:
+        return reuse.RULES[family].parse(arg, text)
     if family not in RULES:
         raise ExitPolicyError(f"unknown exit policy {text!r}; spell policies as {SPELLING}")
     value = _number(arg, text)
@@ -463,7 +502,7 @@ def parse_thresholds_only(value) -> List[ExitPolicy]:
     for p in policies:
         if p.family not in ("threshold", "full"):
             raise ExitPolicyError(f"--exit_threshold takes thresholds (e.g. 0.9,0.92,none), got {p.spec}; "
-                                  f"use --exit_policy for static:K, profile:T and budget:R")
+                                  f"use --exit_policy for static:K, profile:T, budget:R and the reuse rules")
     return policies
 
 

@@ -16,6 +16,13 @@ with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement th
                                          patience window, with that block's h)
     exit_patience(i) -> int              passing blocks a row needs before it may exit after i
     flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/models/flops.py)
+    reuse_problem(span) -> str | None    why the span (start, stop) of blocks cannot be reused here
+                                         (None: it can); a reusable span leaves the carry as it
+                                         found it
+    cache_value(span, h_in, h_out)       what a call that computed the span keeps for later calls
+                                         (default: the residual h_out - h_in)
+    reuse_value(span, h_in, cached)      the span's output from the cache (default: h_in + cached)
+    reuse_reads_input                    whether those two read h_in (the loop keeps it only then)
     cond_name                            keyword of the conditioning ('y', 'context', ...)
     eps_channels                         None, or how many leading output channels are the noise
                                          prediction (DiT with learned sigma): samplers and losses
@@ -26,6 +33,8 @@ and get, from this class:
 * ``forward(x, t, cond)``: full depth, no uncertainty head (the plain network's cost);
   ``forward(..., exit_threshold=tau)`` or ``exit_policy=...``: per-sample early exit;
 * ``forward_early_exit``: the same with per-sample accounting (``EarlyExitOutput``);
+  ``forward_early_exit(..., reuse_cache=cache)``: the call also stores and reuses the spans of
+  a reuse cache (``libs/exits/reuse.py``: one per sampling run, made by the exit recorder);
 * ``forward_all_exits``: every block's prediction and certainty (``AllExitsOutput``), what
   the AdaDiff objective trains on.
 
@@ -61,15 +70,18 @@ class EarlyExitOutput:
         ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
     uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
 
+    reused: None (no reuse cache), or which rows took the call's reused span from the cache:
+        a (B,) bool tensor, or a Python bool for a batch of one given as Python ints.
+
     A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
     also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
     become tensors on first access.
     """
 
-    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row")
+    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row", "reused")
 
-    def __init__(self, sample: torch.Tensor, exit_block, uem_evals):
-        self.sample = sample
+    def __init__(self, sample: torch.Tensor, exit_block, uem_evals, reused=None):
+        self.sample, self.reused = sample, reused
         one = isinstance(exit_block, int) and isinstance(uem_evals, int)
         self._one_row = (exit_block, uem_evals) if one else None
         self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
@@ -196,6 +208,20 @@ class ExitBackbone(nn.Module):
     def exit_patience(self, i: int) -> int:
         return 1
 
+    reuse_reads_input: bool = True
+
+    def reuse_problem(self, span: Tuple[int, int]) -> Optional[str]:
+        s, e = span
+        if 0 <= s < e <= self.num_blocks:
+            return None
+        return f"span {s}..{e - 1} is not a run of blocks of this network (0..{self.num_blocks - 1})"
+
+    def cache_value(self, span, h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+        return h_out - h_in
+
+    def reuse_value(self, span, h_in: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+        return h_in + cached
+
     def flops(self) -> NetworkFlops:
         raise NotImplementedError
 
@@ -206,15 +232,21 @@ class ExitBackbone(nn.Module):
         per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
         cond = self._cond_from_args(args, kwargs)
         policy = _policy_from_args(exit_threshold, exit_policy)
+        self._refuse_reuse(policy)
         if policy.is_full:
             return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
         return self._forward_early_exit(x, timesteps, cond, policy).sample
 
     def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                           exit_policy: Optional[ExitPolicy] = None, **kwargs) -> EarlyExitOutput:
-        """Early-exit forward with per-sample compute accounting (see EarlyExitOutput)."""
+                           exit_policy: Optional[ExitPolicy] = None, reuse_cache=None, **kwargs) -> EarlyExitOutput:
+        """Early-exit forward with per-sample compute accounting (see EarlyExitOutput); with
+        ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this sampling run) it stores the
+        cache's spans and takes the span the policy reuses from it."""
         cond = self._cond_from_args(args, kwargs)
         policy = _policy_from_args(exit_threshold, exit_policy)
+        if reuse_cache is not None and reuse_cache.spans:
+            return self._forward_cached(x, timesteps, cond, policy, reuse_cache)
+        self._refuse_reuse(policy)
         if policy.is_full:  # no sample can exit, so no head is evaluated
             return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
         return self._forward_early_exit(x, timesteps, cond, policy)
@@ -254,6 +286,29 @@ class ExitBackbone(nn.Module):
         h, carry = self.embed(x, timesteps, cond)
         run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
         return EarlyExitOutput(*run(self, h, carry, policy))
+
+    def _refuse_reuse(self, policy: ExitPolicy) -> None:
+        if policy.reuse_span(self.num_blocks) is not None:
+            raise ValueError(f"exit policy {policy.spec} reuses blocks: call forward_early_exit with reuse_cache= "
+                             f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as ExitRecorder.wrap does")
+
+    def _forward_cached(self, x, timesteps, cond, policy: ExitPolicy, cache) -> EarlyExitOutput:
+        static = policy.static_exit(self.num_blocks)
+        if static is not None and not 0 <= static < self.num_blocks:
+            raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
+                             f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
+        span = policy.reuse_span(self.num_blocks)
+        for sp in cache.spans + ((span,) if span is not None else ()):
+            problem = self.reuse_problem(sp)
+            if problem:
+                raise ValueError(f"exit policy {policy.spec}: {problem}")
+        if span is not None and span not in cache.spans:
+            raise ValueError(f"exit policy {policy.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
+                             f"cache does not keep (it keeps {list(cache.spans)})")
+        cache.bind(x.shape[0])
+        h, carry = self.embed(x, timesteps, cond)
+        run = exit_loop.run_one_cached if x.shape[0] == 1 else exit_loop.run_batch_cached
+        return EarlyExitOutput(*run(self, h, carry, policy, cache))
 
     def _cond_from_args(self, args, kwargs):
         """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""

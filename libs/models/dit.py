@@ -17,6 +17,8 @@ How it implements the backbone contract (``libs/models/backbone.py``):
   noise channels' certainty); time-aware heads read c;
 * exit patience 1 at every block (no in/out halves as in U-ViT: a row may exit after the first
   block whose certainty passes);
+* reuse (``libs/exits/reuse.py``): any span of blocks, cached as its residual on the patch
+  tokens (h_out - h_in), added to the reusing call's own input;
 * ``eps_channels = in_channels`` with ``learn_sigma``: the samplers and the training losses use
   the first ``in_channels`` output channels (the noise prediction); the variance channels take
   no part in the AdaDiff objective and get no gradient from it.
@@ -159,6 +161,14 @@ class DiT(ExitBackbone):
     def exit_patience(self, i):
         """1 everywhere: a row may exit after any block whose certainty passes."""
         return 1
+
+    # Reuse: any run of blocks (no skips, no carry); the cache keeps the span's residual on the
+    # patch tokens, added to the reusing call's fresh input (row 0, c, stays the call's own).
+    def cache_value(self, span, h_in, h_out):
+        return h_out[:, 1:] - h_in[:, 1:]
+
+    def reuse_value(self, span, h_in, cached):
+        return torch.cat([h_in[:, :1], h_in[:, 1:] + cached], dim=1)
 
     def flops(self) -> NetworkFlops:
         """Per-image FLOPs of the pieces, counted on the modules themselves."""

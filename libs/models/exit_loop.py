@@ -20,6 +20,16 @@ Two forms, with the same result per sample (bitwise on CPU in fp32):
 
 Both return ``(sample, exit_block, uem_evals)`` as ``EarlyExitOutput`` describes them
 (``run_one``: Python ints).
+
+With a reuse cache (``libs/exits/reuse.py``), ``run_one_cached`` and ``run_batch_cached`` do the
+same and also: run only up to the policy's static exit; store, after the last block of each
+cached span the call computes (spans disjoint from the one it reuses), the backbone's
+``cache_value`` for the rows there (their original rows: the active index); at the first block
+of the span the call reuses (``policy.reuse_span``), take each row's own cached value
+(``reuse_value``) and skip the span's blocks, or compute them for the rows with nothing cached
+(a sub-batch with its carry: a reusable span leaves the carry as it found it); no exit test
+after a block of that span. They return a fourth item, which rows reused (a (B,) bool tensor;
+``run_one_cached``: a bool).
 """
 from __future__ import annotations
 
@@ -117,3 +127,138 @@ def _assemble(groups, B: int, head_blocks: List[int], device) -> Result:
         exit_block.index_fill_(0, rows, k)
         uem_evals.index_fill_(0, rows, evals(k))
     return sample, exit_block, uem_evals
+
+
+# ----------------------------------------------------------------------------- with a reuse cache
+def _plan(net, policy, cache):
+    """(last block run, the reused span or None, {block: the cached spans the call computes that
+    start there}, {block: those that end there})."""
+    N = net.num_blocks
+    static = policy.static_exit(N)
+    last = N - 1 if static is None else static
+    span = policy.reuse_span(N)
+    starts, ends = {}, {}
+    for s, e in cache.spans:
+        if e - 1 <= last and (span is None or e <= span[0] or span[1] <= s):
+            starts.setdefault(s, []).append((s, e))
+            ends.setdefault(e - 1, []).append((s, e))
+    return last, span, starts, ends
+
+
+def _compute_span(net, span, h, carry):
+    for j in range(*span):
+        h = net.run_block(j, h, carry)
+    return h
+
+
+def run_one_cached(net, h: torch.Tensor, carry, policy, cache):
+    """``run_one`` with a reuse cache (module docstring); returns (sample, exit, evals, reused)."""
+    last, span, starts, ends = _plan(net, policy, cache)
+    reads = net.reuse_reads_input
+    entry, state, evals, reused, i = {}, None, 0, False, 0
+    window = {}
+
+    def certainty(block: Optional[int] = None) -> float:
+        nonlocal evals
+        evals += 1
+        if block is None or block == i:
+            return net.mean_certainty_one(i, h, carry)
+        return net.mean_certainty_one(block, window[block], carry)
+
+    while True:
+        if span is not None and i == span[0]:
+            value, have = cache.fetch(span, None)
+            if have:
+                h, reused = net.reuse_value(span, h, value), True
+            else:
+                h_in = h
+                h = _compute_span(net, span, h, carry)
+                cache.store(span, None, net.cache_value(span, h_in, h))
+            i = span[1] - 1
+        else:
+            for sp in starts.get(i, ()):
+                entry[sp] = h if reads else None
+            h = net.run_block(i, h, carry)
+            for sp in ends.get(i, ()):
+                cache.store(sp, None, net.cache_value(sp, entry.pop(sp), h))
+            if i < last:
+                patience = net.exit_patience(i)
+                if patience > 1:
+                    window[i] = h
+                exits, state = policy.decide_one(i, patience, certainty, state)
+                if exits:
+                    break
+        if i >= last:
+            break
+        i += 1
+    return net.output_head(h), i, evals, reused
+
+
+def _through_span(net, span, h, carry, cache, active):
+    """The reused span for the active rows: (h after the span, which active rows reused: a bool
+    or a (b,) bool mask)."""
+    value, have = cache.fetch(span, active)
+    if have is True:
+        return net.reuse_value(span, h, value), True
+    if have is False:
+        out = _compute_span(net, span, h, carry)
+        cache.store(span, active, net.cache_value(span, h, out))
+        return out, False
+    lack, take = have.logical_not().nonzero().squeeze(1), have.nonzero().squeeze(1)
+    sub = _compute_span(net, span, h[lack], net.select_rows(carry, lack))
+    cache.store(span, lack if active is None else active[lack], net.cache_value(span, h[lack], sub))
+    out = sub.new_empty((h.shape[0], *sub.shape[1:]))
+    out.index_copy_(0, lack, sub)
+    out.index_copy_(0, take, net.reuse_value(span, h[take], value[take]))
+    return out, have
+
+
+def run_batch_cached(net, h: torch.Tensor, carry, policy, cache):
+    """``run_batch`` with a reuse cache (module docstring); returns (sample, exit, evals, reused)."""
+    B, device = h.shape[0], h.device
+    last, span, starts, ends = _plan(net, policy, cache)
+    reads = net.reuse_reads_input
+    state = policy.init_state(B, device)
+    active: Optional[torch.Tensor] = None
+    groups: List[tuple] = []
+    head_blocks: List[int] = []
+    entry, reused, i = {}, torch.zeros(B, dtype=torch.bool, device=device), 0
+
+    def certainty() -> torch.Tensor:
+        head_blocks.append(i)
+        return net.mean_certainty(i, h, carry)
+
+    while True:
+        if span is not None and i == span[0]:
+            h, took = _through_span(net, span, h, carry, cache, active)
+            took = torch.full((h.shape[0],), took, dtype=torch.bool, device=device) if isinstance(took, bool) else took
+            reused = took if active is None else reused.index_copy(0, active, took)
+            i = span[1] - 1
+            passed = None
+        else:
+            for sp in starts.get(i, ()):
+                entry[sp] = h if reads else None
+            h = net.run_block(i, h, carry)
+            for sp in ends.get(i, ()):
+                cache.store(sp, active, net.cache_value(sp, entry.pop(sp), h))
+            passed = None
+            if i < last:
+                passed, state = policy.decide(i, net.exit_patience(i), certainty, state)
+        if i >= last:
+            break
+        n = 0 if passed is None else int(passed.sum())  # the one host sync of a deciding block
+        if n and n == passed.shape[0]:  # every active row exits here
+            groups.append((i, active, net.output_head(h)))
+            h = None
+            break
+        if n:
+            done, keep = passed.nonzero().squeeze(1), passed.logical_not().nonzero().squeeze(1)
+            groups.append((i, done if active is None else active[done], net.output_head(h[done])))
+            active = keep if active is None else active[keep]
+            h, entry = h[keep], {sp: (v[keep] if v is not None else None) for sp, v in entry.items()}
+            state = state[keep] if state is not None else None
+            carry = net.select_rows(carry, keep)
+        i += 1
+    if h is not None:
+        groups.append((i, active, net.output_head(h)))
+    return (*_assemble(groups, B, head_blocks, device), reused)

@@ -9,6 +9,8 @@ additions are ignored (they are < 1% here). Everything is per image and per netw
 
 where ``uem_evals`` is the number of uncertainty heads the call ran (k + 1 under the
 threshold rule, as the last block has no exit test; 0 at full depth and for static exits).
+A block whose output a call takes from the reuse cache (``libs/exits/reuse.py``) is not
+computed and costs nothing (``call(..., reused=...)``).
 
 Each network describes its own pieces (``flops()`` of the backbone contract,
 ``libs/models/backbone.py``) with the helpers below; the accounting never re-derives a network
@@ -47,6 +49,12 @@ class NetworkFlops:
         n = len(exit_blocks)
         total = sum(cum[int(k) + 1] for k in exit_blocks) + self.uem_head * float(sum(int(u) for u in uem_evals))
         return self.embed + self.output_head + total / max(n, 1)
+
+    def call(self, exit_block: int, uem_evals: int = 0, reused: Sequence[int] = ()) -> float:
+        """One call exiting after ``exit_block``, ``uem_evals`` heads run, the blocks ``reused``
+        taken from the cache."""
+        computed = sum(b for j, b in enumerate(self.blocks[: exit_block + 1]) if j not in set(reused))
+        return self.embed + computed + self.uem_head * uem_evals + self.output_head
 
 
 # ----------------------------------------------------------------------------- building blocks

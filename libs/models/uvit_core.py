@@ -11,7 +11,10 @@ that give the three ways to run the network:
   samples that exit leave the batch, so later blocks run only on the remaining rows (the loop,
   with its batch-of-one fast path, is ``libs.models.exit_loop``);
 * ``forward_all_exits``: every block's prediction through the shared head and every block's
-  certainty map, for the AdaDiff training objective.
+  certainty map, for the AdaDiff training objective;
+* with a reuse cache (``libs/exits/reuse.py``), DeepCache on the long skips: a span
+  (k, num_blocks - k) is reused as the tokens that left it, the k in-blocks and their
+  out-blocks run with fresh skips.
 
 Parameter names and shapes follow the released U-ViT (Bao et al., "All are Worth Words: A ViT
 Backbone for Diffusion Models", CVPR 2023; github.com/baofff/U-ViT) exactly, so that official
@@ -343,6 +346,25 @@ class UViTBackbone(ExitBackbone):
 
     def exit_patience(self, i):
         return self.in_block_patience if i < self.depth // 2 else 1
+
+    # Reuse (DeepCache on the long skips): a span must pair its in-blocks with its out-blocks,
+    # (k, num_blocks - k), so that the skips it pushes are the ones it pops; the cache keeps the
+    # tokens leaving it (those entering the out-block paired with in-block k-1, which then takes
+    # its fresh skip).
+    reuse_reads_input = False
+
+    def reuse_problem(self, span):
+        s, e = span
+        if 0 <= s <= self.depth // 2 and e == self.num_blocks - s:
+            return None
+        return (f"U-ViT reuses only spans that pair in-blocks with their out-blocks through the long skips, "
+                f"blocks k..{self.num_blocks - 1}-k; got {s}..{e - 1}")
+
+    def cache_value(self, span, h_in, h_out):
+        return h_out
+
+    def reuse_value(self, span, h_in, cached):
+        return cached
 
     def flops(self) -> NetworkFlops:
         """Per-image FLOPs of the pieces (counted on the modules themselves)."""

@@ -143,7 +143,7 @@ def test_eval_errors(trained, tmp_path):
     assert r.returncode != 0 and "shape mismatch" in r.stderr
 
 
-def _sweep(trained_digits, tmp_path, **sample):
+def _sweep(trained_digits, tmp_path, policies="0.5,profile:0.5", **sample):
     from accelerate import Accelerator
 
     from libs.evaluation.engine import evaluate
@@ -152,7 +152,7 @@ def _sweep(trained_digits, tmp_path, **sample):
     net, config = trained_digits
     config.sample.update(n_samples=6, mini_batch_size=6, calib_samples=6, grid_size=4, fid_stat="",
                          algorithm="unipc", **sample)
-    return evaluate(net, PixelTask(config, load_data=False), config, "0.5,profile:0.5", Accelerator(cpu=True),
+    return evaluate(net, PixelTask(config, load_data=False), config, policies, Accelerator(cpu=True),
                     tmp_path, progress=False)
 
 
@@ -183,3 +183,25 @@ def test_compute_budget_end_to_end(trained_digits, tmp_path):
     assert picked["proxy"] == min(c["proxy"] for c in eligible)
     assert [(r.sample_steps, r.policy) for r in rows] == [(4, "full"), (picked["sample_steps"], picked["policy"])]
     assert "compute budget 0.5: chose" in (tmp_path / "b" / "report.txt").read_text()
+
+
+def test_reuse_rules_run_in_the_step_count_sweep_and_the_budget(trained_digits, tmp_path):
+    """deepcache, phase and plan (libs/exits/reuse.py) at every step count of a sweep, with their
+    reused blocks, cache memory and per-step blocks in the report, and as budget candidates."""
+    import json
+
+    reuse = "deepcache:2:1,phase:0.5:threshold:0.5+deepcache:2:1,plan:0.8"
+    rows = _sweep(trained_digits, tmp_path, policies=reuse, sample_steps="2,4")
+    by = {(r.sample_steps, r.policy): r for r in rows}
+    dc = by[(4, "deepcache:2:1")]  # 3 blocks: calls 1 and 3 reuse the mid block
+    assert dc.blocks_reused == pytest.approx(0.5) and dc.mean_blocks == pytest.approx(2.5)
+    assert dc.blocks_computed_per_step == [3, 2, 3, 2] and dc.blocks_reused_per_step == [0, 1, 0, 1]
+    assert dc.gflops_per_image < by[(4, "full")].gflops_per_image and dc.cache_kib_per_image > 0
+    plan = by[(4, "plan:0.8")]
+    assert plan.compute_ratio <= 0.8 * 1.0 + 1e-9 and "per call:" in plan.calibration
+    assert by[(2, "phase:0.5:threshold:0.5+deepcache:2:1")].calibration == "rule B from call 2 of 2"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert all("blocks_reused" in r for r in report)
+    rows = _sweep(trained_digits, tmp_path / "b", policies=reuse, sample_steps="2,4", compute_budget=0.6)
+    choice = json.loads((tmp_path / "b" / "budget.json").read_text())
+    assert {c["policy"] for c in choice["candidates"]} >= {"deepcache:2:1", "plan:0.8"}

@@ -2,7 +2,8 @@
 tests/models/test_backbone_contract.py runs the backbone contract on a second backbone:
 ``decide_one`` decides as ``decide``; a static exit, where the rule has one, is the truncated
 forward and runs no head; the argument range is checked in one place and refused in one line;
-the spelling reads back, ``parse_policy(str(p)) == p``. A new rule adds one subclass here."""
+the spelling reads back, ``parse_policy(str(p)) == p``; a sampling run through the recorder gives
+each row what it gets alone, reuse and exits included. A new rule adds one subclass here."""
 import math
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
                               float32, parse_policy)
+from libs.exits.recorder import ExitRecorder
+from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit
 from tests.helpers.tiny_uvit import tiny
 
 NUM_BLOCKS = 7  # blocks 0..6; the last has no exit test
@@ -32,6 +35,10 @@ class PolicyContract:
     def make(self) -> ExitPolicy:
         """A runnable policy (calibrated, where the rule needs calibration)."""
         raise NotImplementedError
+
+    def build(self, value) -> ExitPolicy:
+        """The rule from one of ``good`` / ``bad`` (rules of several arguments take a tuple)."""
+        return self.rule(*value) if isinstance(value, tuple) else self.rule(value)
 
     def certainties(self):
         """Mean certainties the decision tests draw from: near the rule's threshold, if any."""
@@ -98,12 +105,12 @@ class PolicyContract:
     def test_arguments_are_checked_in_one_place(self):
         for v in self.good:
             assert self.rule.argument_problem(v) is None, v
-            self.rule(v)
+            self.build(v)
         for v in self.bad:
             problem = self.rule.argument_problem(v)
             assert problem is not None and "\n" not in problem, v
             with pytest.raises(ExitPolicyError) as e:
-                self.rule(v)
+                self.build(v)
             assert str(e.value).startswith(f"exit policy '{self.rule.family}:") and str(e.value).endswith(problem)
 
     def test_check_against_the_network(self):
@@ -117,11 +124,34 @@ class PolicyContract:
 
     # ------------------------------------------------------------------ spelling
     def test_spelling_round_trip(self):
-        policies = [self.make()] + [self.rule(v) for v in self.good]
+        policies = [self.make()] + [self.build(v) for v in self.good]
         for p in policies:
             assert str(p) == p.spec and ":" not in p.slug and parse_policy(str(p)) == p, p
             assert p.family == self.rule.family or p is FULL
             assert parse_policy(p.spec.upper()) == p  # families are case-insensitive
+
+    # ------------------------------------------------------------------ a sampling run
+    def test_a_run_gives_each_row_what_it_gets_alone(self):
+        """Three calls through the recorder (a new reuse cache per run): every row of a batch of
+        4 gets, at every call, what it gets in a run of its own, and the accounting agrees."""
+        net, policy = tiny(num_classes=5, sharp=True), self.make()
+        x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+
+        def run(rows):
+            rec = ExitRecorder(net.num_blocks)
+            rec.start_run()
+            fn = rec.wrap(net, policy)
+            with torch.no_grad():
+                return [fn(x[rows], torch.full((len(rows),), 800.0 - 300 * c), y[rows]) for c in range(3)], rec
+
+        batch, rec = run([0, 1, 2, 3])
+        alone = [run([r]) for r in range(4)]
+        for c in range(3):
+            for r in range(4):
+                torch.testing.assert_close(batch[c][r], alone[r][0][c][0], atol=1e-6, rtol=1e-6)
+        assert torch.equal(rec.counts, sum(a[1].counts for a in alone))
+        assert torch.equal(rec.reused, sum(a[1].reused for a in alone))
+        assert (rec.reused.sum() > 0) == policy.reuses
 
 
 class TestThreshold(PolicyContract):
@@ -188,3 +218,56 @@ class TestFull(PolicyContract):
         for text in ("full", "none", "inf", "1", "threshold:1", "budget:1"):
             assert parse_policy(text) is FULL
         assert FULL.static_exit(NUM_BLOCKS) == NUM_BLOCKS - 1 and FULL.effective_threshold() == 1.0
+
+
+class TestDeepCache(PolicyContract):
+    rule = DeepCache
+    good = ((1, 1), (2, 1), (3, 2), (2, 3))
+    bad = ((0, 1), (2, 0), (2.5, 1), (2, math.nan))
+
+    def make(self):
+        return DeepCache(2, 1)
+
+    def test_reuses_between_full_calls(self):
+        p = DeepCache(3, 2)
+        assert [c.spec for c in map(p.for_call, range(5))] == ["full", "reuse:2", "reuse:2", "full", "reuse:2"]
+        assert p.cache_spans(7) == ((2, 5),) and p.for_call(1).reuse_span(7) == (2, 5)
+        with pytest.raises(ExitPolicyError, match="choose k <= 3"):
+            DeepCache(2, 4).check(NUM_BLOCKS)
+
+
+class TestPhase(PolicyContract):
+    rule = PhaseSplit
+    good = ((0.4, ThresholdExit(0.9), DeepCache(2, 1)), (0.0, FULL, StaticExit(3)), (1.0, DeepCache(2, 1), FULL))
+    bad = ((1.5, FULL, FULL), (-0.1, FULL, FULL), (0.5, ProfileExit(0.5), FULL), (0.5, FULL, BudgetExit(0.5)))
+    needs_heads = True
+
+    def make(self):
+        return PhaseSplit(0.4, ThresholdExit(0.6), DeepCache(2, 1), switch=1, calls=3)
+
+    def test_switches_after_the_calibrated_calls(self):
+        p = PhaseSplit(0.4, ThresholdExit(0.6), DeepCache(2, 1))
+        with pytest.raises(ExitPolicyError, match="not calibrated"):
+            p.for_call(0)
+        cal = p.calibrate(lambda rule: {"exit_block_per_step": [0.0] * 15})
+        assert (cal.switch, cal.calls) == (6, 15) and cal == p  # round(0.4 x 15): the first 6 calls
+        assert [c.spec for c in map(cal.for_call, (0, 5, 6, 7, 8))] == ["threshold:0.6"] * 2 + ["full", "reuse:1",
+                                                                                              "full"]
+        with pytest.raises(ExitPolicyError, match="calibrated for 15 network calls"):
+            cal.for_call(15)
+
+
+class TestPlan(PolicyContract):
+    rule = ComputePlan
+    good = (0.05, 0.5, 1.0)
+    bad = (0.0, -0.5, 1.5, math.nan)
+
+    def make(self):
+        return ComputePlan(0.6, ["full", "reuse:1", "static:3"], proxy=0.1, achieved=0.6)
+
+    def test_runs_its_actions(self):
+        p = self.make()
+        assert [c.spec for c in map(p.for_call, range(3))] == ["full", "reuse:1", "static:3"]
+        assert p.cache_spans(7) == ((1, 6),) and "per call: full reuse:1 static:3" in p.calibration()
+        with pytest.raises(ExitPolicyError, match="not calibrated"):
+            ComputePlan(0.6).for_call(0)

@@ -111,3 +111,31 @@ def test_reduce_sums_over_processes():
     single = type("One", (), {"num_processes": 1})()
     rec.reduce(single)  # one process: nothing to sum
     assert rec.counts.tolist() == [[2, 0, 2], [0, 2, 0]]
+
+
+def test_reused_blocks_are_counted_and_not_charged():
+    """Rows that took a span from the cache: the one-row host path and the tensor path count
+    the same; blocks computed, blocks reused, their per-step means and GFLOPs follow."""
+    mixed, tensors = ExitRecorder(num_blocks=5), ExitRecorder(num_blocks=5)
+    calls = [([4, 4], [False, False], None), ([4, 4], [True, False], (1, 4)), ([4], [True], (2, 3))]
+    for rec in (mixed, tensors):
+        rec.start_run()
+    for exits, reused, span in calls:
+        tensors.record(torch.tensor(exits), torch.tensor([0] * len(exits)), torch.tensor(reused), span)
+        if len(exits) == 1:
+            mixed.record_one(exits[0], 0, reused[0], span)
+        else:
+            mixed.record(torch.tensor(exits), torch.tensor([0] * len(exits)), torch.tensor(reused), span)
+    assert torch.equal(mixed.reused, tensors.reused)
+    assert tensors.reused.tolist() == [[0] * 5, [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]]
+    s = tensors.summary(FLOPS_5, num_images=2)
+    assert s["blocks_reused"] == pytest.approx(4 / 5) and s["mean_blocks"] == pytest.approx(5 - 4 / 5)
+    assert s["blocks_reused_per_step"] == pytest.approx([0, 1.5, 1]) and \
+        s["blocks_computed_per_step"] == pytest.approx([5, 3.5, 4])
+    # 5 rows at full depth (1 + 15 + 2 each) less the reused blocks 2 + 3 + 4 and 3
+    assert s["gflops_per_image"] * 2e9 == pytest.approx(5 * 18 - 9 - 3)
+    assert s["gflops_per_image"] * 2e9 == pytest.approx(
+        3 * FLOPS_5.full + FLOPS_5.call(4, reused=(1, 2, 3)) + FLOPS_5.call(4, reused=(2,)))
+    plain = ExitRecorder(num_blocks=5)
+    plain.record(torch.tensor([4]))
+    assert plain.summary(FLOPS_5, 1)["blocks_reused"] == 0 and plain.reused.tolist() == [[0] * 5]

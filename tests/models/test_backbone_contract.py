@@ -1,6 +1,7 @@
 """The backbone contract (libs/models/backbone.py) on a second, toy backbone with no long skips: it
 trains a step with the AdaDiff objective, samples with early exit through the evaluation
 engine's path, and its FLOPs match PyTorch's counter. A new backbone is this one file's worth."""
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -122,3 +123,41 @@ def test_toy_backbone_flops_match_the_counter():
         out = net.forward_early_exit(x, t, exit_threshold=0.0)  # exits after block 0, one head run
         assert int(out.exit_block) == 0 and int(out.uem_evals) == 1
         assert counted(lambda: net.forward_early_exit(x, t, exit_threshold=0.0)) == f.mean_call([0], [1])
+
+
+def test_toy_backbone_reuses_through_the_contracts_default_hooks():
+    """No reuse hook written for the toy: the contract's defaults (a span's residual) give
+    DeepCache; N = 1 is full depth bit for bit, a batch equals each row alone, the accounting
+    counts the reused blocks."""
+    from libs.exits.policy import FULL
+    from libs.exits.reuse import DeepCache, ReuseCall
+    net = toy().eval()
+    x, t = torch.randn(5, 1, 4, 4), torch.rand(5) * 999
+    assert net.reuse_problem((1, 2)) is None and net.reuse_problem((2, 4)) is not None
+
+    def run(policy, rows):
+        rec = ExitRecorder(net.num_blocks)
+        rec.start_run()
+        fn = rec.wrap(net, policy)
+        with torch.no_grad():
+            return [fn(x[rows], t[rows] * (1 - 0.3 * c)) for c in range(3)], rec
+
+    full, _ = run(FULL, list(range(5)))
+    same, _ = run(DeepCache(1, 1), list(range(5)))
+    assert all(torch.equal(a, b) for a, b in zip(full, same))
+    got, rec = run(DeepCache(2, 1), list(range(5)))
+    for r in range(5):
+        alone, _ = run(DeepCache(2, 1), [r])
+        for c in range(3):
+            torch.testing.assert_close(got[c][r:r + 1], alone[c], atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # the reused call: blocks 0 and 2 run, block 1's residual from call 0
+        h0, _ = net.embed(x, t, None)
+        h0 = net.run_block(0, h0, None)
+        res = net.run_block(1, h0, None) - h0
+        h, _ = net.embed(x, t * 0.7, None)
+        h = net.run_block(0, h, None)
+        torch.testing.assert_close(got[1], net.output_head(net.run_block(2, h + res, None)), atol=1e-6, rtol=1e-6)
+    assert rec.reused.tolist() == [[0, 0, 0], [0, 5, 0], [0, 0, 0]]
+    s = rec.summary(net.flops(), 5)
+    assert s["blocks_reused"] == pytest.approx(1 / 3) and s["mean_blocks"] == pytest.approx(8 / 3)
+    assert isinstance(ReuseCall(1).reuse_span(3), tuple)

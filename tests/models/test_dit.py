@@ -319,3 +319,47 @@ def test_training_resumes_exactly_with_learned_sigma(tmp_path):
             torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
     a = torch.load(tmp_path / "a/ckpts/4.ckpt/nnet.pth", weights_only=True)["final_layer.linear.weight"]
     assert torch.equal(a.reshape(2, 2, 2, 32)[:, :, 1], torch.zeros(2, 2, 32))  # sigma rows: zero init, no gradient
+
+
+# ------------------------------------------------------------------ reuse (libs/exits/reuse.py)
+def test_reuse_takes_a_spans_residual_and_each_sample_alone_agrees():
+    """DeepCache on the DiT: the reused span's residual on the patch tokens, added to the call's
+    own input (row 0, c, stays the call's own); N = 1 is full depth bit for bit; a batch with
+    reuse equals each sample alone; FLOPs are the blocks computed."""
+    from libs.exits.policy import FULL
+    from libs.exits.reuse import DeepCache, ReuseCache, ReuseCall
+    net = randomise(tiny(learn_sigma=False))
+    x, t, y = inputs(4)
+    t1 = t * 0.9
+    f = net.flops()
+    with torch.no_grad():
+        cache = ReuseCache([(1, 3)])
+        full0 = net.forward_early_exit(x, t, y, exit_policy=FULL, reuse_cache=cache).sample
+        assert torch.equal(full0, net(x, t, y))
+        assert cache.bytes_per_row() == net.num_patches * net.hidden_size * 4
+        got = net.forward_early_exit(x, t1, y, exit_policy=ReuseCall(1), reuse_cache=cache)
+        h, _ = net.embed(x, t, y)
+        h_in = net.run_block(0, h, None)
+        residual = net.run_block(2, net.run_block(1, h_in, None), None)[:, 1:] - h_in[:, 1:]
+        h, _ = net.embed(x, t1, y)
+        h = net.run_block(0, h, None)
+        h = net.run_block(3, torch.cat([h[:, :1], h[:, 1:] + residual], dim=1), None)
+        torch.testing.assert_close(got.sample, net.output_head(h), atol=1e-6, rtol=1e-6)
+        assert got.reused.tolist() == [True] * 4
+        rec = ExitRecorder(net.num_blocks)
+        for policy in (DeepCache(1, 1), DeepCache(2, 1)):
+            outs = []
+            for rows in ([0, 1, 2, 3], [0], [1], [2], [3]):
+                rec.start_run()
+                fn = rec.wrap(net, policy)
+                outs.append([fn(x[rows], t[rows] * (1 - 0.2 * c), y[rows]) for c in range(3)])
+            for r in range(4):
+                for c in range(3):
+                    torch.testing.assert_close(outs[0][c][r:r + 1], outs[1 + r][c], atol=1e-6, rtol=1e-6)
+            if policy.every == 1:
+                assert all(torch.equal(outs[0][c], net(x, t * (1 - 0.2 * c), y)) for c in range(3))
+        one = x[:1], t[:1], y[:1]
+        cache = ReuseCache([(1, 3)])
+        net.forward_early_exit(*one, exit_policy=FULL, reuse_cache=cache)
+        assert counted(lambda: net.forward_early_exit(*one, exit_policy=ReuseCall(1), reuse_cache=cache)) == \
+            pytest.approx(f.call(3, reused=(1, 2)), rel=1e-9)

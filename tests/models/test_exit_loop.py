@@ -273,3 +273,152 @@ def test_threshold_is_compared_strictly_and_validated():
         for bad in (-0.1, float("nan")):
             with pytest.raises(ValueError, match=r"exit policy 'threshold:(-0.1|nan)': the threshold is out of range"):
                 net(x, t, exit_threshold=bad)
+
+
+# ------------------------------------------------------------------ reuse (libs/exits/reuse.py)
+from libs.exits.policy import FULL, StaticExit  # noqa: E402
+from libs.exits.recorder import ExitRecorder  # noqa: E402
+from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit, ReuseCache, ReuseCall  # noqa: E402
+
+
+def sampling_calls(net, policy, x, y, calls=4, recorder=None):
+    """``calls`` network calls of one sampling run through the recorder (a new cache)."""
+    rec = recorder or ExitRecorder(net.num_blocks)
+    rec.start_run()
+    fn = rec.wrap(net, policy)
+    with torch.no_grad():
+        return [fn(x, torch.full((x.shape[0],), 900.0 - 150 * c), y) for c in range(calls)], rec
+
+
+def _inputs(B=6):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(B, 3, 8, 8, generator=g), torch.randint(0, 5, (B,), generator=g)
+
+
+@pytest.mark.parametrize("B", [1, 6])
+def test_deepcache_every_call_is_full_depth_bit_for_bit(B):
+    """N = 1: every call computes (and caches) every block: the outputs are full depth's."""
+    net, (x, y) = tiny(num_classes=5, sharp=True), _inputs(B)
+    full, _ = sampling_calls(net, FULL, x, y)
+    for k in (1, 2):
+        got, rec = sampling_calls(net, DeepCache(1, k), x, y)
+        assert all(torch.equal(a, b) for a, b in zip(full, got)) and int(rec.reused.sum()) == 0
+
+
+def test_a_rule_that_never_reuses_equals_the_rules_it_wraps_bit_for_bit():
+    net, (x, y) = tiny(num_classes=5, sharp=True), _inputs()
+    tau = 0.5
+    phase = PhaseSplit(0.5, ThresholdExit(tau), DeepCache(1, 1), switch=2, calls=4)
+    got, rec = sampling_calls(net, phase, x, y)
+    alone_t, rec_t = sampling_calls(net, ThresholdExit(tau), x, y, calls=2)
+    full, _ = sampling_calls(net, FULL, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(got, alone_t + full[2:]))
+    assert torch.equal(rec.counts[:2], rec_t.counts) and int(rec.reused.sum()) == 0
+    assert 0 < int(rec.counts[:2, :-1].sum())  # rows did exit early in the threshold phase
+
+
+def test_deepcache_reuses_the_span_with_fresh_skips():
+    """A reusing call equals the network run with the cached tokens standing in for the span."""
+    net, (x, y) = tiny(num_classes=5), _inputs()
+    got, rec = sampling_calls(net, DeepCache(2, 1), x, y, calls=2)
+    t0, t1 = torch.full((6,), 900.0), torch.full((6,), 750.0)
+    with torch.no_grad():
+        h, carry = net.embed(x, t0, y)
+        for i in range(4):
+            h = net.run_block(i, h, carry)
+        cached = h  # tokens entering the out-block paired with in-block 0 (block 4 of 0..4)
+        h, carry = net.embed(x, t1, y)
+        h = net.run_block(0, h, carry)
+        carry.skips = carry.skips[:1]
+        want = net.output_head(net.out_blocks[-1](cached, carry.skips.pop()))
+    torch.testing.assert_close(got[1], want, atol=0, rtol=0)
+    assert rec.reused[1].tolist() == [0, 6, 6, 6, 0] and rec.reused[0].sum() == 0
+
+
+class Sequence_(ComputePlan):
+    """A plan of any per-call policies (threshold rules and reuse calls mixed), for the tests."""
+
+    def __init__(self, actions):
+        super().__init__(1.0, actions, 0.0, 1.0)
+
+
+def mixed_plan(tau):
+    # call 0: threshold (rows that exit before block 3 cache nothing); call 1: reuse, some rows
+    # without a cache compute the span; call 2: reuse depth 2 (mid block) with exits before it
+    # (compaction) and after; call 3: full
+    return Sequence_([ThresholdExit(tau), ReuseCall(1), ReuseCall(2, ThresholdExit(tau)), FULL,
+                      ReuseCall(1, ThresholdExit(tau))])
+
+
+def test_batch_equals_each_sample_alone_with_reuse_and_exits_mixed():
+    net, (x, y) = tiny(num_classes=5, sharp=True), _inputs()
+    policy = mixed_plan(0.5)
+    got, rec = sampling_calls(net, policy, x, y, calls=5)
+    for r in range(6):
+        alone, _ = sampling_calls(net, policy, x[r:r + 1], y[r:r + 1], calls=5)
+        for c in range(5):
+            torch.testing.assert_close(got[c][r:r + 1], alone[c], atol=1e-6, rtol=1e-6)
+    reused = rec.reused
+    assert 0 < int(reused[1, 1]) < 6  # call 1: some rows reused, the others computed the span
+    assert 0 < int(rec.counts[2, :2].sum()) and int(reused[2, 2]) > 0  # call 2: exits before the span, then reuse
+
+
+def test_reuse_after_compaction_takes_each_rows_own_cache():
+    """Rows exit before the span (compaction) and the rest reuse: each gets its own row of the
+    cache, as the loop's index of active rows says."""
+    net, (x, y) = tiny(num_classes=5), _inputs()
+    set_head_certainty(net, [0.9, 0.9, 0.1, 0.1, 0.1])  # threshold 0.5: rows exit after block 1 (patience 2)
+    plan = Sequence_([FULL, ReuseCall(2, ThresholdExit(0.5))])
+    t = torch.full((6,), 800.0)
+    cache = ReuseCache(plan.cache_spans(5))
+    with torch.no_grad():
+        net.forward_early_exit(x, t, y, exit_policy=FULL, reuse_cache=cache)
+        stored = cache.fetch((2, 3), None)[0].clone()
+        # the rows of a batch whose rows differ; scripted certainty: rows 1, 4 exit after block 1
+        rows = torch.tensor([False, True, False, False, True, False])
+        policy = ScriptedExit([1 if r else 4 for r in rows.tolist()], heads=False)
+        out = net.forward_early_exit(x, t, y, exit_policy=ReuseCallWith(2, policy), reuse_cache=cache)
+        assert out.exit_block.tolist() == [4, 1, 4, 4, 1, 4] and out.reused.tolist() == (~rows).tolist()
+        for r in (~rows).nonzero().flatten().tolist():  # the reuse took row r's own value
+            h, carry = net.embed(x[r:r + 1], t[r:r + 1], y[r:r + 1])
+            h = net.run_block(1, net.run_block(0, h, carry), carry)
+            h = net.run_block(4, net.run_block(3, stored[r:r + 1], carry), carry)
+            torch.testing.assert_close(out.sample[r:r + 1], net.output_head(h), atol=1e-6, rtol=1e-6)
+
+
+class ReuseCallWith(ReuseCall):
+    """A reuse call with any inner rule (the scripted one here)."""
+
+    def __init__(self, k, inner):
+        self.k, self.inner = k, inner
+
+
+def test_the_cache_never_leaks_across_runs_or_batches():
+    """A new run (wrap) starts with an empty cache: its reuse calls compute what a fresh run
+    computes, whatever the run before; a cache refuses another batch's rows."""
+    net, (x, y) = tiny(num_classes=5), _inputs()
+    plan = Sequence_([ReuseCall(1), FULL, ReuseCall(1)])
+    fresh, _ = sampling_calls(net, plan, x, y, calls=3)
+    full, _ = sampling_calls(net, FULL, x, y, calls=1)
+    assert torch.equal(fresh[0], full[0])  # nothing cached yet: the first reuse call computed the span
+    rec = ExitRecorder(net.num_blocks)
+    sampling_calls(net, plan, torch.randn(6, 3, 8, 8), y, calls=3, recorder=rec)  # another batch, same recorder
+    again, rec = sampling_calls(net, plan, x, y, calls=3, recorder=rec)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again))
+    cache = ReuseCache([(1, 4)])
+    with torch.no_grad():
+        net.forward_early_exit(x, torch.full((6,), 500.0), y, exit_policy=FULL, reuse_cache=cache)
+        with pytest.raises(ValueError, match="one sampling run of one batch"):
+            net.forward_early_exit(x[:3], torch.full((3,), 500.0), y[:3], exit_policy=ReuseCall(1), reuse_cache=cache)
+    for forward in (net.forward_early_exit, net):
+        with pytest.raises(ValueError, match="with reuse_cache="):
+            forward(x, torch.full((6,), 500.0), y, exit_policy=ReuseCall(1))
+
+
+def test_uvit_refuses_spans_that_break_the_long_skips():
+    net, (x, y) = tiny(num_classes=5), _inputs()
+    assert net.reuse_problem((1, 4)) is None and net.reuse_problem((2, 3)) is None
+    assert "long skips" in net.reuse_problem((1, 3))
+    with torch.no_grad(), pytest.raises(ValueError, match="long skips"):
+        net.forward_early_exit(x, torch.full((6,), 500.0), y, exit_policy=FULL, reuse_cache=ReuseCache([(0, 2)]))
+

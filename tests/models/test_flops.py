@@ -5,6 +5,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from libs import uvit, uvit_t2i
+from libs.exits.policy import FULL
+from libs.exits.recorder import ExitRecorder
+from libs.exits.reuse import DeepCache, ReuseCache, ReuseCall
+from tests.helpers.tiny_uvit import tiny
 
 TINY = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2)
 
@@ -59,3 +63,34 @@ def test_cifar10_s2_numbers():
     assert f.num_blocks == 13
     assert f.blocks[7] > f.blocks[0]  # out-blocks carry the skip projection
     assert 20e9 < f.full < 25e9  # U-ViT-S/2 on 32x32: ~22.9 GFLOPs (2 x MACs) per call
+
+
+def test_reuse_flops_and_cache_memory_on_the_tiny_model():
+    """A reusing call's FLOPs (PyTorch's counter) are the blocks it computes; the recorder's GFLOPs,
+    blocks and cache memory over a DeepCache run follow."""
+    net = tiny(num_classes=5)
+    x, y = torch.randn(1, 3, 8, 8), torch.tensor([2])
+    f = net.flops()
+    t = torch.full((1,), 500.0)
+    cache = ReuseCache([(1, 4)])
+
+    def counted(policy):
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+            net.forward_early_exit(x, t, y, exit_policy=policy, reuse_cache=cache)
+        return fc.get_total_flops()
+
+    with torch.no_grad():
+        assert counted(FULL) == f.full
+        assert counted(ReuseCall(1)) == f.call(4, reused=(1, 2, 3)) == f.embed + f.blocks[0] + f.blocks[4] + f.output_head
+    rec = ExitRecorder(net.num_blocks)
+    rec.start_run()
+    fn = rec.wrap(net, DeepCache(2, 1))
+    with torch.no_grad():
+        for c in range(4):
+            fn(x, torch.full((1,), 900.0 - 150 * c), y)
+    s = rec.summary(f, 1)
+    assert s["gflops_per_image"] * 1e9 == pytest.approx(2 * f.full + 2 * f.call(4, reused=(1, 2, 3)))
+    assert s["blocks_reused"] == 1.5 and s["mean_blocks"] == 3.5 and s["layer_ratio"] == 0.7
+    assert s["blocks_computed_per_step"] == [5, 2, 5, 2] and s["blocks_reused_per_step"] == [0, 3, 0, 3]
+    tokens = net.num_extras + net.num_patches
+    assert s["cache_bytes_per_image"] == tokens * net.embed_dim * 4  # one span's output tokens, float32
