@@ -156,6 +156,7 @@ def _sweep(trained_digits, tmp_path, policies="0.5,profile:0.5", **sample):
                     tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_step_count_sweep_gives_one_row_per_pair_on_the_same_images(trained_digits, tmp_path):
     import json
 
@@ -172,6 +173,7 @@ def test_step_count_sweep_gives_one_row_per_pair_on_the_same_images(trained_digi
         assert (tmp_path / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_compute_budget_end_to_end(trained_digits, tmp_path):
     import json
 
@@ -185,6 +187,7 @@ def test_compute_budget_end_to_end(trained_digits, tmp_path):
     assert "compute budget 0.5: chose" in (tmp_path / "b" / "report.txt").read_text()
 
 
+@pytest.mark.slow
 def test_reuse_rules_run_in_the_step_count_sweep_and_the_budget(trained_digits, tmp_path):
     """deepcache, phase and plan (libs/exits/reuse.py) at every step count of a sweep, with their
     reused blocks, cache memory and per-step blocks in the report, and as budget candidates."""

@@ -103,6 +103,7 @@ def test_frechet_distance_singular_covariances_are_finite():
     assert np.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_statistics_file_against_itself_is_zero(tmp_path, capsys):
     # Full-rank 2048-d statistics through the CLI (one 2048x2048 sqrtm: a few seconds).
     mu, sigma = random_stats(inc.FEATURE_DIM, np.random.default_rng(4))

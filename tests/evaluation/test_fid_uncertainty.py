@@ -1,5 +1,6 @@
 """The bootstrap FID: each resample's low-rank FID equals frechet_distance on that resample,
 and FIDAccumulator's cross-process reduction."""
+import pytest
 import numpy as np
 import torch
 
@@ -23,6 +24,7 @@ def test_bootstrap_resamples_are_exact_fids():
         assert f == np.float64(f) and abs(f - frechet_distance(*statistics_from_features(X[idx]), mu, sigma)) < 1e-8 * f
 
 
+@pytest.mark.slow
 def test_standard_error_shrinks_with_more_images():
     X, (mu, sigma) = _data(n=400)
     assert fid_standard_error(X, mu, sigma, 60) > fid_standard_error(np.concatenate([X] * 4), mu, sigma, 60) > 0

@@ -55,6 +55,7 @@ def inputs(B=4):
 
 
 # ------------------------------------------------------------------ names, loading, released forward
+@pytest.mark.slow
 def test_xl2_has_the_released_names_and_size():
     net = DiT()  # released defaults: DiT-XL/2, 256x256 (32x32 latents), learned sigma
     own = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.startswith("uem_heads.")}
@@ -219,6 +220,7 @@ def test_flops_match_the_counter(kw):
             2 * f.mean_call([2], [3]), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_xl2_flops_are_the_published_size():
     f = DiT().flops()  # DiT-XL/2 at 256: 118.6 GFLOPs in the paper's multiply-add count
     assert f.num_blocks == 28 and 2 * 117e9 < f.full < 2 * 120e9

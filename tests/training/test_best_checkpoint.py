@@ -47,6 +47,7 @@ def test_config_checks(tmp_path):
         best_checkpoint.check_selection(config)
 
 
+@pytest.mark.slow
 def test_training_selects_the_best_checkpoint_on_digits(tmp_path, monkeypatch):
     import libs.evaluation.fid
     from libs.evaluation.fid import save_statistics

@@ -37,6 +37,7 @@ def test_train_writes_run_directory_and_checkpoints(tmp_path):
     assert not [p for p in (tmp_path / "ckpts").iterdir() if p.name.startswith(".")]  # no temporaries
 
 
+@pytest.mark.slow
 def test_loss_falls(tmp_path):
     config = tiny_config(tmp_path, n_steps=120, log_interval=10, save_interval=1000, batch_size=64)
     config.loss.objective = "uvit"
