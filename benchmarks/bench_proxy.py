@@ -65,7 +65,8 @@ def candidates(args, config, net, task):
 
 
 def compare(rows, report_path, budgets):
-    report = {(r["sample_steps"], r["policy"]): r for r in json.load(open(report_path))["rows"]}
+    rows_ = json.load(open(report_path))
+    report = {(r["sample_steps"], r["policy"]): r for r in (rows_["rows"] if isinstance(rows_, dict) else rows_)}
     both = [(r, report[(r["sample_steps"], r["policy"])]) for r in rows if (r["sample_steps"], r["policy"]) in report]
     fid = [m["fid"] for _, m in both]
     ref_gflops = max(m["gflops_per_image"] for _, m in both)
