@@ -463,7 +463,7 @@ TRAIN_ROWS = [
     (TRAIN + [GW, "--config.sample.algorithm=ddim"], "config.sample.algorithm='ddim': choose one of", None),
     (TRAIN + [GW, "--config.nnet.num_heads=3"], "embed_dim=32 is not divisible by config.nnet.num_heads=3", None),
     (TRAIN + [GW, "--config.nnet.patch_size=3"], "img_size=8 is not divisible by config.nnet.patch_size=3", None),
-    (TRAIN + [GW, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of uvit, uvit_t2i", None),
+    (TRAIN + [GW, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of dit, uvit, uvit_t2i", None),
     (TRAIN + [GW, "--config.time=discrete"], "use train_discrete.py", None),
     (TRAIN + [GW, "--config.train.no_such_key=1"], "unknown config field '--config.train.no_such_key'", None),
     (TRAIN + [GW, "--config.nnet.depht=4"], "the config has no field 'depht'; did you mean 'depth'", None),
