@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import subprocess
 import sys
 import types
@@ -712,7 +713,12 @@ def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
         TINY + ["--config.sample.fid_stat=", "--config.sample.n_samples=100000", "--config.sample.mini_batch_size=2",
                 f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", f"--output_path={out}"]
     env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
-    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler: give the child the default disposition, as a terminal's foreground job has.
+    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watchdog = threading.Timer(300, p.kill)  # never hang the suite: a run that ignores SIGINT fails below
+    watchdog.start()
     try:
         for line in p.stderr:  # wait until the run is under way
             if " step 1 " in line or "evaluating" in line:
@@ -721,6 +727,7 @@ def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
         err = p.stderr.read()
         p.wait(timeout=120)
     finally:
+        watchdog.cancel()
         p.kill()
     assert p.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
