@@ -88,6 +88,13 @@ def _refuse(cls, value) -> None:
         raise ExitPolicyError(f"exit policy '{cls.family}:{_fmt(value) if _finite(value) else value}': {problem}")
 
 
+def _refuse_spelled(rule, value, text: str) -> None:
+    """Raise the rule's ``argument_problem`` for ``value`` parsed from the spelling ``text``."""
+    problem = rule.argument_problem(value)
+    if problem is not None:
+        raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+
+
 def float32(v: float) -> float:
     """``v`` rounded to float32 (what a float32 tensor compares a Python threshold against)."""
     return struct.unpack("f", struct.pack("f", v))[0]
@@ -464,9 +471,7 @@ def parse_policy(item) -> ExitPolicy:
     rule = RULES[family]
     if value == 1.0 and family in ("threshold", "budget"):
         return FULL
-    problem = rule.argument_problem(value)
-    if problem is not None:
-        raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+    _refuse_spelled(rule, value, text)
     return rule(int(value) if family == "static" else value)
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from libs.exits.policy import (FULL, ExitPolicy, ExitPolicyError, StaticExit, _finite, _fmt, _number, _refuse,
-                               parse_policy)
+                               _refuse_spelled, parse_policy)
 
 Span = Tuple[int, int]
 
@@ -208,9 +208,7 @@ class DeepCache(ExitPolicy):
         if len(parts) != 2:
             raise ExitPolicyError(f"exit policy {text!r}: {cls.argument_problem(None)}")
         value = tuple(_number(p, text) for p in parts)
-        problem = cls.argument_problem(value)
-        if problem:
-            raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+        _refuse_spelled(cls, value, text)
         return cls(*value)
 
     @property
@@ -262,9 +260,7 @@ class PhaseSplit(ExitPolicy):
         if len(parts) != 2 or not all(p.strip() for p in parts):
             raise ExitPolicyError(f"exit policy {text!r}: {cls.argument_problem(None)}")
         value = (_number(head, text), parse_policy(parts[0]), parse_policy(parts[1]))
-        problem = cls.argument_problem(value)
-        if problem:
-            raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+        _refuse_spelled(cls, value, text)
         return cls(*value)
 
     @property
@@ -337,9 +333,7 @@ class ComputePlan(ExitPolicy):
     @classmethod
     def parse(cls, arg: str, text: str) -> "ComputePlan":
         value = _number(arg, text)
-        problem = cls.argument_problem(value)
-        if problem:
-            raise ExitPolicyError(f"exit policy {text!r}: {problem}")
+        _refuse_spelled(cls, value, text)
         return cls(value)
 
     @property
