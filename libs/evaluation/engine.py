@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from libs.diffusion.registry import make_sampler, parse_step_counts  # noqa: F401 (released import path)
-from libs.evaluation.calibration import calibrate_policy, calibration_run
-from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags, proxy_distance
+from libs.evaluation.calibration import calibrate_policy, calibration_run, proxy_distance
+from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)

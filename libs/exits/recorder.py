@@ -1,13 +1,12 @@
-"""Compute accounting for early-exit sampling: a ``net_fn -> net_fn`` wrapper that runs the
-network under an exit policy and records, per sampling step, how many rows exited after each
-block and how many uncertainty heads ran.
+"""Compute accounting for early-exit sampling: per sampling step, how many rows exited after
+each block and how many uncertainty heads ran (``record_call``, from the sampling run of
+``libs/exits/sampling_run.py``; ``wrap`` makes such a run that records here).
 
 The record is a (steps, num_blocks) count matrix and a head count kept on the network's
 device (no host sync per call); from them come the mean blocks per network call, the layer
 ratio, the mean exit block per sampling step and, with ``libs.models.flops``, GFLOPs per image.
 
-Reuse (``libs/exits/reuse.py``): ``wrap`` makes a new ``ReuseCache`` for every sampling run it
-wraps (one batch), when the policy reuses; a second (steps, num_blocks) matrix counts the rows
+Reuse (``libs/exits/reuse.py``): a second (steps, num_blocks) matrix counts the rows
 whose block j was taken from the cache rather than computed. Blocks computed = blocks up to the
 exit block minus those reused: ``mean_blocks``, ``layer_ratio`` and GFLOPs count what was
 computed; ``blocks_reused`` is the mean reused per call, and ``cache_bytes_per_image`` the
@@ -19,8 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from libs.exits.policy import as_policy
-from libs.exits.reuse import ReuseCache
+from libs.exits.sampling_run import SamplingRun
 
 
 class ExitRecorder:
@@ -122,31 +120,20 @@ class ExitRecorder:
             self._reused[:steps] += add.to(self._reused.device)
             self._host_reused = {}
 
-    def wrap(self, net, exit_policy):
-        """``net_fn(x, t_net, cond) -> eps`` that exits per ``exit_policy`` and records where.
+    def record_call(self, out, span: Optional[Tuple[int, int]] = None, cache_bytes_per_row: int = 0) -> None:
+        """One network call's ``EarlyExitOutput`` (``span``: the blocks its reusing rows took
+        from the cache; ``cache_bytes_per_row``: the run's cache after the call)."""
+        one = out.one_row
+        if one is not None:
+            self.record_one(*one, reused=bool(out.reused), span=span)
+        else:
+            self.record(out.exit_block, out.uem_evals, out.reused, span)
+        self.cache_bytes_per_image = max(self.cache_bytes_per_image, cache_bytes_per_row)
 
-        The policy is asked for the rule of each network call of the run (``for_call``), so
-        per-step policies (``profile:``) apply their step's exit. A policy that reuses gets a
-        new reuse cache here: one per wrapped sampling run (one batch), never shared."""
-        policy = as_policy(exit_policy)
-        eps = getattr(net, "eps_channels", None)  # noise channels of a wider output (DiT's learned sigma)
-        N = self.num_blocks
-        cache = ReuseCache(policy.cache_spans(N)) if policy.reuses else None
-
-        def net_fn(x, t_net, cond=None):
-            call = policy.for_call(self._call)
-            out = net.forward_early_exit(x, t_net, cond, exit_policy=call, reuse_cache=cache)
-            span = call.reuse_span(N) if out.reused is not None else None
-            one = out.one_row
-            if one is not None:
-                self.record_one(*one, reused=bool(out.reused), span=span)
-            else:
-                self.record(out.exit_block, out.uem_evals, out.reused, span)
-            if cache is not None:
-                self.cache_bytes_per_image = max(self.cache_bytes_per_image, cache.bytes_per_row())
-            return out.sample if eps is None else out.sample[:, :eps]
-
-        return net_fn
+    def wrap(self, net, exit_policy) -> SamplingRun:
+        """A sampling run of ``net`` under ``exit_policy`` that records here (a new one, with a
+        new reuse cache, per run)."""
+        return SamplingRun(net, exit_policy, self)
 
     def reduce(self, accelerator) -> None:
         """Sum the counts over processes (every process must call this)."""

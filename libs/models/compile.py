@@ -21,7 +21,7 @@ recorder and the exit loop use it as they use ``net``:
             single row: sizes 0 and 1 are specialised), so at most three graphs per region
             and guard set; ``batch="bucket"`` pads the rows up to the next power of two
             instead (static graphs, log2(B) + 1 per region).
-``graphs``  for calls whose exit block is known before the call (``policy.static_exit`` is
+``graphs``  for calls whose exit block is known before the call (``Call.static_exit`` is
             not None: ``full``, ``static:K``, a ``profile:`` step), one whole-call graph
             (embedding, blocks 0..K, output head; ``fullgraph=True``) per distinct depth K and
             input shape, compiled lazily on first use and reused across calls and batches.
@@ -235,18 +235,17 @@ class _WholeCalls:
 
 def _note_fallbacks(view, stats: CompileStats, logger) -> None:
     """``view.forward_early_exit`` noting, once per policy, calls that fall back to ``blocks``."""
-    from libs.exits.policy import ExitPolicyError, as_policy
+    from libs.exits.policy import ExitPolicyError, as_call
 
     eager = type(view).forward_early_exit
 
     def forward_early_exit(x, timesteps, *args, exit_threshold=None, exit_policy=None, **kwargs):
-        policy = as_policy(exit_policy if exit_policy is not None else exit_threshold)
         try:
-            static = policy.static_exit(view.num_blocks)
+            call = as_call(exit_policy if exit_policy is not None else exit_threshold)
         except ExitPolicyError:  # not runnable as given: the eager path says why
-            static = 0
-        if static is None:
-            stats.note(f"compile graphs: {policy.spec} decides exits per sample, so it runs the compiled blocks "
+            call = None
+        if call is not None and call.static_exit(view.num_blocks) is None:
+            stats.note(f"compile graphs: {call.spec} decides exits per sample, so it runs the compiled blocks "
                        f"(whole-call graphs need the exit block before the call)", logger)
         return eager(view, x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
 

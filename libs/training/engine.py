@@ -55,7 +55,7 @@ OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_
 class TrainForward(nn.Module):
     """What the optimiser differentiates (and DDP wraps): the network's full-depth output
     (plain U-ViT objective) or every block's prediction and certainty (AdaDiff objective);
-    of a wider output (``net.eps_channels``, DiT's learned sigma) only the noise channels."""
+    of a wider output (DiT's learned sigma) only the noise channels (``net.noise_prediction``)."""
 
     def __init__(self, net: nn.Module, all_exits: bool):
         super().__init__()
@@ -63,12 +63,10 @@ class TrainForward(nn.Module):
         self.all_exits = all_exits
 
     def forward(self, x, t, cond=None):
-        n = getattr(self.net, "eps_channels", None)  # the losses see only the noise prediction
-        if self.all_exits:
+        if self.all_exits:  # the losses see only the noise prediction
             out = self.net.forward_all_exits(x, t, cond)
-            return (out.preds, out.certainties) if n is None else (out.preds[:, :, :n], out.certainties)
-        out = self.net(x, t, cond)
-        return out if n is None else out[:, :n]
+            return self.net.noise_prediction(out.preds), out.certainties
+        return self.net.noise_prediction(self.net(x, t, cond))
 
 
 @torch.no_grad()
