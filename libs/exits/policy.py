@@ -183,7 +183,7 @@ class FullDepth(ExitPolicy):
     @classmethod
     def parse(cls, arg, text):
         if arg:
-            raise ExitPolicyError(f"exit policy {text!r}: full takes no argument")
+            raise ExitPolicyError(f"unknown exit policy {text!r}: full depth takes no argument (full, none, 1.0)")
         return FULL
 
     @property
