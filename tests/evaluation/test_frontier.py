@@ -3,7 +3,6 @@ the spellings of config.sample.sample_steps."""
 import math
 
 import pytest
-import torch
 
 from libs.diffusion.registry import StepCountError, parse_step_counts, reference_steps
 from libs.evaluation.frontier import BudgetError, choose_under_budget, pareto_flags, parse_compute_budget, spearman
