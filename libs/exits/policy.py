@@ -10,7 +10,7 @@ import math
 from typing import Optional, Sequence
 
 from libs.exits.call import FULL_CALL, Call, ExitPolicyError, Threshold, finite, float32, fmt, integer  # noqa: F401
-from libs.exits.registry import (ExitPolicy, number, parse_policies, parse_policy, parse_thresholds_only,  # noqa: F401
+from libs.exits.registry import (ExitPolicy, PerCallTable, number, parse_policies, parse_policy, parse_thresholds_only,  # noqa: F401
                                  register)
 
 __all__ = ["FULL", "FullDepth", "ThresholdExit", "StaticExit", "ProfileExit", "BudgetExit", "as_policy", "as_call",
@@ -80,19 +80,18 @@ class StaticExit(ExitPolicy):
 
 
 @register
-class ProfileExit(ExitPolicy):
+class ProfileExit(PerCallTable):
     """threshold:T's mean exit block per sampling step, applied to every row as a static exit;
     ``blocks`` (one 0-based exit block per network call of a run) comes from calibration."""
 
     family = "profile"
     spelling = "profile:T     threshold:T's mean exit block per sampling step, as a per-step static exit"
-    per_call = True
 
     def __init__(self, tau: float, blocks: Optional[Sequence[int]] = None):
         self.refuse(float(tau))
         self.source = ThresholdExit(tau)
         self.blocks = tuple(int(b) for b in blocks) if blocks is not None else None
-        self._calls = None if blocks is None else tuple(Call(last=b) for b in self.blocks)
+        self.table = None if blocks is None else tuple(Call(last=b) for b in self.blocks)
 
     @classmethod
     def argument_problem(cls, tau):
@@ -106,14 +105,6 @@ class ProfileExit(ExitPolicy):
     def spec(self) -> str:
         return f"profile:{fmt(self.tau)}"
 
-    @property
-    def needs_calibration(self) -> bool:
-        return self.blocks is None
-
-    @property
-    def calls(self) -> Optional[int]:
-        return None if self.blocks is None else len(self.blocks)
-
     def calibration(self) -> str:
         return "" if self.blocks is None else "blocks per step " + " ".join(map(str, self.blocks))
 
@@ -121,8 +112,6 @@ class ProfileExit(ExitPolicy):
         if self.blocks is None:  # calibration runs threshold:T, which needs the heads
             self.source.check(num_blocks, has_heads)
 
-    def _call(self, call):
-        return self._calls[call]
 
 
 @register

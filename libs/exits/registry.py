@@ -138,6 +138,25 @@ class ExitPolicy:
         return hash((type(self).__name__, self.spec))
 
 
+class PerCallTable(ExitPolicy):
+    """A rule calibrated into one ``Call`` per network call of a run (``table``; None until
+    calibrated): ``profile:``'s static exits, ``plan:``'s actions."""
+
+    per_call = True
+    table: Optional[Tuple[Call, ...]] = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.table is None
+
+    @property
+    def calls(self) -> Optional[int]:
+        return None if self.table is None else len(self.table)
+
+    def _call(self, call):
+        return self.table[call]
+
+
 # ----------------------------------------------------------------------------- parsing
 def number(text: str, item: str) -> float:
     """``text`` as a float, or an ``ExitPolicyError`` naming the spelling ``item``."""
