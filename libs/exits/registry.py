@@ -45,9 +45,9 @@ def spellings() -> str:
 
 
 class ExitPolicy:
-    """A run-level exit rule (module docstring). Subclasses set ``family`` and ``spelling``
-    and implement ``spec`` and ``_call``; a calibrated rule also ``needs_calibration`` and,
-    once calibrated, ``calls`` (the network calls per run it was calibrated for)."""
+    """A run-level exit rule (module docstring). Subclasses set ``family`` and ``spelling``,
+    implement ``spec`` and set ``the_call`` (or implement ``_call``); a calibrated rule also
+    ``needs_calibration`` and, once calibrated, ``calls`` (the calls per run it was calibrated for)."""
 
     family = ""
     words: Tuple[str, ...] = ()
@@ -60,6 +60,8 @@ class ExitPolicy:
     per_call = False
     needs_calibration = False
     calls: Optional[int] = None
+    #: the ``Call`` of every call, for a rule that is the same at each (else ``_call`` per index)
+    the_call: Optional[Call] = None
 
     @classmethod
     def argument_problem(cls, value) -> Optional[str]:
@@ -123,7 +125,7 @@ class ExitPolicy:
         return self._call(call)
 
     def _call(self, call: int) -> Call:
-        raise NotImplementedError
+        return self.the_call
 
     def __str__(self):
         return self.spec
