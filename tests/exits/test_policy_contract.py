@@ -14,6 +14,7 @@ from libs.exits.call import Call, Threshold, float32
 from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, FullDepth, ProfileExit, StaticExit,
                               ThresholdExit, parse_policy)
 from libs.exits.recorder import ExitRecorder
+from libs.exits.sampling_run import SamplingRun
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit
 from tests.helpers.tiny_uvit import tiny
 
@@ -144,7 +145,7 @@ class PolicyContract:
         def run(rows):
             rec = ExitRecorder(net.num_blocks)
             rec.start_run()
-            fn = rec.wrap(net, policy)
+            fn = SamplingRun(net, policy, rec)
             with torch.no_grad():
                 return [fn(x[rows], torch.full((len(rows),), 800.0 - 300 * c), y[rows]) for c in range(3)], rec
 
