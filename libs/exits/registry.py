@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
-from libs.exits.call import Call, ExitPolicyError, finite, fmt
+from libs.exits.call import Call, ExitPolicyError, finite, fmt, headless
 
 #: family -> rule class; word (``full``, ``none``) -> rule class
 RULES: Dict[str, type] = {}
@@ -107,8 +107,7 @@ class ExitPolicy:
     def check(self, num_blocks: int, has_heads: bool = True) -> None:
         """Refuse what cannot run on a network of ``num_blocks`` blocks (with or without heads)."""
         if self.uses_heads and not has_heads:
-            raise ExitPolicyError(f"exit policy {self.spec} needs trained uncertainty heads, but the weights are "
-                                  f"plain U-ViT; use static:K or full, or fine-tune with train.py first")
+            raise headless(self.spec)
 
     def cache_spans(self, num_blocks: int) -> Tuple[Tuple[int, int], ...]:
         """The spans ``(start, stop)`` a sampling run keeps in its reuse cache; () if none."""
