@@ -73,8 +73,8 @@ def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] =
     N = net.num_blocks
     last, span = call.last_block(N), call.reuse_span(N)
     starts, ends = _stored_spans(cache, last, span)
-    rows = (_OneRow if (h.shape[0] == 1 if one_row is None else one_row) else _Rows)(net, h, carry, call.rule,
-                                                                                      cache)
+    one = h.shape[0] == 1 if one_row is None else one_row
+    rows = (_OneRow if one else _Rows)(net, h, carry, call.rule, cache)
     i = 0
     while True:
         if span is not None and i == span[0]:
