@@ -20,8 +20,7 @@ prints per (mode, policy):
 Policies that need calibration (``profile:``) are calibrated once, eagerly, on
 ``--calib_images`` images. ``--nnet_path`` loads weights (the trained digits heads), else the
 weights are random with the heads' weights scaled by ``--random_heads`` so that exits vary.
-Modes: ``eager``, ``blocks``, ``graphs``, and ``blocks-bucket`` / ``graphs-bucket`` (batch
-compaction through padded power-of-two buckets instead of a dynamic batch dimension).
+Modes: ``eager``, ``blocks``, ``graphs`` (``libs/models/compile.py``).
 
     python benchmarks/bench_compile.py --threads 1                     # digits, trained heads
     python benchmarks/bench_compile.py --config cifar10_uvit_small --steps 10 --batch_sizes 1,16 \\
@@ -99,9 +98,8 @@ def measure(config, net, task, args):
     modes = args.modes.split(",")
     views = {}
     for m in modes:
-        base, _, batch = m.partition("-")
-        views[m] = net if base == "eager" else compile_network(
-            net, base, compile_mode=args.compile_mode if base == "graphs" else None, batch=batch or "dynamic")
+        views[m] = net if m == "eager" else compile_network(
+            net, m, compile_mode=args.compile_mode if m == "graphs" else None)
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         runs = args.batch1_runs if bs == 1 else 1
