@@ -58,8 +58,9 @@ MODES = ("none", "blocks", "graphs")
 #: three small ops and one host read cost less than entering a compiled graph, on the digits
 #: model on one CPU thread).
 HEAD_METHODS = ("mean_certainty",)
-#: the backbone methods that reach compiled code; their calls that made graphs are compile time
-TIMED = ("embed", "run_block", "output_head", "mean_certainty")
+#: the backbone methods that reach compiled code (``mean_certainty_one``: a time-aware head's
+#: compiled ``forward``); their calls that made graphs are compile time
+TIMED = ("embed", "run_block", "output_head", "mean_certainty", "mean_certainty_one")
 
 log = logging.getLogger(__name__)
 
