@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from libs.cli.entry import define_flags, run
+from libs.cli.flags import define_flags, run
 
 FLAGS = define_flags("eval")
 flags.DEFINE_string("input_path", None, "Prompts file, one prompt per line.")
@@ -22,14 +22,14 @@ flags.mark_flags_as_required(["input_path"])
 
 
 def main(argv):
-    from libs.cli.config_check import check_config
-    from libs.cli.entry import check_time, resolve_eval_config
+    from libs.cli.config_check import check_config, check_script
+    from libs.cli.flags import resolve_eval_config
     from libs.exits.policy import parse_policies
     from libs.run.lock import RunLock
     from libs.run.output_guard import check_output_file
 
     config = resolve_eval_config(FLAGS)
-    check_time(config, "sample_t2i_discrete.py", "discrete")
+    check_script(config, "sample_t2i_discrete.py")
     check_config(config, "eval")
     policies = parse_policies(str(config.sample.exit_policy))
     if len(policies) != 1:
@@ -52,7 +52,7 @@ def sample(config, policies, prompts, out: Path) -> None:
 
     import torch
 
-    from libs.cli.entry import load_net_for_sampling
+    from libs.cli.evaluate import load_net_for_sampling
     from libs.evaluation.engine import calibrate_policy, generate
     from libs.evaluation.image_io import images_to_uint8, save_png
     from libs.exits.recorder import ExitRecorder

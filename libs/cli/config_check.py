@@ -17,6 +17,13 @@ from numbers import Real
 LR_SCHEDULERS = ("customized",)  # linear warmup, then constant (U-ViT's schedule)
 
 
+# (mode, time) -> the scripts that run such configs: train, eval, sample (see ``config_mode``)
+SCRIPTS = {("pixel", "continuous"): ("train.py", "eval.py"),
+           ("latent", "continuous"): ("train_ldm.py", "eval_ldm.py"),
+           ("latent", "discrete"): ("train_ldm_discrete.py", "eval_ldm_discrete.py"),
+           ("text", "discrete"): ("train_t2i_discrete.py", "eval_t2i_discrete.py", "sample_t2i_discrete.py")}
+
+
 class ConfigError(ValueError):
     """The config has values the code would refuse, misread or silently ignore."""
 
@@ -141,6 +148,56 @@ def _check_train(c: _Checker):
     c.number("loss.uem_coef", 0)
     c.number("loss.layer_coef", 0)
     c.number("loss.p_uncond", 0, 1, high_open=True)
+
+
+def config_mode(config) -> str:
+    """'text' (prompts: config.clip), 'latent' (an autoencoder: config.autoencoder) or 'pixel'."""
+    if "clip" in config or config.get("nnet", {}).get("name") == "uvit_t2i":
+        return "text"
+    return "latent" if "autoencoder" in config else "pixel"
+
+
+def check_script(config, script: str) -> None:
+    """The script must be the one for the config's mode and time (``SCRIPTS``): ``eval_ldm.py``
+    with a pixel config, ``train.py`` with ``config.time='discrete'``, ... are refused naming the
+    script to use."""
+    mode, time = config_mode(config), config.get("time", "continuous")
+    scripts = SCRIPTS.get((mode, time))
+    if scripts is None:
+        times = [t for m, t in SCRIPTS if m == mode]
+        raise ValueError(f"no script runs {mode}-space models with config.time={time!r}: set config.time to "
+                         f"{' or '.join(repr(t) for t in times)}")
+    if script in scripts:
+        return
+    job = script.split("_")[0].split(".")[0]  # train, eval or sample
+    fits = [s for s in scripts if s.startswith(job)] or list(scripts)
+    raise ValueError(f"{script} does not run this config ({mode}-space model, config.time={time!r}): "
+                     f"use {' or '.join(fits)}")
+
+
+def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
+    """Before any work: every sample count that feeds an FID is at least 2 (a covariance needs
+    two images) and, with ``statistics``, the FID reference statistics a run will use are
+    readable and valid (``libs.evaluation.fid.load_statistics``; an evaluation leaves that to
+    ``evaluate``, which loads them once, before it samples)."""
+    from libs.evaluation.fid import load_statistics
+
+    sc, tc = config.sample, config.train
+    if not sc.get("fid_stat"):
+        return
+    counts = {}
+    if kind == "eval" or tc.get("eval_interval"):
+        counts["config.sample.n_samples"] = sc.n_samples
+    if kind == "train" and tc.get("select_best_by_fid"):
+        counts["config.train.select_best_n_samples"] = tc.get("select_best_n_samples")
+    if kind == "train" and not counts:
+        return
+    for field, n in counts.items():
+        if isinstance(n, int) and n < 2:
+            raise ValueError(f"{field}={n}: an FID needs at least 2 samples (the covariance of their features): "
+                             f"set {field} >= 2, or --config.sample.fid_stat= for no FID")
+    if statistics:
+        load_statistics(sc.fid_stat)
 
 
 def check_config(config, kind: str) -> None:

@@ -13,16 +13,22 @@ on stderr and exits with ``EXIT_USER_ERROR``. Ctrl-C (``KeyboardInterrupt``) pri
 
 and exits with ``EXIT_INTERRUPTED`` (130, as a shell reports SIGINT); the code it interrupts
 cleans up on the way out (staged outputs are removed, locks released by their ``with``).
+Inside ``stop_signals()`` (which ``guarded`` enters) SIGTERM and SIGHUP (what a scheduler, ``timeout`` and the
+distributed launchers send) are turned into the same interruption (``Stopped``): one line
+naming the signal, the same clean-up, status 128 + signal number; a repeat of the signal
+during the clean-up is ignored so that the clean-up finishes.
 Anything else is a bug and keeps its traceback. ``ADADIFF_DEBUG=1`` in the environment
 shows the traceback of user errors and interruptions too.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import signal
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 DEBUG_ENV = "ADADIFF_DEBUG"
 EXIT_USER_ERROR = 2
@@ -83,12 +89,50 @@ def report(prog: str, exc: BaseException) -> Optional[str]:
     return line
 
 
-def report_interrupt(prog: str) -> None:
-    """Print the one line of a Ctrl-C and exit with ``EXIT_INTERRUPTED``."""
-    print(f"{prog}: interrupted (Ctrl-C): stopped; nothing half-written was kept and locks are released. "
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program was when the signal came (like Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Stopped`` (once: a repeat while the
+    program cleans up is ignored); the previous handlers come back on the way out. Outside
+    the main thread (where Python cannot set handlers) it does nothing."""
+    stopping = []  # the signals already received (this block's own)
+
+    def handler(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def report_interrupt(prog: str, exc: Optional[BaseException] = None) -> None:
+    """Print the one line of a Ctrl-C (or of a ``Stopped`` signal) and exit with status 128 +
+    the signal number (``EXIT_INTERRUPTED`` for Ctrl-C)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{prog}: {what}: stopped; nothing half-written was kept and locks are released. "
           f"Run the command again to start over (a training run resumes from its last checkpoint)",
           file=sys.stderr, flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(128 + int(signum))
 
 
 def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
@@ -100,15 +144,16 @@ def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with stop_signals():
+                return main(*args, **kwargs)
         except USER_ERRORS as exc:
             if debug_enabled():
                 raise
             report(name, exc)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP under stop_signals()
             if debug_enabled():
                 raise
-            report_interrupt(name)
+            report_interrupt(name, exc)
 
     return run

@@ -180,7 +180,7 @@ def test_config_json_is_written_only_after_the_weights_load(run_copy):
 
 
 def _eval(config, out, nnet, exit_threshold="0.5", **flags):
-    from libs.cli.entry import eval_main
+    from libs.cli.evaluate import eval_main
 
     class Flags(types.SimpleNamespace):
         def __getattr__(self, name):  # flags this test does not set
@@ -195,7 +195,7 @@ def _eval(config, out, nnet, exit_threshold="0.5", **flags):
 
 
 def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypatch):
-    import libs.evaluation.engine as engine
+    import libs.cli.evaluate as engine  # where eval_main finds evaluate
 
     def config():
         c = tiny(tmp_path)
@@ -248,7 +248,7 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
 
 
 def test_weights_are_checked_against_their_checkpoint_config(good_run, tmp_path):
-    from libs.cli.entry import ConfigMismatchError
+    from libs.cli.evaluate import ConfigMismatchError
 
     config = tiny(tmp_path)
     config.sample.update(n_samples=2, mini_batch_size=2, sample_steps=2, grid_size=2, fid_stat="")
