@@ -14,6 +14,7 @@ from libs.evaluation.report import format_table
 from libs.models.registry import load_nnet
 from libs.run.atomic import publish_folder
 from libs.run.config_io import config_to_json, load_config_json, nnet_differences
+from libs.run.distributed import process_group_kwargs
 from libs.run.lock import RunLock
 from libs.run.log import setup_logger
 from libs.run.manifest import verify_files
@@ -32,7 +33,7 @@ def eval_main(flags_obj, make_task, script: str):
     check_fid_inputs(config, "eval", statistics=False)
     inputs = [config.nnet_path] + ([config.sample.fid_stat] if config.sample.get("fid_stat") else [])
     out = check_report_folder(config.output_path, "--output_path", inputs)
-    accelerator = Accelerator()
+    accelerator = Accelerator(kwargs_handlers=process_group_kwargs())
     with RunLock(out, enabled=accelerator.is_main_process, flag="--output_path") as lock:
         return _evaluate_into(out, lock, config, policies, accelerator, make_task,
                               bool(flags_obj.allow_config_mismatch))

@@ -3,7 +3,8 @@
 A *user error* is something the person running the command can fix: a bad flag or config
 value (``ValueError``), a missing or unreadable file, a folder that is not writable, a full
 disk (``OSError``), a diverged run (``FloatingPointError``), a workdir in use
-(``UserError``). ``guarded(main)`` prints it as
+(``UserError``); and, in a multi-process run, another process that died or stalled (the
+collective's backend error, described by ``libs/run/distributed.py``). ``guarded(main)`` prints it as
 
     train.py: error: <problem and fix>
 
@@ -29,6 +30,8 @@ import os
 import signal
 import sys
 from typing import Callable, Iterator, Optional
+
+from libs.run.distributed import collective_failure
 
 DEBUG_ENV = "ADADIFF_DEBUG"
 EXIT_USER_ERROR = 2
@@ -68,7 +71,11 @@ def one_line(text: str) -> str:
 
 
 def describe(exc: BaseException) -> Optional[str]:
-    """The one-line message of a user error, or None when ``exc`` is not one (a bug)."""
+    """The one-line message of a user error or of a lost process (another process of the
+    run died or stalled, ``libs/run/distributed.py``), or None when ``exc`` is neither (a bug)."""
+    lost = collective_failure(exc)
+    if lost is not None:
+        return lost
     if not isinstance(exc, USER_ERRORS):
         return None
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
@@ -129,6 +136,8 @@ def report_interrupt(prog: str, exc: Optional[BaseException] = None) -> None:
     the signal number (``EXIT_INTERRUPTED`` for Ctrl-C)."""
     signum = getattr(exc, "signum", signal.SIGINT)
     what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if signum == signal.SIGTERM and os.environ.get("TORCHELASTIC_RUN_ID"):  # a worker of accelerate launch / torchrun
+        what += " (from the launcher: another process of this run ended first; its message says why)"
     print(f"{prog}: {what}: stopped; nothing half-written was kept and locks are released. "
           f"Run the command again to start over (a training run resumes from its last checkpoint)",
           file=sys.stderr, flush=True)
@@ -146,8 +155,8 @@ def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
         try:
             with stop_signals():
                 return main(*args, **kwargs)
-        except USER_ERRORS as exc:
-            if debug_enabled():
+        except Exception as exc:  # noqa: BLE001 - user errors and lost processes in one line, bugs re-raised
+            if debug_enabled() or describe(exc) is None:
                 raise
             report(name, exc)
             sys.exit(EXIT_USER_ERROR)

@@ -42,6 +42,7 @@ from libs.models.registry import build_nnet
 from libs.run.atomic import atomic_write_text
 from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_checkpoint, save_checkpoint
 from libs.run.config_io import config_to_json
+from libs.run.distributed import process_group_kwargs
 from libs.run.lock import LauncherWatch, RunLock
 from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
@@ -203,7 +204,8 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     """The accelerator, the checks that need it, the logger and the workdir (main process);
     returns the run and whether a checkpoint to resume from exists."""
     tc = config.train
-    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir))
+    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir),
+                              kwargs_handlers=process_group_kwargs())
     world, device = accelerator.num_processes, accelerator.device
     if tc.batch_size % world:
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "

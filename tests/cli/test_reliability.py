@@ -733,3 +733,96 @@ def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
     assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
     assert not (out / "run.lock").exists() and not (out / ".eval.tmp").exists()
     assert not [q for q in out.rglob("*") if q.name.endswith((".tmp", ".old"))]
+
+
+# ----------------------------------------------------------------------------- several processes (gloo, CPU)
+def _launch(script, args, timeout_s="30"):
+    """``accelerate launch`` of 2 CPU processes, with the project's collective timeout."""
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", ADADIFF_COLLECTIVE_TIMEOUT=timeout_s)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _finish(p, limit=300):
+    """Wait for the launcher, killing it (and failing) past ``limit`` seconds."""
+    try:
+        out, err = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"the launch hung for over {limit} s: {err[-2000:]}")
+    return p.returncode, out, err
+
+
+@pytest.mark.slow
+def test_two_processes_with_an_empty_shard_finish(good_run, tmp_path):
+    """16 samples in one batch of 16 on 2 processes (one gets no batch): the evaluation ends,
+    counting 16 images; periodic evaluation in training (2 samples) ends and saves."""
+    nnet = good_run / "ckpts/2.ckpt/nnet_ema.pth"
+    args = TINY + [f"--nnet_path={nnet}", "--exit_threshold=0.5", "--config.sample.fid_stat=",
+                   "--config.sample.n_samples=16", "--config.sample.mini_batch_size=16",
+                   "--config.sample.sample_steps=2"]
+    code, _, err = _finish(_launch("eval.py", args + [f"--output_path={tmp_path / 'eval'}"]))
+    assert code == 0, err[-3000:]
+    one = subprocess.run([sys.executable, "eval.py", *args, f"--output_path={tmp_path / 'one'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    keys = ("policy", "n_images", "mean_blocks", "layer_ratio", "gflops_per_image", "exit_block_per_step")
+    two, one = (json.loads((tmp_path / f"{d}/report.json").read_text()) for d in ("eval", "one"))
+    assert [[r[k] for k in keys] for r in two] == [[r[k] for k in keys] for r in one]  # same counts as 1 process
+    code, _, err = _finish(_launch("train.py", TRAIN + [f"--workdir={tmp_path / 'train'}", "--config.train.n_steps=1",
+                                                        "--config.train.eval_interval=1", "--config.sample.fid_stat=",
+                                                        "--config.sample.n_samples=2",
+                                                        "--config.sample.mini_batch_size=2",
+                                                        "--config.sample.sample_steps=2"]))
+    assert code == 0, err[-3000:]
+    assert list_checkpoints(tmp_path / "train/ckpts")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
+def test_a_stalled_or_killed_worker_ends_the_run_in_one_line(good_run, tmp_path, fault):
+    """A worker stopped (SIGSTOP) or killed mid-evaluation: the other process stops within the
+    collective timeout (5 s here) with one line naming what happened, no backend traceback."""
+    import psutil
+
+    p = _launch("eval.py", TINY + [f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", "--exit_threshold=0.5",
+                                   "--config.sample.fid_stat=", "--config.sample.n_samples=400",
+                                   "--config.sample.mini_batch_size=2", "--config.sample.sample_steps=2",
+                                   f"--output_path={tmp_path / 'eval'}"], timeout_s="5")
+    workers = []
+    try:
+        for line in p.stderr:  # the main process logs this once every process is set up
+            if "evaluating" in line:
+                break
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True) if "eval.py" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        victim = max(workers, key=lambda w: w.pid)
+        victim.send_signal(getattr(signal, fault))
+        deadline = threading.Timer(120, p.kill)
+        deadline.start()
+        err = ""
+        for line in p.stderr:
+            err += line
+            if line.startswith("eval.py: "):  # the survivor has spoken: end the stopped worker now
+                victim.kill()
+        deadline.cancel()
+        p.wait(timeout=60)
+    finally:
+        for w in workers:
+            try:
+                w.send_signal(signal.SIGCONT)
+                w.kill()
+            except psutil.NoSuchProcess:
+                pass
+        p.kill()
+    said = [line for line in err.splitlines() if line.startswith("eval.py: ")]
+    assert len(said) == 1, err[-3000:]
+    if fault == "SIGSTOP":
+        assert said[0].startswith("eval.py: error: process 0 of 2: process 1 stopped answering (no reply within 5 s")
+    else:  # the launcher stops the survivor, or the survivor finds the connection closed first
+        assert "stopped by SIGTERM (from the launcher" in said[0] or "lost process 1" in said[0], said
+    assert "gloo" not in err.lower() and "DistBackendError" not in err, err[-3000:]
+    assert not (tmp_path / "eval/run.lock").exists() and not (tmp_path / "eval/.eval.tmp").exists()
