@@ -25,7 +25,8 @@ from ml_collections import config_flags
 
 from libs.exits.policy import SPELLING, parse_thresholds_only
 from libs.run.config_io import default_workdir, set_from_flags
-from libs.run.errors import EXIT_USER_ERROR, debug_enabled, guarded, one_line, report_interrupt
+from libs.run.errors import (EXIT_USER_ERROR, debug_enabled, guarded, one_line, report_interrupt,
+                             stop_signals)
 
 # help text: from the spelling registry at merge
 EXIT_POLICY_HELP = f"Exit policy or comma-separated sweep: {SPELLING} (config.sample.exit_policy)."
@@ -128,7 +129,8 @@ def run(main, argv=None):
     """``app.run(main)`` for every top-level script: user errors in one line; Ctrl-C, SIGTERM and
     SIGHUP as one line and status 128 + signal (libs/run/errors.py)."""
     try:
-        app.run(guarded(main), argv=argv, flags_parser=parse_flags)
+        with stop_signals():
+            app.run(guarded(main), argv=argv, flags_parser=parse_flags)
     except KeyboardInterrupt as exc:  # while the flags and the config file load
         if debug_enabled():
             raise

@@ -704,33 +704,41 @@ def test_real_cli_exit_status_and_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+STOPS = [("train.py", "SIGINT", 0.0), ("eval.py", "SIGINT", 0.0), ("train.py", "SIGTERM", 0.0),
+         ("eval.py", "SIGTERM", 0.0), ("eval.py", "SIGTERM", 0.7), ("eval.py", "SIGTERM", 2.0),
+         ("eval.py", "SIGHUP", 0.0), ("eval.py", "SIGHUP", 1.2)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
-    """SIGINT mid-run: one line, status 130, no traceback, lock released, nothing staged left."""
+@pytest.mark.parametrize("script,name,delay", STOPS)
+def test_real_signal_stops_cleanly(good_run, tmp_path, script, name, delay):
+    """Ctrl-C, SIGTERM or SIGHUP at several moments of a run (``delay`` seconds after it is
+    under way): one line, status 128 + signal, no traceback, lock released, nothing staged left."""
     out = tmp_path / "out"
     args = TRAIN + [f"--workdir={out}", "--config.train.n_steps=100000"] if script == "train.py" else \
         TINY + ["--config.sample.fid_stat=", "--config.sample.n_samples=100000", "--config.sample.mini_batch_size=2",
                 f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", f"--output_path={out}"]
     env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    signum = getattr(signal, name)
     # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
     # handler: give the child the default disposition, as a terminal's foreground job has.
     p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    watchdog = threading.Timer(300, p.kill)  # never hang the suite: a run that ignores SIGINT fails below
+    watchdog = threading.Timer(300, p.kill)  # never hang the suite: a run that ignores the signal fails below
     watchdog.start()
     try:
         for line in p.stderr:  # wait until the run is under way
             if " step 1 " in line or "evaluating" in line:
                 break
-        p.send_signal(signal.SIGINT)
+        threading.Timer(delay, p.send_signal, (signum,)).start() if delay else p.send_signal(signum)
         err = p.stderr.read()
         p.wait(timeout=120)
     finally:
         watchdog.cancel()
         p.kill()
-    assert p.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
+    what = "interrupted (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
+    assert p.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err and err.count(f"{script}: {what}") == 1, err[-2000:]
     assert not (out / "run.lock").exists() and not (out / ".eval.tmp").exists()
     assert not [q for q in out.rglob("*") if q.name.endswith((".tmp", ".old"))]
 
