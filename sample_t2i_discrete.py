@@ -7,9 +7,11 @@ Flags mirror config fields: --nnet_path (config.nnet_path), --exit_policy or --e
 (config.sample.exit_policy, one policy; profile: and budget: calibrate on the first
 config.sample.calib_samples prompts), --output_path (config.output_path); --input_path
 is the prompts file (one prompt per line, blank lines skipped). Images are written as
-<output_path>/<line index>.png with prompts.txt beside them; the CLIP text encoder is
+<output_path>/<line index>.png with prompts.txt beside them, published when all are done: the
+folder then holds this run's files only (a folder holding other files is refused); the CLIP text encoder is
 config.clip.version (a local folder or a cached model name).
 """
+import shutil
 from pathlib import Path
 
 from absl import flags
@@ -25,8 +27,9 @@ def main(argv):
     from libs.cli.config_check import check_config, check_script
     from libs.cli.flags import resolve_eval_config
     from libs.exits.policy import parse_policies
+    from libs.run.atomic import publish_folder
     from libs.run.lock import RunLock
-    from libs.run.output_guard import check_output_file
+    from libs.run.output_guard import check_report_folder, is_sample_file
 
     config = resolve_eval_config(FLAGS)
     check_script(config, "sample_t2i_discrete.py")
@@ -38,16 +41,23 @@ def main(argv):
     prompts = [line.strip() for line in Path(FLAGS.input_path).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{FLAGS.input_path} holds no prompts (one per line)")
-    out = Path(config.output_path)
     inputs = [FLAGS.input_path] + ([config.nnet_path] if config.nnet_path else [])
-    check_output_file(out / "prompts.txt", "--output_path", inputs)
+    out = check_report_folder(config.output_path, "--output_path", inputs, owned=is_sample_file,
+                              kind="sampling run")  # a folder of this command's files only
     with RunLock(out, flag="--output_path"):
-        sample(config, policies, prompts, out)
+        staging = out / ".sample.tmp"  # published (stale images of a longer earlier run removed) when complete
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            summary = sample(config, policies, prompts, staging)
+            publish_folder(staging, out, "prompts.txt", "\n".join(prompts) + "\n", keep=("run.lock", "log.txt"))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        print(f"wrote {len(prompts)} images to {out} ({summary})")
 
 
-def sample(config, policies, prompts, out: Path) -> None:
+def sample(config, policies, prompts, out: Path) -> str:
     """Encode the prompts, load the network (``load_net_for_sampling``), calibrate the policy
-    and write ``out/<i>.png`` and ``out/prompts.txt``."""
+    and write ``out/<i>.png``; returns what the images cost, in words."""
     import logging
 
     import torch
@@ -73,7 +83,7 @@ def sample(config, policies, prompts, out: Path) -> None:
     task = PromptTask(config, contexts, empty)
     net.to(device).eval()
     policy = calibrate_policy(kept[0], net, task, config, device)
-    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
     recorder = ExitRecorder(net.num_blocks, device)
     bs = int(config.sample.mini_batch_size)
     with torch.no_grad():
@@ -84,8 +94,8 @@ def sample(config, policies, prompts, out: Path) -> None:
             for i, im in zip(idx, images):
                 save_png(im, out / f"{i}.png")
     summary = recorder.summary(net.flops(), len(prompts))
-    print(f"wrote {len(prompts)} images to {out} ({policy.spec}: {summary['mean_blocks']:.2f} of "
-          f"{net.num_blocks} blocks per call, {summary['gflops_per_image']:.4g} GFLOPs per image)")
+    return (f"{policy.spec}: {summary['mean_blocks']:.2f} of {net.num_blocks} blocks per call, "
+            f"{summary['gflops_per_image']:.4g} GFLOPs per image")
 
 
 if __name__ == "__main__":

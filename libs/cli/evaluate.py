@@ -18,7 +18,7 @@ from libs.run.distributed import process_group_kwargs
 from libs.run.lock import RunLock
 from libs.run.log import setup_logger
 from libs.run.manifest import verify_files
-from libs.run.output_guard import check_report_folder, folder_kind
+from libs.run.output_guard import check_report_folder, check_sample_tree, folder_kind
 
 
 def eval_main(flags_obj, make_task, script: str):
@@ -33,6 +33,8 @@ def eval_main(flags_obj, make_task, script: str):
     check_fid_inputs(config, "eval", statistics=False)
     inputs = [config.nnet_path] + ([config.sample.fid_stat] if config.sample.get("fid_stat") else [])
     out = check_report_folder(config.output_path, "--output_path", inputs)
+    if config.sample.get("path"):
+        check_sample_tree(config.sample.path, "--config.sample.path")
     accelerator = Accelerator(kwargs_handlers=process_group_kwargs())
     with RunLock(out, enabled=accelerator.is_main_process, flag="--output_path") as lock:
         return _evaluate_into(out, lock, config, policies, accelerator, make_task,

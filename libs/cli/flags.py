@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from libs.exits.policy import SPELLING, parse_thresholds_only
-from libs.run.config_io import default_workdir, set_from_flags
+from libs.run.config_io import default_workdir, resolve_input_links, set_from_flags
 from libs.run.errors import (EXIT_USER_ERROR, debug_enabled, guarded, one_line, report_interrupt,
                              stop_signals)
 
@@ -138,11 +138,13 @@ def run(main, argv=None):
 
 
 def apply_flags(flags_obj, fields):
-    """Set the config fields that flags mirror; default workdir/<config name>."""
+    """Set the config fields that flags mirror; default workdir/<config name>; input files
+    reached through links replaced by their real paths (``resolve_input_links``)."""
     config = flags_obj.config
     set_from_flags(config, fields)
     if not config.get("workdir"):
         set_from_flags(config, {"workdir": default_workdir(flags_obj["config"].config_filename)})
+    resolve_input_links(config)
     return config
 
 

@@ -35,6 +35,7 @@ from libs.evaluation.sampling import generate, initial_noise, sampler_generator 
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.models.compile import compile_network, compile_seconds
+from libs.run.output_guard import fresh_sample_tree
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,10 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
                    mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
                    multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache())
+    if sc.get("path"):  # this run's PNGs only (libs/run/output_guard.py), emptied before any process writes
+        if accelerator.is_main_process:
+            fresh_sample_tree(sc.path, "--config.sample.path")
+        accelerator.wait_for_everyone()
     ctx.ref = load_statistics(sc.fid_stat) if sc.get("fid_stat") else None
     if ctx.ref is not None:
         from libs.evaluation.inception import load_inception

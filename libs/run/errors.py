@@ -54,6 +54,8 @@ _OS_HINTS = {
     errno.ENOTDIR: "a file is in the way of a folder: move it or choose another --workdir / --output_path",
     errno.EISDIR: "this is a folder, a file was expected: check the path",
     errno.ENOENT: "no such file or folder: check the path",
+    errno.ELOOP: "a run never writes through a link it did not make: remove the link or choose another "
+                 "--workdir / --output_path",
 }
 
 

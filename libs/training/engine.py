@@ -44,6 +44,7 @@ from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_c
 from libs.run.config_io import config_to_json
 from libs.run.distributed import process_group_kwargs
 from libs.run.lock import LauncherWatch, RunLock
+from libs.run.output_guard import check_output_folder
 from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
 from libs.run.seeds import Stream, mix_seed
@@ -93,6 +94,7 @@ def train(config, task) -> Path:
     entry scripts run it before building the task); the main process holds
     ``<workdir>/run.lock`` throughout."""
     is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
+    check_output_folder(config.workdir, "--workdir", workdir=True)  # not a checkpoint, nor inside one
     with RunLock(config.workdir, enabled=is_main) as lock:
         return _train(config, task, lock)
 
