@@ -62,8 +62,8 @@ def sample(config, policies, prompts, out: Path) -> str:
 
     import torch
 
-    from libs.cli.evaluate import load_net_for_sampling
-    from libs.evaluation.engine import calibrate_policy, generate
+    from libs.cli.evaluate import load_net_for_sampling, probe_outputs
+    from libs.evaluation.engine import calibrate_policy, check_finite_images, generate
     from libs.evaluation.image_io import images_to_uint8, save_png
     from libs.exits.recorder import ExitRecorder
     from libs.models.clip import FrozenCLIPEmbedder
@@ -82,6 +82,7 @@ def sample(config, policies, prompts, out: Path) -> str:
     del clip
     task = PromptTask(config, contexts, empty)
     net.to(device).eval()
+    probe_outputs(net, task, config, device)
     policy = calibrate_policy(kept[0], net, task, config, device)
     out.mkdir(parents=True, exist_ok=True)
     recorder = ExitRecorder(net.num_blocks, device)
@@ -89,8 +90,9 @@ def sample(config, policies, prompts, out: Path) -> str:
     with torch.no_grad():
         for b, s in enumerate(range(0, len(prompts), bs)):
             idx = list(range(s, min(s + bs, len(prompts))))
-            images = images_to_uint8(generate(net, task, config.sample, idx, policy, recorder, config.seed, b,
-                                              device))
+            images = generate(net, task, config.sample, idx, policy, recorder, config.seed, b, device)
+            check_finite_images(images, f"{policy.spec}, prompts {idx[0]}..{idx[-1]}", config.sample)
+            images = images_to_uint8(images)
             for i, im in zip(idx, images):
                 save_png(im, out / f"{i}.png")
     summary = recorder.summary(net.flops(), len(prompts))

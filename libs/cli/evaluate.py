@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from libs.cli.config_check import check_config, check_fid_inputs, check_script
 from libs.cli.flags import resolve_eval_config
 from libs.evaluation.engine import evaluate, sweep_policies
 from libs.evaluation.report import format_table
+from libs.evaluation.sampling import initial_noise
 from libs.models.registry import load_nnet
 from libs.run.atomic import publish_folder
 from libs.run.config_io import config_to_json, load_config_json, nnet_differences
@@ -51,6 +53,7 @@ def _evaluate_into(out, lock, config, policies, accelerator, make_task, allow_co
     task = make_task(config)
     net, policies = load_net_for_sampling(config, policies, logger, allow_config_mismatch)
     net.to(accelerator.device).eval()
+    probe_outputs(net, task, config, accelerator.device)
     staging = out / ".eval.tmp"  # the new report gathers here; published beside its config.json when complete
     if is_main:
         shutil.rmtree(staging, ignore_errors=True)
@@ -92,6 +95,23 @@ def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool 
                            "static:K and full depth run", config.nnet_path, ", ".join(skipped))
         policies = [p for p in policies if p.spec not in skipped]
     return net, policies
+
+
+@torch.no_grad()
+def probe_outputs(net, task, config, device) -> None:
+    """One call on the first image's noise at mid time before any sampling: every block's
+    prediction and certainty must be finite. Weights that overflow (NaN certainties would make
+    a threshold rule never exit, without a word) are refused here, naming the blocks."""
+    x = initial_noise(task, [0], config.seed, device)  # (1, C, H, W)
+    t = torch.full((1,), 0.5 * task.time_scale, device=device)
+    out = net.forward_all_exits(x, t, task.conditions([0], device))  # (N, 1, ...) each
+    for name, values in (("predictions", out.preds), ("certainties", out.certainties)):
+        bad = [i for i, v in enumerate(values) if not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(
+                f"the weights {config.nnet_path} give non-finite {name} at block(s) {', '.join(map(str, bad))} on a "
+                f"probe input: they overflow (values too large for the network's arithmetic) and would sample NaN or "
+                f"never exit; use other weights (an earlier checkpoint)")
 
 
 class ConfigMismatchError(ValueError):

@@ -58,6 +58,17 @@ def sample_grid(net, task, config, path, exit_policy="full", device=None) -> Non
     save_grid(images, Path(path))
 
 
+def check_finite_images(images: torch.Tensor, where: str, sample_cfg) -> None:
+    """Refuse a batch holding NaN/inf where it was sampled: such images would be scored as
+    black or white pictures and give an FID that looks like a number."""
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)  # (B,)
+    if bad.any():
+        raise FloatingPointError(
+            f"sampling under {where} gave non-finite images ({int(bad.sum())} of {len(bad)}): nothing was scored. "
+            f"The network's outputs overflow: lower config.sample.scale (now {sample_cfg.get('scale', 0)}) or check "
+            f"the weights for huge values")
+
+
 def sweep_policies(value) -> List[ExitPolicy]:
     """The policies of a sweep: full depth first (the speedup baseline), then as given."""
     policies = parse_policies(value)
@@ -190,6 +201,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
             images = generate(ctx.net, ctx.task, sc, idx, policy, recorder, ctx.config.seed, b, device, steps=steps)
         _sync(device)
         seconds += time.perf_counter() - t0
+        check_finite_images(images, f"{policy.spec} at {steps} steps, batch {b}", sc)  # never scored
         u8 = images_to_uint8(images)  # (B, C, H, W)
         if fid_acc is not None:
             fid_acc.update(u8)
