@@ -24,6 +24,22 @@ SCRIPTS = {("pixel", "continuous"): ("train.py", "eval.py"),
            ("text", "discrete"): ("train_t2i_discrete.py", "eval_t2i_discrete.py", "sample_t2i_discrete.py")}
 
 
+# Counts the code allocates or loops over, bounded so that a typo gives this one line instead
+# of an OverflowError or MemoryError deep inside: field -> (largest value, why).
+COUNT_LIMITS = {
+    "seed": (2 ** 63 - 1, "a 64-bit seed"),
+    "sample.sample_steps": (100_000, "a sampler step count; the time grid is allocated"),
+    "sample.n_samples": (10_000_000, "images to sample; FID uses 50,000"),
+    "sample.mini_batch_size": (1_000_000, "images per batch"),
+    "sample.grid_size": (10_000, "images in one grid PNG"),
+    "sample.calib_samples": (1_000_000, "calibration images"),
+    "train.n_steps": (10 ** 10, "optimisation steps"),
+    "train.batch_size": (10_000_000, "images per step"),
+    "train.select_best_n_samples": (10_000_000, "images per FID of a checkpoint"),
+    "train.num_workers": (1024, "data loader processes"),
+}
+
+
 class ConfigError(ValueError):
     """The config has values the code would refuse, misread or silently ignore."""
 
@@ -54,11 +70,15 @@ class _Checker:
             self._bad(dotted, value, f"choose one of {', '.join(map(str, choices))}")
 
     def integer(self, dotted, low, what=""):
+        """An integer >= ``low`` and, when ``COUNT_LIMITS`` bounds the field, <= its limit."""
         value = _get(self.config, dotted)
         if value is _MISSING:
             return
+        high, why = COUNT_LIMITS.get(dotted, (None, ""))
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             self._bad(dotted, value, f"must be an integer >= {low}{what}")
+        elif high is not None and value > high:
+            self._bad(dotted, value, f"must be at most {high:,} ({why})")
 
     def number(self, dotted, low, high=math.inf, low_open=False, high_open=False, what=""):
         value = _get(self.config, dotted)
@@ -102,6 +122,11 @@ def _check_sample(c: _Checker):
 
     c.choice("sample.algorithm", SAMPLERS)
     c.parsed("sample.sample_steps", parse_step_counts)  # one count or a comma-separated list
+    steps = _get(c.config, "sample.sample_steps")
+    if steps is not _MISSING and not c.problems:
+        high, why = COUNT_LIMITS["sample.sample_steps"]
+        c.ensure(max(parse_step_counts(steps)) <= high,
+                 f"config.sample.sample_steps={steps!r}: every count must be at most {high:,} ({why})")
     c.parsed("sample.compute_budget", parse_compute_budget)
     c.integer("sample.n_samples", 1)
     c.integer("sample.mini_batch_size", 1)
