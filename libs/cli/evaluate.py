@@ -16,7 +16,7 @@ from libs.evaluation.sampling import initial_noise
 from libs.models.registry import load_nnet
 from libs.run.atomic import publish_folder
 from libs.run.config_io import config_to_json, load_config_json, nnet_differences
-from libs.run.distributed import process_group_kwargs
+from libs.run.distributed import check_launch, precision_note, precision_used, process_group_kwargs
 from libs.run.lock import RunLock
 from libs.run.log import setup_logger
 from libs.run.manifest import verify_files
@@ -38,6 +38,7 @@ def eval_main(flags_obj, make_task, script: str):
     if config.sample.get("path"):
         check_sample_tree(config.sample.path, "--config.sample.path")
     accelerator = Accelerator(kwargs_handlers=process_group_kwargs())
+    check_launch(accelerator)  # processes that did not join would each write the whole report here
     with RunLock(out, enabled=accelerator.is_main_process, flag="--output_path") as lock:
         return _evaluate_into(out, lock, config, policies, accelerator, make_task,
                               bool(flags_obj.allow_config_mismatch))
@@ -57,8 +58,11 @@ def _evaluate_into(out, lock, config, policies, accelerator, make_task, allow_co
     staging = out / ".eval.tmp"  # the new report gathers here; published beside its config.json when complete
     if is_main:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("evaluating %s under exit policies %s, %d samples, %d process(es)", config.nnet_path,
-                ", ".join(p.spec for p in policies), config.sample.n_samples, accelerator.num_processes)
+    logger.info("evaluating %s under exit policies %s, %d samples, %d process(es), precision %s", config.nnet_path,
+                ", ".join(p.spec for p in policies), config.sample.n_samples, accelerator.num_processes,
+                precision_used(accelerator))
+    if precision_note(accelerator):
+        logger.warning("%s", precision_note(accelerator))
     try:
         results = evaluate(net, task, config, policies, accelerator, staging, logger)
         if is_main:

@@ -35,6 +35,7 @@ from libs.evaluation.sampling import generate, initial_noise, sampler_generator 
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.models.compile import compile_network, compile_seconds
+from libs.run.distributed import run_record
 from libs.run.output_guard import fresh_sample_tree
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
                        cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
                        blocks_computed_per_step=summary["blocks_computed_per_step"],
                        blocks_reused_per_step=summary["blocks_reused_per_step"],
-                       compile_seconds=compile_s)
+                       compile_seconds=compile_s, **run_record(acc_))
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")
         if ctx.logger:

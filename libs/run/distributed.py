@@ -14,6 +14,12 @@ Every collective of a run waits at most ``collective_timeout()`` seconds
 because another process died (its connection closed) or stalled (no answer within the
 timeout) is described in one line by ``collective_failure`` (``libs/run/errors.py`` prints
 it instead of the backend's traceback), naming this process and the one it lost.
+
+What a run records of its processes (``run_record``: the precision really used, which is
+fp32 where fp16 was asked for on a CPU, and the process count) goes into the log, each
+checkpoint's ``run.json`` and the evaluation report; a resume that changes it is warned of
+(``record_change``). ``check_launch`` refuses processes that a launcher started but that did
+not join into one run.
 """
 from __future__ import annotations
 
@@ -132,3 +138,43 @@ def _others(rank: int, world: int) -> str:
     if len(rest) == 1:
         return f"process {rest[0]}"
     return f"one of processes {', '.join(map(str, rest))}"
+
+
+def precision_used(accelerator) -> str:
+    """The arithmetic the run really computes in: 'fp16' or 'bf16' when accelerate's autocast
+    is on, else 'fp32' (fp16 asked for on a CPU runs in fp32: accelerate turns it off there)."""
+    asked = str(getattr(accelerator, "mixed_precision", "no") or "no")
+    return asked if asked != "no" and getattr(accelerator, "native_amp", False) else "fp32"
+
+
+def precision_note(accelerator) -> Optional[str]:
+    """The warning for a precision asked for but not used (None when they agree)."""
+    asked, used = str(getattr(accelerator, "mixed_precision", "no") or "no"), precision_used(accelerator)
+    if asked in ("no", used):
+        return None
+    return (f"mixed precision {asked} is not available on {accelerator.device.type}: this run computes in {used} "
+            f"(recorded as {used})")
+
+
+def run_record(accelerator) -> dict:
+    """What a checkpoint and a report record of the processes: the precision used and their number."""
+    return {"precision": precision_used(accelerator), "processes": _world(accelerator)}
+
+
+def check_launch(accelerator) -> None:
+    """Refuse processes that a launcher started as one run (``WORLD_SIZE`` > 1) but that did not
+    join into one (``accelerate launch --multi_gpu`` on a CPU without ACCELERATE_USE_CPU=1):
+    each would run the whole job into the same folder."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and _world(accelerator) == 1:
+        raise ValueError(f"launched as {world} processes (WORLD_SIZE={world}) that did not join into one run, so "
+                         f"each would run the whole job into the same folder: on a CPU, set ACCELERATE_USE_CPU=1 "
+                         f"(ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {world} ...), or "
+                         f"launch one process")
+
+
+def record_change(saved: dict, now: dict) -> Optional[str]:
+    """How this run's ``run_record`` differs from the one a checkpoint saved (None if alike)."""
+    diffs = [f"{k} {saved.get(k)} -> {now[k]}" for k in ("precision", "processes")
+             if k in saved and saved.get(k) != now[k]]
+    return "; ".join(diffs) or None

@@ -834,3 +834,51 @@ def test_a_stalled_or_killed_worker_ends_the_run_in_one_line(good_run, tmp_path,
         assert "stopped by SIGTERM (from the launcher" in said[0] or "lost process 1" in said[0], said
     assert "gloo" not in err.lower() and "DistBackendError" not in err, err[-3000:]
     assert not (tmp_path / "eval/run.lock").exists() and not (tmp_path / "eval/.eval.tmp").exists()
+
+
+@pytest.mark.slow
+def test_precision_and_process_count_are_recorded_and_a_changed_resume_warns(tmp_path):
+    """fp16 asked for on a CPU: the log says it runs in fp32 and the checkpoint records fp32;
+    resuming in bf16 warns that the result differs from an uninterrupted run's; the eval report
+    records the precision and the process count."""
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    work = tmp_path / "run"
+
+    def train_in(precision, n_steps):
+        r = subprocess.run([sys.executable, "train.py", *TRAIN, f"--workdir={work}", f"--config.train.n_steps={n_steps}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**env, "ACCELERATE_MIXED_PRECISION": precision})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stderr
+
+    err = train_in("fp16", 2)
+    assert "mixed precision fp16 is not available on cpu: this run computes in fp32" in err
+    assert "1 process(es) on cpu, precision fp32" in err
+    assert json.loads((work / "ckpts/2.ckpt/run.json").read_text()) == {"precision": "fp32", "processes": 1}
+    err = train_in("bf16", 3)
+    assert "with precision fp32 -> bf16: the result will differ from an uninterrupted run's" in err
+    assert json.loads((work / "ckpts/3.ckpt/run.json").read_text()) == {"precision": "bf16", "processes": 1}
+    r = subprocess.run([sys.executable, "eval.py", *TINY, f"--nnet_path={work / 'ckpts/3.ckpt/nnet_ema.pth'}",
+                        "--config.sample.fid_stat=", "--config.sample.n_samples=2", "--config.sample.mini_batch_size=2",
+                        "--config.sample.sample_steps=2", f"--output_path={tmp_path / 'eval'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**env, "ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "eval/report.json").read_text())
+    assert {(row["precision"], row["processes"]) for row in rows} == {("bf16", 1)}
+    assert "1 process(es), precision bf16" in r.stderr
+
+
+@pytest.mark.slow
+def test_multi_gpu_on_a_cpu_without_accelerate_use_cpu_is_refused(tmp_path):
+    """Two processes that do not join would each train the whole run into one workdir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ADADIFF_DEBUG", "ACCELERATE_USE_CPU")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "train.py", *TRAIN,
+           f"--workdir={tmp_path / 'run'}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    said = [line for line in r.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert said and all("did not join into one run" in line and "ACCELERATE_USE_CPU=1" in line for line in said), \
+        r.stderr[-3000:]
+    assert not (tmp_path / "run/ckpts").exists() and not (tmp_path / "run/stats.jsonl").exists()

@@ -73,3 +73,31 @@ def test_collective_timeout_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(ValueError, match=rf"ADADIFF_COLLECTIVE_TIMEOUT='{bad}': must be a number of seconds"):
             collective_timeout()
+
+
+def _acc(mixed, native, n=1, device="cpu"):
+    return types.SimpleNamespace(mixed_precision=mixed, native_amp=native, num_processes=n,
+                                 device=torch.device(device))
+
+
+def test_the_precision_recorded_is_the_one_used():
+    assert distributed.precision_used(_acc("no", False)) == "fp32"
+    assert distributed.precision_used(_acc("bf16", True)) == "bf16"
+    assert distributed.precision_used(_acc("fp16", False)) == "fp32"  # fp16 asked for on a CPU: accelerate runs fp32
+    assert distributed.precision_note(_acc("bf16", True)) is None
+    assert distributed.precision_note(_acc("fp16", False)) == ("mixed precision fp16 is not available on cpu: this "
+                                                               "run computes in fp32 (recorded as fp32)")
+    assert distributed.run_record(_acc("fp16", False, 2)) == {"precision": "fp32", "processes": 2}
+    assert distributed.record_change({"precision": "fp32", "processes": 2}, {"precision": "bf16", "processes": 1}) \
+        == "precision fp32 -> bf16; processes 2 -> 1"
+    assert distributed.record_change({}, {"precision": "bf16", "processes": 1}) is None  # an older checkpoint
+
+
+def test_processes_that_did_not_join_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"launched as 2 processes \(WORLD_SIZE=2\) that did not join into one run.*"
+                                         r"ACCELERATE_USE_CPU=1"):
+        distributed.check_launch(_acc("no", False, 1))
+    distributed.check_launch(_acc("no", False, 2))  # joined: fine
+    monkeypatch.delenv("WORLD_SIZE")
+    distributed.check_launch(_acc("no", False, 1))  # plain python train.py
