@@ -195,9 +195,9 @@ def check_script(config, script: str) -> None:
     if script in scripts:
         return
     job = script.split("_")[0].split(".")[0]  # train, eval or sample
-    fits = [s for s in scripts if s.startswith(job)] or list(scripts)
-    raise ValueError(f"{script} does not run this config ({mode}-space model, config.time={time!r}): "
-                     f"use {' or '.join(fits)}")
+    fits = [s for s in scripts if s.startswith(job)]
+    use = f"use {fits[0]}" if fits else f"its scripts are {', '.join(scripts)}"
+    raise ValueError(f"{script} does not run this config ({mode}-space model, config.time={time!r}): {use}")
 
 
 def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:

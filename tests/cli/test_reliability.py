@@ -465,7 +465,7 @@ TRAIN_ROWS = [
     (TRAIN + [GW, "--config.nnet.num_heads=3"], "embed_dim=32 is not divisible by config.nnet.num_heads=3", None),
     (TRAIN + [GW, "--config.nnet.patch_size=3"], "img_size=8 is not divisible by config.nnet.patch_size=3", None),
     (TRAIN + [GW, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of dit, uvit, uvit_t2i", None),
-    (TRAIN + [GW, "--config.time=discrete"], "use train_discrete.py", None),
+    (TRAIN + [GW, "--config.time=discrete"], "no script runs pixel-space models with config.time='discrete'", None),
     (TRAIN + [GW, "--config.train.no_such_key=1"], "unknown config field '--config.train.no_such_key'", None),
     (TRAIN + [GW, "--config.nnet.depht=4"], "the config has no field 'depht'; did you mean 'depth'", None),
     (TRAIN + [GW, "--config.nnet.depth.x=4"], "config.nnet.depth is a value, not a group of fields", None),
@@ -494,6 +494,18 @@ TRAIN_ROWS = [
     (TRAIN + ["--workdir={work}/pre3", "--pretrained_weight={nan}"], "non-finite", None),
     (TRAIN + ["--workdir={work}/pre4", "--pretrained_weight={ckpt}"], "is a folder, expected a .pth", None),
     (TRAIN + ["--workdir={work}/pre5", "--pretrained_weight={evil}"], "cannot read {evil} as a PyTorch state dict",
+     None),
+    # round four: links, workdirs in checkpoints, bounded counts
+    (TRAIN + ["--workdir={ckpt}"], "--workdir={ckpt} is a checkpoint", None),
+    (TRAIN + ["--workdir={ckpt}/run"], "lies inside {ckpt}, which is a checkpoint", None),
+    (TRAIN + ["--workdir={good}/ckpts/x"], "lies in {good}/ckpts of the training workdir", None),
+    (TRAIN + ["--workdir={linklock}"], "{linklock}/run.lock is a symbolic link (to {precious})", None),
+    (TRAIN + ["--workdir={work}/pre6", "--pretrained_weight={link_flipped}"], "does not match its checksum", None),
+    (TRAIN + [GW, "--config.sample.sample_steps=99999999999999999999999"], "every count must be at most 100,000",
+     None),
+    (TRAIN + [GW, "--config.train.n_steps=100000000000000"],
+     "config.train.n_steps=100000000000000: must be at most 10,000,000,000", None),
+    (TRAIN + [GW, "--config.train.batch_size=1000000000000"], "config.train.batch_size=1000000000000: must be at most",
      None),
     (TRAIN + ["--workdir={work}/fid1", "--config.train.eval_interval=1", "--config.sample.fid_stat={stats_neg}"],
      "'sigma' is not positive semi-definite", None),
@@ -543,6 +555,33 @@ EVAL_ROWS = [
     (TINY + EV + [NNET, "--output_path={mine}"], "holds files no evaluation wrote (notes.txt)", None),
     (TINY + EV + [NNET, "--output_path={busy_eval}"], "{busy_eval} is in use by another run: pid {pid}", None),
     (TINY + EV + [NNET, "--output_path={work}/ro2/eval"], "Read-only file system", {"erofs": "{work}/ro2"}),
+    # round four: links, sample folders, non-finite outputs, bounded counts
+    (TINY + EV + ["--nnet_path={link_flipped}"], "does not match its checksum", None),
+    (TINY + EV + ["--nnet_path={link_nnet}", "--config.nnet.num_heads=4"],
+     "config.nnet differs from the checkpoint's own {ckpt}/config.json in nnet.num_heads", None),
+    (TINY + EV + [NNET, "--output_path={linklock}"], "{linklock}/run.lock is a symbolic link (to {precious})", None),
+    (TINY + EV + [NNET, "--config.sample.path={mine}"], "--config.sample.path={mine} holds files no sampling run "
+                                                        "wrote (notes.txt)", None),
+    (TINY + EV + [NNET, "--config.sample.path={ckpt}/png"], "lies inside {ckpt}, which is a checkpoint", None),
+    (TINY + EV + ["--nnet_path={huge}"], "give non-finite predictions at block(s) 0, 1, 2 on a probe input", None),
+    (TINY + EV + [NNET, "--config.sample.scale=1e30"], "gave non-finite images (4 of 4): nothing was scored", None),
+    (TINY + EV + [NNET, "--config.sample.sample_steps=1000000000000"], "every count must be at most 100,000", None),
+    (TINY + EV + [NNET, "--config.sample.n_samples=1000000000000"],
+     "config.sample.n_samples=1000000000000: must be at most 10,000,000", None),
+    (TINY + EV + [NNET, "--config.sample.mini_batch_size=1000000000000"],
+     "config.sample.mini_batch_size=1000000000000: must be at most", None),
+]
+WRONG_SCRIPT_ROWS = [  # eval_ldm.py, train_t2i_discrete.py, ... given the digits (pixel-space) config
+    (TINY + EV + [NNET], "eval_ldm.py does not run this config (pixel-space model, config.time='continuous'): use "
+                         "eval.py", None),
+]
+SAMPLE_ROWS = [
+    (["--config=configs/mscoco_uvit_small.py", "--nnet_path={nnet}", "--input_path={prompts}",
+      "--output_path={mine}", "--exit_threshold=0.9"], "--output_path={mine} holds files no sampling run wrote "
+                                                       "(notes.txt)", None),
+    (["--config=configs/digits_uvit_tiny.py", "--nnet_path={nnet}", "--input_path={prompts}",
+      "--output_path={work}/s", "--exit_threshold=0.9"], "(pixel-space model, config.time='continuous'): its "
+                                                           "scripts are train.py, eval.py", None),
 ]
 EXPORT_ROWS = [
     (["{work}/missing.pth", "{exported}"], "weights file not found", None),
@@ -554,6 +593,7 @@ EXPORT_ROWS = [
     (["{nnet}", "{ckpt}/nnet_ema.safetensors"], "is a checkpoint", None),
     (["{nnet}", "{good}/exported.pth"], "is the training workdir", None),
     (["{ckpt}", "{exported}"], "is a folder, expected a .pth", None),
+    (["{link_flipped}", "{exported}"], "does not match its checksum", None),
 ]
 FID_ROWS = [
     (["{stats_rand}", "{stats_ok}"], "is not a readable .npz file", None),
@@ -569,6 +609,7 @@ STATS_ROWS = [
     (["{images}", "{good}/ref.npz"], "is the training workdir", None),
 ]
 SCRIPTS = {"train.py": ("absl", TRAIN_ROWS), "eval.py": ("absl", EVAL_ROWS),
+           "eval_ldm.py": ("absl", WRONG_SCRIPT_ROWS), "sample_t2i_discrete.py": ("absl", SAMPLE_ROWS),
            "scripts/export_weights.py": ("argparse", EXPORT_ROWS), "tools/fid.py": ("argparse", FID_ROWS),
            "tools/fid_stats.py": ("argparse", STATS_ROWS)}
 BAD_INPUTS = [pytest.param(script, i, id=f"{script}: {row[1][:70]}")
@@ -629,6 +670,19 @@ def _bad_input_files(work, good_run) -> dict:
     paths["stats_flip"].write_bytes(bytes(data))
     paths["stats_rand"] = work / "stats_rand.npz"
     paths["stats_rand"].write_bytes(os.urandom(4096))
+    paths["precious"] = work / "precious.txt"  # a user's file that links point at
+    paths["precious"].write_text("a user's file")
+    paths["linklock"] = work / "linklock"
+    paths["linklock"].mkdir()
+    (paths["linklock"] / "run.lock").symlink_to(paths["precious"])
+    paths["link_flipped"] = work / "link_flipped.pth"
+    paths["link_flipped"].symlink_to(paths["flipped"] / "nnet_ema.pth")
+    paths["link_nnet"] = work / "link_nnet.pth"
+    paths["link_nnet"].symlink_to(ckpt / "nnet_ema.pth")
+    paths["huge"] = work / "huge.pth"  # finite, but every output overflows
+    save_weights({k: v.clone().fill_(1e30) if k == "pos_embed" else v for k, v in sd.items()}, paths["huge"])
+    paths["prompts"] = work / "prompts.txt"
+    paths["prompts"].write_text("a red bus\n")
     (work / "syntax_error.py").write_text("def get_config():\n    return d(=1)\n")
     (work / "no_get_config.py").write_text("x = 1\n")
     (work / "name_error.py").write_text("def get_config():\n    return undefined_name\n")
@@ -692,6 +746,7 @@ def test_bad_input(bad_input_results, script, index):
     assert bad_input_results["unchanged"]  # the run, its checkpoints, the previous report, other folders
     assert bad_input_results["created"] == []  # no refused run saved a checkpoint or its record (config.json)
     assert bad_input_results["paths"]["exported"].read_bytes() == b"previous export"
+    assert bad_input_results["paths"]["precious"].read_text() == "a user's file"  # never written through a link
 
 
 @pytest.mark.slow
