@@ -7,12 +7,29 @@ whose rules live with the code that uses them are checked by that code's validat
 re-implemented here: ``config.nnet`` by the network class's ``check_args``
 (``libs.models.registry.check_nnet``), ``config.sample.exit_policy`` by ``parse_policies``, the
 optimizer name against ``libs.training.engine.OPTIMIZERS``, the other names against their
-registries (samplers, objectives, layer weights, conditions, time modes).
+registries (samplers, objectives, layer weights, conditions, time modes). Counts the code
+allocates or loops over are bounded (``COUNT_LIMITS``).
+
+Beside it: ``check_script`` (the script must be the one for the config's mode and time,
+``SCRIPTS``) and ``check_fid_inputs`` (sample counts that feed an FID, the reference
+statistics).
 """
 from __future__ import annotations
 
 import math
 from numbers import Real
+
+from libs.diffusion.registry import SAMPLERS, parse_step_counts
+from libs.evaluation.fid import load_statistics
+from libs.evaluation.frontier import parse_compute_budget
+from libs.exits.policy import ExitPolicyError, parse_policies
+from libs.models.compile import MODES
+from libs.models.registry import NETWORKS, check_nnet
+from libs.tasks.conditions import CONDITIONS
+from libs.tasks.time_modes import TIMES
+from libs.training.engine import OPTIMIZERS
+from libs.training.losses import LAYER_WEIGHTS
+from libs.training.objectives import OBJECTIVES
 
 LR_SCHEDULERS = ("customized",)  # linear warmup, then constant (U-ViT's schedule)
 
@@ -105,8 +122,6 @@ class _Checker:
 
 
 def _check_nnet(c: _Checker):
-    from libs.models.registry import NETWORKS, check_nnet
-
     c.choice("nnet.name", sorted(NETWORKS))
     nnet = _get(c.config, "nnet")
     if nnet is not _MISSING:
@@ -114,12 +129,6 @@ def _check_nnet(c: _Checker):
 
 
 def _check_sample(c: _Checker):
-    from libs.diffusion.registry import SAMPLERS, parse_step_counts
-    from libs.evaluation.frontier import parse_compute_budget
-    from libs.exits.policy import ExitPolicyError, parse_policies
-    from libs.models.compile import MODES
-    from libs.tasks.conditions import CONDITIONS
-
     c.choice("sample.algorithm", SAMPLERS)
     c.parsed("sample.sample_steps", parse_step_counts)  # one count or a comma-separated list
     steps = _get(c.config, "sample.sample_steps")
@@ -144,10 +153,6 @@ def _check_sample(c: _Checker):
 
 
 def _check_train(c: _Checker):
-    from libs.training.engine import OPTIMIZERS
-    from libs.training.losses import LAYER_WEIGHTS
-    from libs.training.objectives import OBJECTIVES
-
     c.integer("train.n_steps", 1)
     c.integer("train.batch_size", 1)
     for field in ("log_interval", "sample_interval", "eval_interval", "save_interval"):
@@ -205,8 +210,6 @@ def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
     two images) and, with ``statistics``, the FID reference statistics a run will use are
     readable and valid (``libs.evaluation.fid.load_statistics``; an evaluation leaves that to
     ``evaluate``, which loads them once, before it samples)."""
-    from libs.evaluation.fid import load_statistics
-
     sc, tc = config.sample, config.train
     if not sc.get("fid_stat"):
         return
@@ -228,8 +231,6 @@ def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
 def check_config(config, kind: str) -> None:
     """Raise ``ConfigError`` unless every checked field of ``config`` is valid for a
     'train' or 'eval' command."""
-    from libs.tasks.time_modes import TIMES
-
     if kind not in ("train", "eval"):
         raise ValueError(f"kind must be 'train' or 'eval', got {kind!r}")
     c = _Checker(config)
