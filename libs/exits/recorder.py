@@ -19,6 +19,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from libs.exits.sampling_run import SamplingRun
+from libs.run.distributed import sum_rows
 
 
 class ExitRecorder:
@@ -133,9 +134,9 @@ class ExitRecorder:
         """Sum the counts over processes (every process must call this)."""
         if accelerator.num_processes > 1:
             device = accelerator.device
-            self._counts = accelerator.reduce(self.counts.to(device).clone(), reduction="sum")
+            self._counts = sum_rows(self.counts.clone(), accelerator)  # processes may hold different step counts
             self._head_evals = accelerator.reduce(self.head_evals.to(device).reshape(1).clone(), reduction="sum")[0]
-            self._reused = accelerator.reduce(self.reused.to(device).clone(), reduction="sum")
+            self._reused = sum_rows(self.reused.clone(), accelerator)
 
     # ------------------------------------------------------------------ summaries (host side)
     def summary(self, flops, num_images: int) -> dict:

@@ -24,6 +24,7 @@ weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -42,7 +43,9 @@ from libs.models.registry import build_nnet
 from libs.run.atomic import atomic_write_text
 from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_checkpoint, save_checkpoint
 from libs.run.config_io import config_to_json
+from libs.run.distributed import check_launch, precision_note, precision_used, process_group_kwargs, run_record
 from libs.run.lock import LauncherWatch, RunLock
+from libs.run.output_guard import check_output_folder
 from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
 from libs.run.seeds import Stream, mix_seed
@@ -90,6 +93,7 @@ def train(config, task) -> Path:
     entry scripts run it before building the task); the main process holds
     ``<workdir>/run.lock`` throughout."""
     is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
+    check_output_folder(config.workdir, "--workdir", workdir=True)  # not a checkpoint, nor inside one
     with RunLock(config.workdir, enabled=is_main) as lock:
         return _train(config, task, lock)
 
@@ -201,7 +205,9 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     """The accelerator, the checks that need it, the logger and the workdir (main process);
     returns the run and whether a checkpoint to resume from exists."""
     tc = config.train
-    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir))
+    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir),
+                              kwargs_handlers=process_group_kwargs())
+    check_launch(accelerator)  # processes that did not join would each run the whole job here
     world, device = accelerator.num_processes, accelerator.device
     if tc.batch_size % world:
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "
@@ -214,8 +220,10 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     logger = setup_logger("adadiff.train", workdir, is_main)
     if is_main:
         hooks.prepare_workdir(config, lock, resuming, logger)
-    logger.info("workdir %s, %d process(es) on %s, mixed precision %s", workdir, world, device,
-                accelerator.mixed_precision)
+    logger.info("workdir %s, %d process(es) on %s, precision %s", workdir, world, device,
+                precision_used(accelerator))
+    if precision_note(accelerator):
+        logger.warning("%s", precision_note(accelerator))
     loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
         if config.loss.objective == "adadiff" else {}
     return Run(config, task, accelerator, logger, MetricsWriter(workdir / "stats.jsonl", enabled=is_main),
@@ -258,6 +266,7 @@ def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
         state.last_ckpt = resume_from
         hooks.override_hyperparameters(state.optimizer, state.lr_scheduler, config.optimizer)
         run.logger.info("resumed from %s (step %d)", resume_from, state.step)
+        hooks.warn_run_record_changed(resume_from, run_record(run.accelerator), run.logger)
     elif config.train.get("pretrained_weight"):
         load_weights(state.net, config.train.pretrained_weight)  # logs what it loaded (fresh heads, ...)
         state.ema.load_state_dict(state.net.state_dict())
@@ -328,7 +337,8 @@ def _save(run: Run, state: TrainState) -> None:
         state.last_ckpt = save_checkpoint(run.ckpt_root, step, {
             "nnet.pth": _cpu_state(state.net), "nnet_ema.pth": _cpu_state(state.ema),
             "optimizer.pth": state.optimizer.state_dict(), "lr_scheduler.pth": state.lr_scheduler.state_dict(),
-            "step.pth": step}, {"config.json": config_to_json(config)})
+            "step.pth": step}, {"config.json": config_to_json(config),
+                                hooks.RUN_RECORD: json.dumps(run_record(acc)) + "\n"})
         hooks.prune_checkpoints(run.ckpt_root, config.train.get("keep_ckpts", 0))
         run.logger.info("saved %s", state.last_ckpt)
     else:
