@@ -15,7 +15,8 @@ class, so the engine, the exit recorder and the exit loop use it as they use ``n
             ``nn.Module.compile(fullgraph=True)``, and the heads' batched exit statistic
             ``mean_certainty`` with ``torch.compile``; the backbone's ``embed`` and
             ``output_head`` are ``torch.compile``d once each. Modules of one class share their
-            graphs (dynamo guards on the class and takes the parameters as graph inputs). The
+            graphs (dynamo guards on the class and takes the parameters as graph inputs), and
+            so do later views of the network (training makes one per sample grid). The
             exit loop, its decisions and the batch compaction stay in Python, so every exit rule
             runs, at every batch size. Batch compaction changes the rows a block sees: dynamo
             compiles the full batch's shape first and, at the first other size, one graph with
@@ -25,10 +26,10 @@ class, so the engine, the exit recorder and the exit loop use it as they use ``n
             ``profile:`` step), one whole-call graph (embedding, blocks 0..K, output head;
             ``fullgraph=True``, static shapes) per depth K and input shape: the backbone's
             ``_forward_truncated`` compiled once, specialised on K, compiled lazily on first
-            use and reused across calls and batches, at most ``max_graphs`` (new shapes beyond
-            it run the ``blocks`` path, noted once). Calls whose exits are decided per sample
-            (``threshold:``, ``budget:``) run the ``blocks`` path, with a one-line note in the
-            log per rule (``_per_sample_rule``, this module's one reading of an exit rule).
+            use and reused across calls, batches and views, at most ``max_graphs`` (new shapes
+            beyond it run the ``blocks`` path, noted once). Calls whose exits are decided per
+            sample (``threshold:``, ``budget:``) run the ``blocks`` path, with a one-line note
+            in the log per rule (``_per_sample_rule``, this module's one reading of a rule).
 
 Compile time is measured apart from sampling: a call of a compiled region during which dynamo
 produced a graph counts, whole, as compile time (it includes one run of the new graph,

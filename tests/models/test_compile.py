@@ -175,6 +175,21 @@ def test_whole_call_graphs_beyond_dynamos_recompile_limit():
     assert view.compile_stats.graphs == len(keys) and counters["graph_break"] == {}
 
 
+@pytest.mark.parametrize("mode", ["blocks", "graphs"])
+def test_a_new_view_of_the_network_reuses_the_graphs(mode):
+    """The training-time grids make a view at every grid step: the next view compiles nothing."""
+    net = tiny(num_classes=5, sharp=True)
+    x, t, y = inputs(4)
+    tau = far_threshold(net, x, t, y)
+    made = []
+    for _ in range(2):
+        view = compile_network(net, mode, backend="eager")
+        for policy in (FULL, StaticExit(1), ThresholdExit(tau)):
+            assert_same_call(net, view, x, t, y, policy, 1e-6)
+        made.append(view.compile_stats.graphs)
+    assert made[0] > 0 and made[1] == 0
+
+
 def test_per_sample_rules_fall_back_to_blocks_with_one_note(caplog):
     net = tiny(num_classes=5, sharp=True)
     x, t, y = inputs(4)
