@@ -150,6 +150,18 @@ class DiTExitNet(DiffusersExitNet):
 
     cond_name = "y"
 
+    def train(self, mode: bool = True):
+        """Label dropout is the task's (``config.loss.p_uncond``, seeded per step): the model's own
+        label embedders, which drop labels with an unseeded draw in training mode, stay in eval
+        mode, so a training step gives eval mode's numbers and a resumed run repeats them."""
+        from diffusers.models.embeddings import LabelEmbedding
+
+        super().train(mode)
+        for m in self.transformer.modules():
+            if isinstance(m, LabelEmbedding):
+                m.eval()
+        return self
+
     def embed(self, x, timesteps, y):
         self._check_input(x)
         tf = self.transformer

@@ -1,0 +1,101 @@
+"""Training a diffusers transformer's exits through the project's engine (``libs/training/engine.py``):
+the task that loads the model, builds the adapted network and gives the engine its data.
+
+``config.nnet`` (``name='diffusers'``):
+
+    cls             'DiTTransformer2DModel' | 'PixArtTransformer2DModel'
+    pretrained      a diffusers folder (``save_pretrained``'s, or a snapshot in the Hugging Face
+                    cache), read with ``local_files_only=True``: nothing is downloaded; '' = build
+                    from ``model_config`` (seeded by ``config.seed``)
+    subfolder       the transformer's folder inside ``pretrained`` ('transformer' for a pipeline)
+    model_config    the class's constructor arguments, when there is no ``pretrained``
+    train           'all' (every weight and the heads: training from a data set, as AdaDiff does),
+                    'heads' (the heads only, the model frozen), 'exits' (the blocks, final layer and
+                    heads; the frozen teacher is a copy of the model as loaded)
+    heads           a head file to start from ('' = fresh heads)
+    time_shift      added to the network time (0; -1 for weights trained on 0-based DDPM indices)
+    img_size, in_chans, num_classes   the sample shape and label count, as in every config here
+
+Data: with ``config.loss.objective='distill'`` the training set is the model's own samples
+(``libs/diffusers_exit/features.py``, made once and cached); otherwise ``config.dataset``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from libs.diffusers_exit.adapter import ADAPTERS, attach_exits
+from libs.diffusers_exit.features import SelfSamples
+from libs.run.errors import UserError
+from libs.tasks.pixel import PixelTask
+
+TRAINED = ("all", "heads", "exits")
+
+
+def load_transformer(nnet, seed: int):
+    """The diffusers transformer ``config.nnet`` names (module docstring), in eval mode."""
+    import diffusers
+
+    if nnet.cls not in ADAPTERS:
+        raise UserError(f"config.nnet.cls={nnet.cls!r}: supported diffusers classes: {', '.join(ADAPTERS)}")
+    cls = getattr(diffusers, nnet.cls)
+    if nnet.get("pretrained"):
+        path = Path(nnet.pretrained)
+        if not path.is_dir():
+            raise UserError(f"config.nnet.pretrained={nnet.pretrained!r} is not a folder: give a diffusers folder "
+                            f"(save_pretrained's, or a snapshot under ~/.cache/huggingface/hub); nothing is downloaded")
+        kw = dict(subfolder=nnet.subfolder) if nnet.get("subfolder") else {}
+        return cls.from_pretrained(str(path), local_files_only=True, **kw).eval()
+    torch.manual_seed(seed)
+    return cls(**dict(nnet.model_config)).eval()
+
+
+class DiffusersTask(PixelTask):
+    """``PixelTask`` (labels, guidance, decoding) whose network is an adapted diffusers model."""
+
+    def __init__(self, config, load_data: bool = True):
+        nnet = config.nnet
+        if nnet.get("train", "all") not in TRAINED:
+            raise UserError(f"config.nnet.train={nnet.get('train')!r}: choose one of {', '.join(TRAINED)}")
+        self.distill = config.loss.objective == "distill"
+        super().__init__(config, load_data=load_data and not self.distill)
+        self.config = config
+        self.transformer = load_transformer(nnet, config.seed)
+        self.teacher = None
+        if self.distill and nnet.get("train") == "exits":  # the frozen model as loaded
+            self.teacher = attach_exits(copy.deepcopy(self.transformer), time_shift=nnet.get("time_shift", 0.0))
+            self.teacher.requires_grad_(False).eval()
+        if self.distill and load_data:
+            self.train_dataset = SelfSamples.load_or_make(self, config)
+
+    @property
+    def objective_kwargs(self) -> dict:
+        """What the 'distill' objective needs beyond config.loss: the teacher's noise prediction."""
+        if self.teacher is None:
+            return {}
+        teacher, n = self.teacher, self.teacher.eps_channels
+
+        def target(x, t, cond):
+            out = teacher(x, t, cond)
+            return out if n is None else out[:, :n]
+
+        return {"teacher": target}
+
+    def build_network(self):
+        """The adapted network (the engine calls this instead of ``build_nnet``)."""
+        nnet = self.config.nnet
+        net = attach_exits(self.transformer, heads=nnet.get("heads") or None, time_shift=nnet.get("time_shift", 0.0))
+        trained = nnet.get("train", "all")
+        if trained == "heads":
+            net.transformer.requires_grad_(False)
+        elif trained == "exits":  # the blocks, the final layer and the heads; the embeddings stay
+            net.transformer.requires_grad_(False)
+            for name, module in net.transformer.named_children():
+                if name in ("transformer_blocks", "proj_out", "proj_out_1", "proj_out_2", "norm_out") \
+                        or name == "scale_shift_table":
+                    module.requires_grad_(True)
+            if hasattr(net.transformer, "scale_shift_table"):
+                net.transformer.scale_shift_table.requires_grad_(True)
+        return net
