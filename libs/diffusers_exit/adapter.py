@@ -184,17 +184,21 @@ class DiTExitNet(DiffusersExitNet):
         shift, scale = tf.proj_out_1(F.silu(h[:, 0])).chunk(2, dim=1)  # (B, D) each
         return self._final(h[:, 1:], shift[:, None], scale[:, None], tf.proj_out_2)
 
-    def flops(self) -> NetworkFlops:
-        """Per-image FLOPs of the modules (``libs/models/flops.py`` conventions); every diffusers
-        block recomputes the time and label embedding (Linear(256, D), Linear(D, D))."""
-        tf, L, D, p = self.transformer, self._tokens(), self.hidden_size, self.patch_size
+    def block_pieces(self) -> Dict[str, float]:
+        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions): attention,
+        MLP, and the rest, the adaLN modulation with the time and label embedding that every
+        diffusers block recomputes (Linear(256, D), Linear(D, D))."""
+        L, D = self._tokens(), self.hidden_size
+        hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         emb = fl.linear(1, 256, D) + fl.linear(1, D, D)
-        hidden = tf.transformer_blocks[0].ff.net[-1].in_features
-        block = fl.attention(L, D) + fl.mlp(L, D, hidden) + fl.modulation(D, 6) + emb
-        embed = fl.linear(L, p * p * self.in_channels, D) + emb
+        return dict(attn=fl.attention(L, D), mlp=fl.mlp(L, D, hidden), rest=fl.modulation(D, 6) + emb)
+
+    def flops(self) -> NetworkFlops:
+        L, D, p = self._tokens(), self.hidden_size, self.patch_size
+        embed = fl.linear(L, p * p * self.in_channels, D) + fl.linear(1, 256, D) + fl.linear(1, D, D)
         head = fl.modulation(D, 2) + fl.linear(L, D, p * p * self.out_channels)
-        return NetworkFlops(embed=embed, blocks=(block,) * self.num_blocks, uem_head=self._head_flops(),
-                            output_head=head)
+        return NetworkFlops(embed=embed, blocks=(sum(self.block_pieces().values()),) * self.num_blocks,
+                            uem_head=self._head_flops(), output_head=head)
 
 
 @dataclass
@@ -267,21 +271,25 @@ class PixArtExitNet(DiffusersExitNet):
         shift, scale = (table[None] + h[:, :1].to(table.device)).chunk(2, dim=1)  # (B, 1, D) each
         return self._final(h[:, 1:], shift, scale, tf.proj_out)
 
-    def flops(self) -> NetworkFlops:
-        """Per-image FLOPs (``libs/models/flops.py`` conventions): self-attention, cross-attention
-        on S = ``self.context_tokens`` caption tokens (120, PixArt's T5 prompt length; set it
-        for other prompts), feed-forward; adaLN-single and the caption projection in the embedding."""
-        tf, L, D, p = self.transformer, self._tokens(), self.hidden_size, self.patch_size
-        S = self.context_tokens
-        hidden = tf.transformer_blocks[0].ff.net[-1].in_features
+    def block_pieces(self) -> Dict[str, float]:
+        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions):
+        self-attention, cross-attention on S = ``self.context_tokens`` caption tokens (queries,
+        keys and values of S tokens, scores, output), MLP; the modulation is a table lookup."""
+        L, D, S = self._tokens(), self.hidden_size, self.context_tokens
+        hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         cross = fl.linear(L, D, D) + fl.linear(S, D, 2 * D) + 2.0 * 2 * L * S * D + fl.linear(L, D, D)
-        block = fl.attention(L, D) + cross + fl.mlp(L, D, hidden)
+        return dict(attn=fl.attention(L, D), cross=cross, mlp=fl.mlp(L, D, hidden), rest=0.0)
+
+    def flops(self) -> NetworkFlops:
+        """The embedding counts adaLN-single and the caption projection of S tokens."""
+        tf, L, D, p, S = self.transformer, self._tokens(), self.hidden_size, self.patch_size, self.context_tokens
         caption = int(tf.config.caption_channels or D)
         embed = (fl.linear(L, p * p * self.in_channels, D) + fl.linear(1, 256, D) + fl.linear(1, D, D)
                  + fl.linear(1, D, 6 * D) + fl.linear(S, caption, D) + fl.linear(S, D, D))
         head = fl.linear(L, D, p * p * self.out_channels)
-        return NetworkFlops(embed=embed, blocks=(block,) * self.num_blocks, uem_head=self._head_flops(),
-                            output_head=head)
+        return NetworkFlops(embed=embed, blocks=(sum(self.block_pieces().values()),) * self.num_blocks,
+                            uem_head=self._head_flops(), output_head=head)
+
 
 def _pixart_cond(context, encoder_attention_mask, added_cond_kwargs):
     if encoder_attention_mask is None and added_cond_kwargs is None:

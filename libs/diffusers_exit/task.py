@@ -32,6 +32,7 @@ from libs.run.errors import UserError
 from libs.tasks.pixel import PixelTask
 
 TRAINED = ("all", "heads", "exits")
+EXIT_PARTS = ("transformer_blocks", "proj_out", "proj_out_1", "proj_out_2", "scale_shift_table")  # train='exits'
 
 
 def load_transformer(nnet, seed: int):
@@ -55,14 +56,14 @@ def load_transformer(nnet, seed: int):
 class DiffusersTask(PixelTask):
     """``PixelTask`` (labels, guidance, decoding) whose network is an adapted diffusers model."""
 
-    def __init__(self, config, load_data: bool = True):
+    def __init__(self, config, load_data: bool = True, transformer=None):
         nnet = config.nnet
         if nnet.get("train", "all") not in TRAINED:
             raise UserError(f"config.nnet.train={nnet.get('train')!r}: choose one of {', '.join(TRAINED)}")
         self.distill = config.loss.objective == "distill"
         super().__init__(config, load_data=load_data and not self.distill)
         self.config = config
-        self.transformer = load_transformer(nnet, config.seed)
+        self.transformer = transformer if transformer is not None else load_transformer(nnet, config.seed)
         self.teacher = None
         if self.distill and nnet.get("train") == "exits":  # the frozen model as loaded
             self.teacher = attach_exits(copy.deepcopy(self.transformer), time_shift=nnet.get("time_shift", 0.0))
@@ -92,10 +93,7 @@ class DiffusersTask(PixelTask):
             net.transformer.requires_grad_(False)
         elif trained == "exits":  # the blocks, the final layer and the heads; the embeddings stay
             net.transformer.requires_grad_(False)
-            for name, module in net.transformer.named_children():
-                if name in ("transformer_blocks", "proj_out", "proj_out_1", "proj_out_2", "norm_out") \
-                        or name == "scale_shift_table":
-                    module.requires_grad_(True)
-            if hasattr(net.transformer, "scale_shift_table"):
-                net.transformer.scale_shift_table.requires_grad_(True)
+            for name, param in net.transformer.named_parameters():
+                if name.split(".")[0] in EXIT_PARTS:
+                    param.requires_grad_(True)
         return net
