@@ -101,8 +101,12 @@ class applied:
     def __enter__(self):
         from diffusers.hooks import apply_first_block_cache, apply_taylorseer_cache
 
+        from diffusers.hooks import HookRegistry
+
         apply = apply_first_block_cache if self.rule.family == "fbc" else apply_taylorseer_cache
         apply(self.transformer, self.rule.config())
+        # the root's cached list of hooked submodules predates these hooks: the context must reach them
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
         return self
 
     def __exit__(self, *exc):
@@ -113,6 +117,7 @@ class applied:
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         for name in (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK, _TAYLORSEER_CACHE_HOOK):
             registry.remove_hook(name, recurse=True)
+        registry.invalidate_child_registries_cache()
         return False
 
 
