@@ -133,7 +133,13 @@ def cached_call(transformer, cond_name: str):
     from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
     def fn(x, t, cond):
-        kwargs = {"class_labels": cond} if cond_name == "y" else {"encoder_hidden_states": cond}
+        if cond_name == "y":
+            kwargs = {"class_labels": cond}
+        elif isinstance(cond, torch.Tensor) or cond is None:
+            kwargs = {"encoder_hidden_states": cond}
+        else:  # a PixArtCondition
+            kwargs = dict(encoder_hidden_states=cond.context, encoder_attention_mask=cond.encoder_attention_mask,
+                          added_cond_kwargs=cond.added_cond_kwargs)
         _set_cache_context(transformer, CacheContext("cond"))
         try:
             return transformer(x, timestep=t, return_dict=False, **kwargs)[0]

@@ -88,6 +88,6 @@ def make_samples(task, config):
         idx = list(range(start, min(start + bs, n)))
         xs.append(generate(net, task, sample_cfg, idx, FULL, recorder, config.seed, b, device, decode=False,
                            steps=steps).float().cpu())
-        cond = task.conditions(idx, device)
-        ys.append(cond.cpu() if cond is not None else torch.full((len(idx),), -1))
+        y = task.labels(idx, device)  # the labels (PixArt: prompt rows) the evaluation gives these images
+        ys.append(y.cpu() if y is not None else torch.full((len(idx),), -1))
     return torch.cat(xs), torch.cat(ys)

@@ -14,6 +14,10 @@ the task that loads the model, builds the adapted network and gives the engine i
                     heads; the frozen teacher is a copy of the model as loaded)
     heads           a head file to start from ('' = fresh heads)
     time_shift      added to the network time (0; -1 for weights trained on 0-based DDPM indices)
+    prompts         PixArt: the prompt contexts file (``libs/diffusers_exit/prompts.py``); prompt i
+                    is label i and ``num_classes`` = prompts + 1 (the empty prompt, the null one)
+    vae             a latent model's autoencoder folder (a pipeline's ``vae``, read with
+                    ``local_files_only=True``): samples are decoded through it; '' = pixels
     img_size, in_chans, num_classes   the sample shape and label count, as in every config here
 
 Data: with ``config.loss.objective='distill'`` the training set is the model's own samples
@@ -28,6 +32,7 @@ import torch
 
 from libs.diffusers_exit.adapter import ADAPTERS, attach_exits
 from libs.diffusers_exit.features import SelfSamples
+from libs.diffusers_exit.prompts import PromptTable
 from libs.run.errors import UserError
 from libs.tasks.pixel import PixelTask
 
@@ -53,6 +58,15 @@ def load_transformer(nnet, seed: int):
     return cls(**dict(nnet.model_config)).eval()
 
 
+def _load_vae(folder: str):
+    from diffusers import AutoencoderKL
+
+    if not Path(folder).is_dir():
+        raise UserError(f"config.nnet.vae={folder!r} is not a folder: give the pipeline's vae folder (local; "
+                        f"nothing is downloaded)")
+    return AutoencoderKL.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
+
+
 class DiffusersTask(PixelTask):
     """``PixelTask`` (labels, guidance, decoding) whose network is an adapted diffusers model."""
 
@@ -68,8 +82,38 @@ class DiffusersTask(PixelTask):
         if self.distill and nnet.get("train") == "exits":  # the frozen model as loaded
             self.teacher = attach_exits(copy.deepcopy(self.transformer), time_shift=nnet.get("time_shift", 0.0))
             self.teacher.requires_grad_(False).eval()
+        self.prompts = PromptTable(nnet.prompts) if nnet.get("prompts") else None
+        if nnet.cls == "PixArtTransformer2DModel" and (self.prompts is None or (load_data and not self.distill)):
+            raise UserError("a PixArt model runs here on prompt contexts (config.nnet.prompts, made by "
+                            "libs/diffusers_exit/prompts.py) and trains data-free only (config.loss.objective='distill')")
+        self.vae = _load_vae(nnet.vae) if nnet.get("vae") else None
         if self.distill and load_data:
             self.train_dataset = SelfSamples.load_or_make(self, config)
+
+    # Prompts as labels (PixArt): the label machinery (balanced conditions, dropout to the null
+    # label) picks rows of the prompt table.
+    def make_batch(self, batch, device, generator=None):
+        x, y = super().make_batch(batch, device, generator)
+        return (x, self.prompts(y)) if self.prompts is not None else (x, y)
+
+    def labels(self, indices, device):
+        """Image i's label (PixArt: its prompt's row), what the self-sample file keeps."""
+        return super().conditions(indices, device)
+
+    def conditions(self, indices, device):
+        y = self.labels(indices, device)
+        return self.prompts(y) if self.prompts is not None and y is not None else y
+
+    def null_condition(self, batch: int, device):
+        y = super().null_condition(batch, device)
+        return self.prompts(y) if self.prompts is not None else y
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return super().decode(x0)
+        vae = self.vae.to(x0.device)
+        images = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor).sample  # [-1, 1]
+        return super().decode(images)
 
     @property
     def objective_kwargs(self) -> dict:
