@@ -93,13 +93,17 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="0.9,deepcache:2:1,fbc:0.1,fbc:0.2,taylorseer:2,taylorseer:3",
                    help="exit/reuse rules and diffusers caches of the sweep (full depth is always in)")
     p.add_argument("--fid_stat", default="", help="FID reference statistics (.npz); '' = image distance only")
+    p.add_argument("--model", default="", help="the transformer's diffusers folder (its config.json inside) for "
+                   "the heads and sweep stages; default <workdir>/model/transformer (stage train's)")
+    p.add_argument("--heads", default="", help="head file for the sweep; default <workdir>/heads.safetensors")
     p.add_argument("--set", action="append", default=[], help="config override key=value (python literal)")
     args = p.parse_args(argv)
     config = load_config(args.config)
     for item in args.set:
         _override(config, item)
     workdir, stages = Path(args.workdir), [s for s in args.stages.split(",") if s]
-    model, heads = workdir / "model" / "transformer", workdir / "heads.safetensors"
+    model = Path(args.model) if args.model else workdir / "model" / "transformer"
+    heads = Path(args.heads) if args.heads else workdir / "heads.safetensors"
     torch.set_num_threads(torch.get_num_threads())
     for stage in stages:
         t0 = time.perf_counter()

@@ -105,8 +105,10 @@ class DiffusersTask(PixelTask):
         return self.prompts(y) if self.prompts is not None and y is not None else y
 
     def null_condition(self, batch: int, device):
-        y = super().null_condition(batch, device)
-        return self.prompts(y) if self.prompts is not None else y
+        if self.prompts is not None:
+            raise UserError("classifier-free guidance of a PixArt model is not wired here (its conditions are not "
+                            "one tensor): set config.sample.scale=0 and config.distill.scale=0")
+        return super().null_condition(batch, device)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
