@@ -34,6 +34,7 @@ from libs.diffusers_exit.heads import load_heads, make_heads, save_heads
 from libs.exits.policy import ExitPolicy, parse_policies
 from libs.models import flops as fl
 from libs.models.backbone import ExitBackbone
+from libs.models.dit import DiT
 from libs.models.flops import NetworkFlops
 from libs.models.uvit_core import unpatchify
 from libs.run.errors import UserError
@@ -117,14 +118,10 @@ class DiffusersExitNet(ExitBackbone):
     def mean_certainty_one(self, i, h, carry):
         return self.uem_heads[i].mean_certainty_one(h, 1)
 
-    def exit_patience(self, i):
-        return 1
-
-    def cache_value(self, span, h_in, h_out):
-        return h_out[:, 1:] - h_in[:, 1:]
-
-    def reuse_value(self, span, h_in, cached):
-        return torch.cat([h_in[:, :1], h_in[:, 1:] + cached], dim=1)
+    # Reuse: the in-house DiT's, on the same layout (row 0 what the final layer reads, then the
+    # patch tokens): the span's residual on the patch tokens; row 0 stays the call's own.
+    cache_value = DiT.cache_value
+    reuse_value = DiT.reuse_value
 
     def _tokens(self) -> int:
         grid = int(self.transformer.config.sample_size) // self.patch_size
