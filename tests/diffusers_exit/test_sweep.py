@@ -28,3 +28,22 @@ def test_sweep_runs_hooks_and_rules_on_the_same_noise_and_labels():
     assert 0 < by["taylorseer:2"].gflops_per_image < by["full"].gflops_per_image
     assert by["static:1"].layer_ratio == 2 / 3
     assert "pareto" in format_table(rows)
+
+
+def test_the_projects_evaluation_engine_and_compiled_sampling_run_on_the_adapter(tmp_path):
+    from accelerate import Accelerator
+
+    from libs.evaluation.engine import evaluate
+    from libs.models.compile import compile_network
+
+    c = get_config()
+    c.nnet.model_config.update(num_attention_heads=2, attention_head_dim=8, num_layers=3)
+    c.sample.update(n_samples=4, mini_batch_size=4, sample_steps=3, grid_size=4)
+    task = DiffusersTask(c, load_data=False)
+    net = attach_exits(task.transformer)
+    results = evaluate(net, task, c, "static:1,0.5,deepcache:2:1", Accelerator(cpu=True), tmp_path, progress=False)
+    assert [r.policy for r in results][0] == "full" and (tmp_path / "report.json").is_file()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([500.0, 20.0]), torch.tensor([1, 2])
+    view = compile_network(net, "blocks", backend="eager")
+    with torch.no_grad():
+        assert torch.equal(view(x, t, y, exit_policy="static:1"), net(x, t, y, exit_policy="static:1"))
