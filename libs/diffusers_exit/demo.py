@@ -2,7 +2,8 @@
 
 1. ``train``: a diffusers ``DiTTransformer2DModel`` built from the config, trained on the digits
    through the adapter with the AdaDiff objective; its EMA transformer is saved as a diffusers
-   folder (``<workdir>/model/transformer``): from here on it is "the pretrained model";
+   folder (``<workdir>/model/transformer``): from here on it is "the pretrained model" (its
+   AdaDiff heads, trained with the data, go to ``<workdir>/heads_from_data.safetensors``);
 2. ``heads``: fresh heads for that frozen model trained without the data (objective 'distill'
    on the model's own samples); written as ``<workdir>/heads.safetensors``;
 3. ``sweep``: the model loaded back from its folder with those heads, swept over step counts x
@@ -47,6 +48,7 @@ def stage_train(config, workdir: Path) -> Path:
     load_weights(net, str(ckpt / "nnet_ema.pth"))
     folder = workdir / "model" / "transformer"
     net.transformer.save_pretrained(str(folder))
+    net.save_heads(workdir / "heads_from_data.safetensors")  # AdaDiff's heads, for comparison with stage 2's
     return folder
 
 
