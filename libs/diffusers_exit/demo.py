@@ -28,7 +28,7 @@ from libs.run.checkpoint import load_weights
 from libs.run.errors import guarded
 from libs.training.engine import train
 
-STAGES = ("train", "heads", "sweep")
+STAGES = ("train", "heads", "sweep", "exits")  # 'exits' (not in the default run): the stronger data-free mode
 
 
 def load_config(path: str):
@@ -52,10 +52,12 @@ def stage_train(config, workdir: Path) -> Path:
     return folder
 
 
-def heads_config(config, model_folder: Path, workdir: Path):
-    """Stage 2's config: the frozen model from its folder, fresh heads, the 'distill' objective."""
+def heads_config(config, model_folder: Path, workdir: Path, run: str = "heads"):
+    """Stage 2's config: the frozen model from its folder, fresh heads, the 'distill' objective;
+    the run in ``<workdir>/<run>``, the model's own samples shared in ``<workdir>``."""
     c = copy.deepcopy(config)
-    c.workdir = str(workdir / "heads")
+    c.workdir = str(workdir / run)
+    c.distill.feature_file = c.distill.get("feature_file") or str(workdir / "self_samples.safetensors")
     c.nnet.update(pretrained=str(model_folder), subfolder="", train="heads", heads="")
     c.loss.update(objective="distill", layer_coef=0.0)  # heads only: the layer-wise term has nothing to train
     c.train.update(n_steps=int(c.distill.n_steps), save_interval=int(c.distill.n_steps))
@@ -63,13 +65,22 @@ def heads_config(config, model_folder: Path, workdir: Path):
     return c
 
 
-def stage_heads(config, model_folder: Path, workdir: Path) -> Path:
-    c = heads_config(config, model_folder, workdir)
+def stage_heads(config, model_folder: Path, workdir: Path, strength: str = "heads") -> Path:
+    """Stage 2 (``strength='heads'``), or the 'exits' strength: blocks, final layer and heads
+    fine-tuned with the layer-wise loss against a frozen teacher; that model goes to
+    ``<workdir>/model_exits/transformer`` and its heads to ``heads_exits.safetensors``."""
+    c = heads_config(config, model_folder, workdir, run=strength)
+    if strength == "exits":
+        c.nnet.train, c.loss.layer_coef, c.optimizer.lr = "exits", 1.0, float(c.optimizer.lr) / 10
     task = DiffusersTask(c)
     ckpt = train(c, task)
     net = task.build_network()
     load_weights(net, str(ckpt / "nnet_ema.pth"))
-    path = workdir / "heads.safetensors"
+    if strength == "heads":
+        path = workdir / "heads.safetensors"
+    else:
+        net.transformer.save_pretrained(str(workdir / "model_exits" / "transformer"))
+        path = workdir / "heads_exits.safetensors"
     net.save_heads(path)
     return path
 
@@ -91,7 +102,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m libs.diffusers_exit.demo", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/diffusers_digits.py")
     p.add_argument("--workdir", default="workdir/diffusers_demo")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
+    p.add_argument("--stages", default="train,heads,sweep", help="comma-separated, in order, of " + ", ".join(STAGES))
     p.add_argument("--methods", default="0.9,deepcache:2:1,fbc:0.1,fbc:0.2,taylorseer:2,taylorseer:3",
                    help="exit/reuse rules and diffusers caches of the sweep (full depth is always in)")
     p.add_argument("--fid_stat", default="", help="FID reference statistics (.npz); '' = image distance only")
@@ -113,6 +124,8 @@ def main(argv=None) -> None:
             model = stage_train(config, workdir)
         elif stage == "heads":
             heads = stage_heads(config, model, workdir)
+        elif stage == "exits":
+            stage_heads(config, model, workdir, strength="exits")
         elif stage == "sweep":
             print(stage_sweep(config, model, heads, workdir, args.methods, args.fid_stat))
         else:

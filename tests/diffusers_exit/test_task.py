@@ -39,7 +39,7 @@ def test_heads_only_training_leaves_the_diffusers_weights_bitwise(tmp_path):
         assert torch.equal(saved["transformer." + k], v), k
         assert torch.equal(task.transformer.state_dict()[k], v), k
     assert len(task.train_dataset) == 16  # the model's own samples, cached
-    assert (tmp_path / "heads" / "self_samples.safetensors").is_file()
+    assert (tmp_path / "self_samples.safetensors").is_file()
 
 
 def _fresh_heads(hc):
