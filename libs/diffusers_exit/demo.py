@@ -23,6 +23,7 @@ import torch
 
 from libs.diffusers_exit.adapter import attach_exits
 from libs.diffusers_exit.sweep import fid_function, format_table, parse_methods, run_sweep, write_report
+from libs.diffusers_exit.features import default_device
 from libs.diffusers_exit.task import DiffusersTask, load_transformer
 from libs.diffusion.registry import parse_step_counts
 from libs.run.checkpoint import load_weights
@@ -89,11 +90,12 @@ def stage_heads(config, model_folder: Path, workdir: Path, strength: str = "head
 def stage_sweep(config, model_folder: Path, heads: Path, workdir: Path, methods: str, fid_stat: str) -> str:
     c = copy.deepcopy(config)
     c.nnet.update(pretrained=str(model_folder), subfolder="")
-    transformer = load_transformer(c.nnet, c.seed)
+    device = default_device()
+    transformer = load_transformer(c.nnet, c.seed).to(device)
     net = attach_exits(transformer, heads=heads, time_shift=c.nnet.get("time_shift", 0.0))
     task = DiffusersTask(c, load_data=False, transformer=transformer)
     steps = list(parse_step_counts(c.sample.sample_steps))
-    fid = fid_function(fid_stat, "cpu") if fid_stat else None
+    fid = fid_function(fid_stat, device) if fid_stat else None
     rows = run_sweep(net, task, c, parse_methods(methods, type(transformer).__name__), steps, fid=fid)
     write_report(rows, workdir / "sweep", extra=dict(methods=methods, n_samples=int(c.sample.n_samples)))
     return format_table(rows)

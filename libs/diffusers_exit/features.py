@@ -29,6 +29,13 @@ from libs.exits.policy import FULL
 from libs.exits.recorder import ExitRecorder
 
 
+def default_device() -> torch.device:
+    """This process's GPU (``LOCAL_RANK``, as launchers set it) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _recipe(task, config) -> dict:
     dc = config.distill
     net_cfg = task.transformer.config
@@ -76,7 +83,8 @@ def make_samples(task, config):
     import ml_collections
 
     dc = config.distill
-    device = next(task.transformer.parameters()).device
+    device = default_device()
+    task.transformer.to(device)  # the engine moves it there too
     net = attach_exits(task.transformer, time_shift=config.nnet.get("time_shift", 0.0)).eval()
     steps = int(dc.steps)
     sample_cfg = ml_collections.ConfigDict(dict(algorithm=dc.get("algorithm", "dpm_solver"), sample_steps=steps,

@@ -125,6 +125,8 @@ class DiffusersTask(PixelTask):
         teacher, n = self.teacher, self.teacher.eps_channels
 
         def target(x, t, cond):
+            if next(teacher.parameters()).device != x.device:  # the engine moved the student; follow it
+                teacher.to(x.device)
             out = teacher(x, t, cond)
             return out if n is None else out[:, :n]
 
