@@ -54,8 +54,25 @@ def load_transformer(nnet, seed: int):
                             f"(save_pretrained's, or a snapshot under ~/.cache/huggingface/hub); nothing is downloaded")
         kw = dict(subfolder=nnet.subfolder) if nnet.get("subfolder") else {}
         return cls.from_pretrained(str(path), local_files_only=True, **kw).eval()
+    if not nnet.get("model_config"):
+        raise UserError("config.nnet needs a diffusers folder (config.nnet.pretrained, or --model) or the model's "
+                        "constructor arguments (config.nnet.model_config)")
     torch.manual_seed(seed)
     return cls(**dict(nnet.model_config)).eval()
+
+
+def check_nnet(nnet) -> list:
+    """Every problem of a ``name='diffusers'`` ``config.nnet`` (one line each), loading nothing."""
+    problems = []
+    if nnet.get("cls") not in ADAPTERS:
+        problems.append(f"config.nnet.cls={nnet.get('cls')!r}: choose one of {', '.join(ADAPTERS)}")
+    if nnet.get("train", "all") not in TRAINED:
+        problems.append(f"config.nnet.train={nnet.get('train')!r}: choose one of {', '.join(TRAINED)}")
+    for field in ("img_size", "in_chans"):
+        v = nnet.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"config.nnet.{field}={v!r}: must be an integer >= 1")
+    return problems
 
 
 def _load_vae(folder: str):
@@ -85,7 +102,8 @@ class DiffusersTask(PixelTask):
         self.prompts = PromptTable(nnet.prompts) if nnet.get("prompts") else None
         if nnet.cls == "PixArtTransformer2DModel" and (self.prompts is None or (load_data and not self.distill)):
             raise UserError("a PixArt model runs here on prompt contexts (config.nnet.prompts, made by "
-                            "libs/diffusers_exit/prompts.py) and trains data-free only (config.loss.objective='distill')")
+                            "libs/diffusers_exit/prompts.py) and trains data-free only "
+                            "(config.loss.objective='distill')")
         self.vae = _load_vae(nnet.vae) if nnet.get("vae") else None
         if self.distill and load_data:
             self.train_dataset = SelfSamples.load_or_make(self, config)

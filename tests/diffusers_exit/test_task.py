@@ -68,3 +68,20 @@ def test_data_free_training_resumes_exactly(tmp_path):
                not torch.equal(a[k], _fresh_heads(straight).get(k, a[k]))]
     assert changed  # the 'exits' strength trains the blocks
     assert all(torch.equal(a[k], v) for k, v in _fresh_heads(straight).items() if k.startswith("transformer.pos_embed"))
+
+
+def test_config_problems_are_listed_one_line_each_and_an_empty_source_is_refused():
+    import pytest
+
+    from libs.diffusers_exit.task import check_nnet, load_transformer
+    from libs.run.errors import UserError
+
+    c = get_config()
+    assert check_nnet(c.nnet) == []
+    c.nnet.update(cls="UNet2DModel", train="most", img_size=0)
+    problems = check_nnet(c.nnet)
+    assert len(problems) == 3 and all("\n" not in p for p in problems) and "DiTTransformer2DModel" in problems[0]
+    c = get_config()
+    c.nnet.model_config = {}
+    with pytest.raises(UserError, match="config.nnet.pretrained"):
+        load_transformer(c.nnet, 0)

@@ -19,7 +19,8 @@ def tiny_dit(learn_sigma=True, layers=3, classes=10, seed=0, dtype=torch.float32
 
 
 def tiny_pixart(learn_sigma=True, layers=2, micro=False, seed=0, dtype=torch.float32):
-    model = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=12,  # width 24: micro-conditions split it in 3 in_channels=4,
+    # width 24: the micro-conditions' embedding splits the width in 3
+    model = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4,
                                      out_channels=8 if learn_sigma else 4, num_layers=layers, sample_size=8,
                                      patch_size=2, cross_attention_dim=24, caption_channels=12,
                                      use_additional_conditions=micro)
