@@ -9,7 +9,8 @@
 depth is always evaluated too, as the baseline of the measured speedup. A released U-ViT
 file (no uncertainty heads) evaluates at full depth only.
 """
-from libs.cli.entry import define_flags, eval_main, run
+from libs.cli.evaluate import eval_main
+from libs.cli.flags import define_flags, run
 
 FLAGS = define_flags("eval")
 

@@ -3,14 +3,15 @@
     python eval_ldm.py --config=configs/imagenet256_uvit_large.py --nnet_path=<...>/nnet_ema.pth \
         --exit_threshold=0.9,0.92,none
 """
-from libs.cli.entry import define_flags, eval_main, run
+from libs.cli.evaluate import eval_main
+from libs.cli.flags import define_flags, run
 
 FLAGS = define_flags("eval")
 
 
 def main(argv):
     from libs.tasks.latent import LatentTask
-    eval_main(FLAGS, lambda config: LatentTask(config, load_data=False), "eval_ldm.py", "continuous")
+    eval_main(FLAGS, lambda config: LatentTask(config, load_data=False), "eval_ldm.py")
 
 
 if __name__ == "__main__":

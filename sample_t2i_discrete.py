@@ -7,14 +7,13 @@ Flags mirror config fields: --nnet_path (config.nnet_path), --exit_policy or --e
 (config.sample.exit_policy, one policy; profile: and budget: calibrate on the first
 config.sample.calib_samples prompts), --output_path (config.output_path); --input_path
 is the prompts file (one prompt per line, blank lines skipped). Images are written as
-<output_path>/<line index>.png with prompts.txt beside them; the CLIP text encoder is
-config.clip.version (a local folder or a cached model name).
+<output_path>/<line index>.png with prompts.txt beside them, published when all are done: the
+folder then holds this run's files only (a folder holding other files is refused); the CLIP
+text encoder is config.clip.version (a local folder or a cached model name).
 """
-from pathlib import Path
-
 from absl import flags
 
-from libs.cli.entry import define_flags, run
+from libs.cli.flags import define_flags, run
 
 FLAGS = define_flags("eval")
 flags.DEFINE_string("input_path", None, "Prompts file, one prompt per line.")
@@ -22,70 +21,8 @@ flags.mark_flags_as_required(["input_path"])
 
 
 def main(argv):
-    from libs.cli.config_check import check_config
-    from libs.cli.entry import check_time, resolve_eval_config
-    from libs.exits.policy import parse_policies
-    from libs.run.lock import RunLock
-    from libs.run.output_guard import check_output_file
-
-    config = resolve_eval_config(FLAGS)
-    check_time(config, "sample_t2i_discrete.py", "discrete")
-    check_config(config, "eval")
-    policies = parse_policies(str(config.sample.exit_policy))
-    if len(policies) != 1:
-        raise ValueError(f"sample_t2i_discrete.py samples under one exit policy, got "
-                         f"{', '.join(p.spec for p in policies)}")
-    prompts = [line.strip() for line in Path(FLAGS.input_path).read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{FLAGS.input_path} holds no prompts (one per line)")
-    out = Path(config.output_path)
-    inputs = [FLAGS.input_path] + ([config.nnet_path] if config.nnet_path else [])
-    check_output_file(out / "prompts.txt", "--output_path", inputs)
-    with RunLock(out, flag="--output_path"):
-        sample(config, policies, prompts, out)
-
-
-def sample(config, policies, prompts, out: Path) -> None:
-    """Encode the prompts, load the network (``load_net_for_sampling``), calibrate the policy
-    and write ``out/<i>.png`` and ``out/prompts.txt``."""
-    import logging
-
-    import torch
-
-    from libs.cli.entry import load_net_for_sampling
-    from libs.evaluation.engine import calibrate_policy, generate
-    from libs.evaluation.image_io import images_to_uint8, save_png
-    from libs.exits.recorder import ExitRecorder
-    from libs.models.clip import FrozenCLIPEmbedder
-    from libs.tasks.text import PromptTask
-
-    net, kept = load_net_for_sampling(config, policies, logging.getLogger("libs.sample"),
-                                      bool(FLAGS.allow_config_mismatch))
-    if not kept:
-        raise ValueError(f"{config.nnet_path} holds plain U-ViT weights (no uncertainty heads), which "
-                         f"{policies[0].spec} needs: use --exit_policy=static:K or full, or AdaDiff weights")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = FrozenCLIPEmbedder(config.clip.version, device=device)
-    with torch.no_grad():
-        contexts = torch.cat([clip.encode(prompts[i:i + 64]) for i in range(0, len(prompts), 64)]).float().cpu()
-        empty = clip.encode([""])[0].float().cpu()
-    del clip
-    task = PromptTask(config, contexts, empty)
-    net.to(device).eval()
-    policy = calibrate_policy(kept[0], net, task, config, device)
-    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    recorder = ExitRecorder(net.num_blocks, device)
-    bs = int(config.sample.mini_batch_size)
-    with torch.no_grad():
-        for b, s in enumerate(range(0, len(prompts), bs)):
-            idx = list(range(s, min(s + bs, len(prompts))))
-            images = images_to_uint8(generate(net, task, config.sample, idx, policy, recorder, config.seed, b,
-                                              device))
-            for i, im in zip(idx, images):
-                save_png(im, out / f"{i}.png")
-    summary = recorder.summary(net.flops(), len(prompts))
-    print(f"wrote {len(prompts)} images to {out} ({policy.spec}: {summary['mean_blocks']:.2f} of "
-          f"{net.num_blocks} blocks per call, {summary['gflops_per_image']:.4g} GFLOPs per image)")
+    from libs.cli.sample import sample_main
+    sample_main(FLAGS, FLAGS.input_path)
 
 
 if __name__ == "__main__":

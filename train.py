@@ -6,7 +6,8 @@
 
 A run resumes automatically from the latest complete checkpoint in <workdir>/ckpts.
 """
-from libs.cli.entry import define_flags, train_main, run
+from libs.cli.flags import define_flags, run
+from libs.cli.train import train_main
 
 FLAGS = define_flags("train")
 

@@ -3,15 +3,15 @@
     accelerate launch --multi_gpu --num_processes 4 --mixed_precision fp16 train_t2i_discrete.py \
         --config=configs/mscoco_uvit_small.py --pretrained_weight=assets/pretrained/mscoco_uvit_small.pth
 """
-from libs.cli.entry import define_flags, train_main, run
+from libs.cli.flags import define_flags, run
+from libs.cli.train import train_main
 
 FLAGS = define_flags("train")
 
 
 def main(argv):
     from libs.tasks.text import TextTask
-    train_main(FLAGS, lambda config, sampling: TextTask(config, need_decoder=sampling), "train_t2i_discrete.py",
-               "discrete")
+    train_main(FLAGS, lambda config, sampling: TextTask(config, need_decoder=sampling), "train_t2i_discrete.py")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ prints per (mode, policy):
 Policies that need calibration (``profile:``) are calibrated once, eagerly, on
 ``--calib_images`` images. ``--nnet_path`` loads weights (the trained digits heads), else the
 weights are random with the heads' weights scaled by ``--random_heads`` so that exits vary.
-Modes: ``eager``, ``blocks``, ``graphs``, and ``blocks-bucket`` / ``graphs-bucket`` (batch
-compaction through padded power-of-two buckets instead of a dynamic batch dimension).
+Modes: ``eager``, ``blocks``, ``graphs`` (``libs/models/compile.py``).
 
     python benchmarks/bench_compile.py --threads 1                     # digits, trained heads
     python benchmarks/bench_compile.py --config cifar10_uvit_small --steps 10 --batch_sizes 1,16 \\
@@ -99,18 +98,14 @@ def measure(config, net, task, args):
     modes = args.modes.split(",")
     views = {}
     for m in modes:
-        base, _, batch = m.partition("-")
-        views[m] = net if base == "eager" else compile_network(
-            net, base, compile_mode=args.compile_mode if base == "graphs" else None, batch=batch or "dynamic")
-    rows = []
+        views[m] = net if m == "eager" else compile_network(
+            net, m, compile_mode=args.compile_mode if m == "graphs" else None)
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         runs = args.batch1_runs if bs == 1 else 1
         batches = [list(range(b * bs, (b + 1) * bs)) for b in range(runs)]
-        cells = [(m, q) for m in modes for q in policies]
-        times = {c: [] for c in cells}
-        compile_s, graphs, blocks, calls, x0, exits = {}, {}, {}, {}, {}, {}
+        cell = {(m, q): dict(times=[]) for m in modes for q in policies}  # what each (mode, policy) measured
         for r in range(args.repeats + 1):  # round 0 compiles (and warms up)
-            for m, q in cells:
+            for (m, q), c in cell.items():
                 view, rec = views[m], ExitRecorder(net.num_blocks, device)
                 stats = getattr(view, "compile_stats", None)
                 s0, g0 = (stats.seconds, stats.graphs) if stats else (0.0, 0)
@@ -122,27 +117,13 @@ def measure(config, net, task, args):
                 sync()
                 dt = time.perf_counter() - t0
                 summary = rec.summary(None, bs * runs)
-                blocks[m, q], calls[m, q] = summary["mean_blocks"], runs * len(summary["exit_block_per_step"])
-                x0[m, q], exits[m, q] = out.float().cpu(), rec.counts.cpu()  # the last batch's, every round alike
+                c.update(blocks=summary["mean_blocks"], calls=runs * len(summary["exit_block_per_step"]),
+                         x0=out.float().cpu(), exits=rec.counts.cpu())  # the last batch's, every round alike
                 if r == 0:
-                    compile_s[m, q] = (stats.seconds - s0) if stats else 0.0
-                    graphs[m, q] = (stats.graphs - g0) if stats else 0
+                    c.update(compile_s=stats.seconds - s0 if stats else 0.0, graphs=stats.graphs - g0 if stats else 0)
                 else:
-                    times[m, q].append(dt / calls[m, q])
-        for m, q in cells:
-            per_call = statistics.median(times[m, q])
-            full = statistics.median(times[m, policies[0]])
-            eager_full = statistics.median(times[modes[0], policies[0]])
-            ideal = blocks[m, policies[0]] / blocks[m, q]
-            speedup = full / per_call
-            rows.append(dict(config=args.config, batch=bs, mode=m, policy=q.spec, compile_s=compile_s[m, q],
-                             graphs=graphs[m, q], ms_per_call=1e3 * per_call, blocks=blocks[m, q],
-                             images_per_s=bs * runs / (per_call * calls[m, q]),
-                             speedup=speedup, ideal=ideal, of_ideal=speedup / ideal,
-                             full_vs_first_mode=eager_full / full,
-                             max_abs_diff=(x0[m, q] - x0[modes[0], q]).abs().max().item(),
-                             same_exits=bool(torch.equal(exits[m, q], exits[modes[0], q]))))
-            yield rows[-1]
+                    c["times"].append(dt / c["calls"])
+        yield from _rows(args, bs, runs, modes, policies, cell)
     for m in modes:
         stats = getattr(views[m], "compile_stats", None)
         for n in (stats.notes if stats else []):
@@ -150,6 +131,26 @@ def measure(config, net, task, args):
     for q in policies:
         if q.calibration():
             print(f"# {q.spec}: {q.calibration()}")
+
+
+def _rows(args, bs: int, runs: int, modes, policies, cell):
+    """One row per (mode, policy) of a batch size from the cells' measurements (``measure``)."""
+    import torch
+
+    def median(m, q):
+        return statistics.median(cell[m, q]["times"])
+
+    for (m, q), c in cell.items():
+        per_call, full = median(m, q), median(m, policies[0])
+        ideal = cell[m, policies[0]]["blocks"] / c["blocks"]
+        first = cell[modes[0], q]
+        yield dict(config=args.config, batch=bs, mode=m, policy=q.spec, compile_s=c["compile_s"],
+                   graphs=c["graphs"], ms_per_call=1e3 * per_call, blocks=c["blocks"],
+                   images_per_s=bs * runs / (per_call * c["calls"]), speedup=full / per_call,
+                   ideal=ideal, of_ideal=full / per_call / ideal,
+                   full_vs_first_mode=median(modes[0], policies[0]) / full,
+                   max_abs_diff=(c["x0"] - first["x0"]).abs().max().item(),
+                   same_exits=bool(torch.equal(c["exits"], first["exits"])))
 
 
 def main(argv=None):

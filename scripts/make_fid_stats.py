@@ -9,7 +9,7 @@ For a folder or an .npz of images use ``python tools/fid_stats.py SOURCE OUT.npz
 from absl import flags
 from ml_collections import config_flags
 
-from libs.cli.entry import run
+from libs.cli.flags import run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration whose dataset to use.", lock_config=False)

@@ -7,14 +7,54 @@ whose rules live with the code that uses them are checked by that code's validat
 re-implemented here: ``config.nnet`` by the network class's ``check_args``
 (``libs.models.registry.check_nnet``), ``config.sample.exit_policy`` by ``parse_policies``, the
 optimizer name against ``libs.training.engine.OPTIMIZERS``, the other names against their
-registries (samplers, objectives, layer weights, conditions, time modes).
+registries (samplers, objectives, layer weights, conditions, time modes). Counts the code
+allocates or loops over are bounded (``COUNT_LIMITS``).
+
+Beside it: ``check_script`` (the script must be the one for the config's mode and time,
+``SCRIPTS``) and ``check_fid_inputs`` (sample counts that feed an FID, the reference
+statistics).
 """
 from __future__ import annotations
 
 import math
 from numbers import Real
 
+from libs.diffusion.registry import SAMPLERS, parse_step_counts
+from libs.evaluation.fid import load_statistics
+from libs.evaluation.frontier import parse_compute_budget
+from libs.exits.policy import ExitPolicyError, parse_policies
+from libs.models.compile import MODES
+from libs.models.registry import NETWORKS, check_nnet
+from libs.tasks.conditions import CONDITIONS
+from libs.tasks.time_modes import TIMES
+from libs.training.engine import OPTIMIZERS
+from libs.training.losses import LAYER_WEIGHTS
+from libs.training.objectives import OBJECTIVES
+
 LR_SCHEDULERS = ("customized",)  # linear warmup, then constant (U-ViT's schedule)
+
+
+# (mode, time) -> the scripts that run such configs: train, eval, sample (see ``config_mode``)
+SCRIPTS = {("pixel", "continuous"): ("train.py", "eval.py"),
+           ("latent", "continuous"): ("train_ldm.py", "eval_ldm.py"),
+           ("latent", "discrete"): ("train_ldm_discrete.py", "eval_ldm_discrete.py"),
+           ("text", "discrete"): ("train_t2i_discrete.py", "eval_t2i_discrete.py", "sample_t2i_discrete.py")}
+
+
+# Counts the code allocates or loops over, bounded so that a typo gives this one line instead
+# of an OverflowError or MemoryError deep inside: field -> (largest value, why).
+COUNT_LIMITS = {
+    "seed": (2 ** 63 - 1, "a 64-bit seed"),
+    "sample.sample_steps": (100_000, "a sampler step count; the time grid is allocated"),
+    "sample.n_samples": (10_000_000, "images to sample; FID uses 50,000"),
+    "sample.mini_batch_size": (1_000_000, "images per batch"),
+    "sample.grid_size": (10_000, "images in one grid PNG"),
+    "sample.calib_samples": (1_000_000, "calibration images"),
+    "train.n_steps": (10 ** 10, "optimisation steps"),
+    "train.batch_size": (10_000_000, "images per step"),
+    "train.select_best_n_samples": (10_000_000, "images per FID of a checkpoint"),
+    "train.num_workers": (1024, "data loader processes"),
+}
 
 
 class ConfigError(ValueError):
@@ -47,11 +87,15 @@ class _Checker:
             self._bad(dotted, value, f"choose one of {', '.join(map(str, choices))}")
 
     def integer(self, dotted, low, what=""):
+        """An integer >= ``low`` and, when ``COUNT_LIMITS`` bounds the field, <= its limit."""
         value = _get(self.config, dotted)
         if value is _MISSING:
             return
+        high, why = COUNT_LIMITS.get(dotted, (None, ""))
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             self._bad(dotted, value, f"must be an integer >= {low}{what}")
+        elif high is not None and value > high:
+            self._bad(dotted, value, f"must be at most {high:,} ({why})")
 
     def number(self, dotted, low, high=math.inf, low_open=False, high_open=False, what=""):
         value = _get(self.config, dotted)
@@ -78,8 +122,6 @@ class _Checker:
 
 
 def _check_nnet(c: _Checker):
-    from libs.models.registry import NETWORKS, check_nnet
-
     nnet = _get(c.config, "nnet")
     if nnet is not _MISSING and nnet.get("name") == "diffusers":  # an adapted diffusers model (libs/diffusers_exit)
         from libs.diffusers_exit.task import check_nnet as check_diffusers
@@ -92,14 +134,13 @@ def _check_nnet(c: _Checker):
 
 
 def _check_sample(c: _Checker):
-    from libs.diffusion.registry import SAMPLERS, parse_step_counts
-    from libs.evaluation.frontier import parse_compute_budget
-    from libs.exits.policy import ExitPolicyError, parse_policies
-    from libs.models.compile import MODES
-    from libs.tasks.conditions import CONDITIONS
-
     c.choice("sample.algorithm", SAMPLERS)
     c.parsed("sample.sample_steps", parse_step_counts)  # one count or a comma-separated list
+    steps = _get(c.config, "sample.sample_steps")
+    if steps is not _MISSING and not c.problems:
+        high, why = COUNT_LIMITS["sample.sample_steps"]
+        c.ensure(max(parse_step_counts(steps)) <= high,
+                 f"config.sample.sample_steps={steps!r}: every count must be at most {high:,} ({why})")
     c.parsed("sample.compute_budget", parse_compute_budget)
     c.integer("sample.n_samples", 1)
     c.integer("sample.mini_batch_size", 1)
@@ -117,10 +158,6 @@ def _check_sample(c: _Checker):
 
 
 def _check_train(c: _Checker):
-    from libs.training.engine import OPTIMIZERS
-    from libs.training.losses import LAYER_WEIGHTS
-    from libs.training.objectives import OBJECTIVES
-
     c.integer("train.n_steps", 1)
     c.integer("train.batch_size", 1)
     for field in ("log_interval", "sample_interval", "eval_interval", "save_interval"):
@@ -148,11 +185,57 @@ def _check_train(c: _Checker):
     c.number("loss.p_uncond", 0, 1, high_open=True)
 
 
+def config_mode(config) -> str:
+    """'text' (prompts: config.clip), 'latent' (an autoencoder: config.autoencoder) or 'pixel'."""
+    if "clip" in config or config.get("nnet", {}).get("name") == "uvit_t2i":
+        return "text"
+    return "latent" if "autoencoder" in config else "pixel"
+
+
+def check_script(config, script: str) -> None:
+    """The script must be the one for the config's mode and time (``SCRIPTS``): ``eval_ldm.py``
+    with a pixel config, ``train.py`` with ``config.time='discrete'``, ... are refused naming the
+    script to use."""
+    mode, time = config_mode(config), config.get("time", "continuous")
+    scripts = SCRIPTS.get((mode, time))
+    if scripts is None:
+        times = [t for m, t in SCRIPTS if m == mode]
+        raise ValueError(f"no script runs {mode}-space models with config.time={time!r}: set config.time to "
+                         f"{' or '.join(repr(t) for t in times)}")
+    if script in scripts:
+        return
+    job = script.split("_")[0].split(".")[0]  # train, eval or sample
+    fits = [s for s in scripts if s.startswith(job)]
+    use = f"use {fits[0]}" if fits else f"its scripts are {', '.join(scripts)}"
+    raise ValueError(f"{script} does not run this config ({mode}-space model, config.time={time!r}): {use}")
+
+
+def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
+    """Before any work: every sample count that feeds an FID is at least 2 (a covariance needs
+    two images) and, with ``statistics``, the FID reference statistics a run will use are
+    readable and valid (``libs.evaluation.fid.load_statistics``; an evaluation leaves that to
+    ``evaluate``, which loads them once, before it samples)."""
+    sc, tc = config.sample, config.train
+    if not sc.get("fid_stat"):
+        return
+    counts = {}
+    if kind == "eval" or tc.get("eval_interval"):
+        counts["config.sample.n_samples"] = sc.n_samples
+    if kind == "train" and tc.get("select_best_by_fid"):
+        counts["config.train.select_best_n_samples"] = tc.get("select_best_n_samples")
+    if kind == "train" and not counts:
+        return
+    for field, n in counts.items():
+        if isinstance(n, int) and n < 2:
+            raise ValueError(f"{field}={n}: an FID needs at least 2 samples (the covariance of their features): "
+                             f"set {field} >= 2, or --config.sample.fid_stat= for no FID")
+    if statistics:
+        load_statistics(sc.fid_stat)
+
+
 def check_config(config, kind: str) -> None:
     """Raise ``ConfigError`` unless every checked field of ``config`` is valid for a
     'train' or 'eval' command."""
-    from libs.tasks.time_modes import TIMES
-
     if kind not in ("train", "eval"):
         raise ValueError(f"kind must be 'train' or 'eval', got {kind!r}")
     c = _Checker(config)

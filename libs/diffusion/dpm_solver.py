@@ -9,19 +9,13 @@ Entry point ``dpm_solver_sample(model_fn, x, schedule, ...)``: ``model_fn(x, t) 
 time t in (0, 1]. It integrates the probability-flow ODE from ``t_start`` (default T = 1)
 down to ``t_end`` (default ``schedule.default_t_end``) and returns x at ``t_end``.
 
-Exponential integrator. With lambda = log(alpha/sigma), a step from s to t < s has
-h = lambda_t - lambda_s > 0, and the ODE's exact solution is
-
-    noise:  x_t = alpha_t/alpha_s x_s - sigma_t int_0^h e^(h-u) eps(lambda_s + u) du        (DPM-Solver eq. (3.4))
-    data:   x_t = sigma_t/sigma_s x_s + alpha_t int_0^h e^(u-h) x0(lambda_s + u) du        (DPM-Solver++ eq. (9))
-
-with x0 = (x - sigma eps)/alpha. Expanding the model output m (eps_hat or x0_hat) to
-second order in lambda about s, with d1 ~ h dm/dlambda and d2 ~ h^2 d^2m/dlambda^2, every
+Exponential integrator (``libs/diffusion/solver_toolkit.py``: grid, model output, step
+coefficients). Expanding the model output m (eps_hat or x0_hat) to second order in lambda
+about s, with h = lambda_t - lambda_s, d1 ~ h dm/dlambda and d2 ~ h^2 d^2m/dlambda^2, every
 update here is ``_Integrator.step``:
 
-    x_t = lin x_s + c (phi1 m + phi2 d1 + phi3 d2),
-    noise: (lin, c) = (alpha_t/alpha_s, -sigma_t),  phi1 = e^h - 1,   phi2 = phi1/h - 1,  phi3 = phi2/h - 1/2;
-    data:  (lin, c) = (sigma_t/sigma_s, alpha_t),   phi1 = 1 - e^-h,  phi2 = 1 - phi1/h,  phi3 = 1/2 - phi2/h.
+    x_t = lin x_s + c (phi1 m + phi2 d1 + phi3 d2),   (lin, c, phi1) of the toolkit's ``Step``,
+    noise: phi2 = phi1/h - 1,  phi3 = phi2/h - 1/2;     data: phi2 = 1 - phi1/h,  phi3 = 1/2 - phi2/h.
 
 Order 1 (d1 = d2 = 0) is DDIM. The derivatives come from extra model calls inside the step
 (singlestep) or from the previous steps' outputs (multistep); ``solver_type='dpmsolver'``
@@ -43,44 +37,25 @@ Methods (each calls ``model_fn`` exactly ``steps`` times):
 * ``'multistep'`` (``_multistep``; DPM-Solver(++)(2M), (3M)): ``steps`` steps on the grid,
   each from the last ``multistep_orders`` outputs, one call per grid point but the last.
 
-Skip types: ``'logSNR'`` (uniform in lambda), ``'time_uniform'``, ``'time_quadratic'``.
+Skip types (``solver_toolkit.SKIP_TYPES``): ``'logSNR'``, ``'time_uniform'``, ``'time_quadratic'``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 
 from libs.diffusion.schedules import VPSchedule
-from libs.diffusion.wrappers import ModelFn, batch_time
+from libs.diffusion.solver_toolkit import (PREDICTIONS, SKIP_TYPES, Point, Step, check_arguments,  # noqa: F401
+                                           get_time_steps, model_output, points, time_grid)
+from libs.diffusion.wrappers import ModelFn
 
 METHODS = ("singlestep_fast", "singlestep", "multistep")
-SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
-PREDICTIONS = ("noise", "data")
 SOLVER_TYPES = ("dpmsolver", "taylor")
+_points = points  # the integrator's points of a grid (tests build grids through it)
 
 
-# ----------------------------------------------------------------------------- grids and orders
-
-
-def get_time_steps(schedule: VPSchedule, skip_type: str, t_start: float, t_end: float, n: int) -> torch.Tensor:
-    """(n + 1,) float64 decreasing grid from t_start to t_end (end points exact)."""
-    t_start64 = torch.tensor(t_start, dtype=torch.float64)
-    t_end64 = torch.tensor(t_end, dtype=torch.float64)
-    if skip_type == "logSNR":
-        lam = torch.linspace(schedule.marginal_lambda(t_start64).item(), schedule.marginal_lambda(t_end64).item(),
-                             n + 1, dtype=torch.float64)
-        ts = schedule.inverse_lambda(lam)
-    elif skip_type == "time_uniform":
-        ts = torch.linspace(t_start, t_end, n + 1, dtype=torch.float64)
-    elif skip_type == "time_quadratic":
-        ts = torch.linspace(math.sqrt(t_start), math.sqrt(t_end), n + 1, dtype=torch.float64) ** 2
-    else:
-        raise ValueError(f"skip_type must be one of {SKIP_TYPES}, got {skip_type!r}")
-    ts[0], ts[-1] = t_start, t_end
-    return ts
+# ----------------------------------------------------------------------------- orders
 
 
 def singlestep_orders(steps: int, order: int) -> List[int]:
@@ -124,35 +99,6 @@ def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> 
 # ----------------------------------------------------------------------------- the integrator
 
 
-@dataclass(frozen=True)
-class _Point:
-    """Schedule quantities at one time, as python floats (float64 maths, no device syncs)."""
-
-    t: float
-    alpha: float
-    sigma: float
-    lam: float
-
-
-def _points(schedule: VPSchedule, ts: torch.Tensor) -> List[_Point]:
-    ts = ts.to(torch.float64)
-    alpha, sigma, lam = (v.tolist() for v in schedule.marginals(ts))
-    return [_Point(*v) for v in zip(ts.tolist(), alpha, sigma, lam)]
-
-
-def _phis(h: float, predict: str):
-    """(phi1, phi2, phi3) of the module docstring for step size h in lambda."""
-    if predict == "noise":
-        p1 = math.expm1(h)
-        p2 = p1 / h - 1.0
-        p3 = p2 / h - 0.5
-    else:
-        p1 = -math.expm1(-h)
-        p2 = 1.0 - p1 / h
-        p3 = 0.5 - p2 / h
-    return p1, p2, p3
-
-
 class _Integrator:
     """The update rules for one (model_fn, schedule, predict, solver_type); holds no samples.
 
@@ -164,28 +110,24 @@ class _Integrator:
         self.model_fn, self.schedule = model_fn, schedule
         self.predict, self.solver_type = predict, solver_type
 
-    def point(self, t: float) -> _Point:
-        return _points(self.schedule, torch.tensor([t], dtype=torch.float64))[0]
+    def point(self, t: float) -> Point:
+        return points(self.schedule, torch.tensor([t], dtype=torch.float64))[0]
 
-    def point_at_lambda(self, lam: float) -> _Point:
+    def point_at_lambda(self, lam: float) -> Point:
         return self.point(self.schedule.inverse_lambda(torch.tensor([lam], dtype=torch.float64)).item())
 
-    def model(self, x: torch.Tensor, p: _Point) -> torch.Tensor:
-        """One model call; returns eps_hat (noise) or x0_hat = (x - sigma eps_hat)/alpha (data)."""
-        eps = self.model_fn(x, batch_time(p.t, x))
-        return eps if self.predict == "noise" else (x - p.sigma * eps) / p.alpha
+    def model(self, x: torch.Tensor, p: Point) -> torch.Tensor:
+        return model_output(self.model_fn, x, p, self.predict)
 
-    def step(self, x, s: _Point, t: _Point, m, d1=None, d2=None, midpoint: bool = False):
+    def step(self, x, s: Point, t: Point, m, d1=None, d2=None, midpoint: bool = False):
         """x_t = lin x_s + c (phi1 m + phi2 d1 + phi3 d2); ``midpoint`` weights d1 by phi1/2."""
-        h = t.lam - s.lam
-        p1, p2, p3 = _phis(h, self.predict)
-        if midpoint:
-            p2 = 0.5 * p1
-        if self.predict == "noise":
-            lin, c = t.alpha / s.alpha, -t.sigma
-        else:
-            lin, c = t.sigma / s.sigma, t.alpha
-        out = lin * x + (c * p1) * m
+        k = Step.between(s, t, self.predict)
+        c, p1, h = k.c, k.phi1, k.h
+        noise = self.predict == "noise"
+        p2 = p1 / h - 1.0 if noise else 1.0 - p1 / h
+        p3 = p2 / h - 0.5 if noise else 0.5 - p2 / h
+        p2 = 0.5 * p1 if midpoint else p2
+        out = k.lin * x + (c * p1) * m
         if d1 is not None:
             out = out + (c * p2) * d1
         if d2 is not None:
@@ -194,7 +136,7 @@ class _Integrator:
 
     # Singlestep updates (model calls inside the step).
 
-    def singlestep(self, x, s: _Point, t: _Point, inner: Sequence[_Point], m_s):
+    def singlestep(self, x, s: Point, t: Point, inner: Sequence[Point], m_s):
         """One singlestep update of order len(inner) + 1 from s to t (len(inner) more calls)."""
         if not inner:
             return self.step(x, s, t, m_s)  # DPM-Solver-1 = DDIM
@@ -202,7 +144,7 @@ class _Integrator:
             return self.second_order(x, s, inner[0], t, m_s)
         return self.third_order(x, s, inner[0], inner[1], t, m_s)
 
-    def second_order(self, x, s: _Point, s1: _Point, t: _Point, m_s):
+    def second_order(self, x, s: Point, s1: Point, t: Point, m_s):
         """DPM-Solver-2 (Alg. 1) / DPM-Solver++(2S), one call at s1:
 
             u1 = step(x_s, s -> s1, m_s),  m1 = model(u1, s1),  d1 = (m1 - m_s)/r1,
@@ -212,7 +154,7 @@ class _Integrator:
         m1 = self.model(self.step(x, s, s1, m_s), s1)
         return self.step(x, s, t, m_s, d1=(m1 - m_s) / r1, midpoint=self.solver_type == "dpmsolver")
 
-    def third_order(self, x, s: _Point, s1: _Point, s2: _Point, t: _Point, m_s):
+    def third_order(self, x, s: Point, s1: Point, s2: Point, t: Point, m_s):
         """DPM-Solver-3 (Alg. 2) / DPM-Solver++(3S), calls at s1 and s2:
 
             u1 = step(x_s, s -> s1, m_s),                              m1 = model(u1, s1),
@@ -236,7 +178,7 @@ class _Integrator:
 
     # Multistep updates (no call: the outputs of earlier steps).
 
-    def multistep(self, x, prev: Sequence[_Point], ms: Sequence[torch.Tensor], t: _Point, order: int):
+    def multistep(self, x, prev: Sequence[Point], ms: Sequence[torch.Tensor], t: Point, order: int):
         """One multistep update from prev[-1] to t using the last ``order`` outputs ms (no call).
 
         With s0 = prev[-1], s1 = prev[-2], s2 = prev[-3] (and m0, m1, m2 alike):
@@ -271,7 +213,7 @@ class _Integrator:
 # ----------------------------------------------------------------------------- the methods
 
 
-def _singlestep_fast(solver: _Integrator, x: torch.Tensor, outer: Sequence[_Point],
+def _singlestep_fast(solver: _Integrator, x: torch.Tensor, outer: Sequence[Point],
                      orders: Sequence[int]) -> torch.Tensor:
     """Outer step i from outer[i] to outer[i + 1] of order k = orders[i], inner points at
     lambda_s + j/k (lambda_t - lambda_s), j = 1..k-1."""
@@ -282,7 +224,7 @@ def _singlestep_fast(solver: _Integrator, x: torch.Tensor, outer: Sequence[_Poin
     return x
 
 
-def _singlestep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], orders: Sequence[int]) -> torch.Tensor:
+def _singlestep(solver: _Integrator, x: torch.Tensor, pts: Sequence[Point], orders: Sequence[int]) -> torch.Tensor:
     """Every call on the grid ``pts`` (sum(orders) + 1 points): an order-k step from pts[i]
     to pts[i + k] calls the model at pts[i], ..., pts[i + k - 1]."""
     start = 0
@@ -293,7 +235,7 @@ def _singlestep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], ord
     return x
 
 
-def _multistep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], orders: Sequence[int]) -> torch.Tensor:
+def _multistep(solver: _Integrator, x: torch.Tensor, pts: Sequence[Point], orders: Sequence[int]) -> torch.Tensor:
     """len(orders) steps from pts[i - 1] to pts[i]; the model is called at every point but
     the last, and the last max(orders) outputs are kept."""
     keep = max(orders)
@@ -303,24 +245,6 @@ def _multistep(solver: _Integrator, x: torch.Tensor, pts: Sequence[_Point], orde
         if i < len(orders):  # no call after the last step
             prev, ms = (prev + [pts[i]])[-keep:], (ms + [solver.model(x, pts[i])])[-keep:]
     return x
-
-
-def _check_arguments(method: str, predict: str, solver_type: str, order: int, steps: int) -> None:
-    for name, value, allowed in (("method", method, METHODS), ("predict", predict, PREDICTIONS),
-                                 ("solver_type", solver_type, SOLVER_TYPES), ("order", order, (1, 2, 3))):
-        if value not in allowed:
-            raise ValueError(f"DPM-Solver: {name} must be one of {allowed}, got {value!r}")
-    if steps < 1:
-        raise ValueError(f"DPM-Solver: steps must be >= 1, got {steps}")
-
-
-def _explicit_grid(timesteps: Sequence[float], steps: int) -> torch.Tensor:
-    grid = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
-    if grid.numel() != steps + 1:
-        raise ValueError(f"DPM-Solver: timesteps must hold steps + 1 = {steps + 1} times, got {grid.numel()}")
-    if not bool(torch.all(grid[1:] < grid[:-1])):
-        raise ValueError("DPM-Solver: timesteps must decrease strictly (from t_start down to t_end)")
-    return grid
 
 
 @torch.no_grad()
@@ -358,20 +282,16 @@ def dpm_solver_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, 
         x0 = dpm_solver_sample(model_fn, x_T, DiscreteVPSchedule.stable_diffusion(), steps=50,
                                method="singlestep", predict="data", skip_type="time_uniform")
     """
-    _check_arguments(method, predict, solver_type, order, steps)
+    check_arguments("DPM-Solver", steps, method=(method, METHODS), predict=(predict, PREDICTIONS),
+                    solver_type=(solver_type, SOLVER_TYPES), order=(order, (1, 2, 3)))
     if timesteps is not None and method == "singlestep_fast":
         raise ValueError("DPM-Solver: explicit timesteps need method 'singlestep' or 'multistep'")
-    t_start = schedule.T if t_start is None else t_start
-    t_end = schedule.default_t_end if t_end is None else t_end
     solver = _Integrator(model_fn, schedule, predict, solver_type)
     if method == "singlestep_fast":
         orders = singlestep_orders(steps, order)
-        outer = _points(schedule, get_time_steps(schedule, skip_type, t_start, t_end, len(orders)))
+        outer = points(schedule, time_grid("DPM-Solver", schedule, len(orders), skip_type, t_start, t_end))
         return _singlestep_fast(solver, x, outer, orders)
-    if timesteps is not None:
-        grid = _explicit_grid(timesteps, steps)
-    else:
-        grid = get_time_steps(schedule, skip_type, t_start, t_end, steps)
+    pts = points(schedule, time_grid("DPM-Solver", schedule, steps, skip_type, t_start, t_end, timesteps))
     if method == "multistep":
-        return _multistep(solver, x, _points(schedule, grid), multistep_orders(steps, order, lower_order_final))
-    return _singlestep(solver, x, _points(schedule, grid), singlestep_orders(steps, order))
+        return _multistep(solver, x, pts, multistep_orders(steps, order, lower_order_final))
+    return _singlestep(solver, x, pts, singlestep_orders(steps, order))

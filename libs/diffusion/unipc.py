@@ -5,7 +5,9 @@ Predictor-Corrector Framework for Fast Sampling of Diffusion Models", NeurIPS 20
 One pure entry point, ``unipc_sample(model_fn, x, schedule, ...)``, with the conventions of
 ``libs/diffusion/dpm_solver.py``: ``model_fn(x, t) -> eps_hat`` for a (B,) tensor of schedule
 time t, integration from ``schedule.T`` to ``schedule.default_t_end`` on a ``skip_type`` grid
-of ``steps + 1`` points, and exactly ``steps`` model calls.
+of ``steps + 1`` points (or explicit strictly decreasing ``timesteps``; both from
+``libs/diffusion/solver_toolkit.py``, with the model output and step coefficients), and
+exactly ``steps`` model calls.
 
 With lambda = log(alpha/sigma), m the model output in the chosen parameterisation (data:
 x0_hat = (x - sigma eps_hat)/alpha; noise: eps_hat), a step from s to t (h = lambda_t -
@@ -37,15 +39,14 @@ corrector of x_i has the order of the predictor that made it.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from libs.diffusion.dpm_solver import get_time_steps
-from libs.diffusion.euler_maruyama import batch_time
 from libs.diffusion.schedules import VPSchedule
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from libs.diffusion.solver_toolkit import (PREDICTIONS, Step, check_arguments, model_output, points,
+                                           time_grid)
+from libs.diffusion.wrappers import ModelFn
 
 VARIANTS = ("bh1", "bh2")
 
@@ -63,39 +64,32 @@ def order_conditions(r: Sequence[float], hh: float, variant: str) -> List[float]
 
 
 class _UniPC:
-    """Model calls and the update of the module docstring for one (model_fn, schedule, predict, variant)."""
+    """The update of the module docstring for one (model_fn, grid, predict, variant)."""
 
     def __init__(self, model_fn: ModelFn, schedule: VPSchedule, predict: str, variant: str, ts: torch.Tensor):
         self.model_fn, self.predict, self.variant = model_fn, predict, variant
-        alpha, sigma, lam = (v.tolist() for v in schedule.marginals(ts.to(torch.float64)))
-        self.t, self.alpha, self.sigma, self.lam = ts.tolist(), alpha, sigma, lam
+        self.pts = points(schedule, ts)
 
     def model(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        eps = self.model_fn(x, batch_time(self.t[i], x))
-        return eps if self.predict == "noise" else (x - self.sigma[i] * eps) / self.alpha[i]
+        return model_output(self.model_fn, x, self.pts[i], self.predict)
 
     def update(self, x, s: int, t: int, m_s, earlier: Sequence[tuple], m_t=None):
         """x at grid point t from x at s. ``earlier``: (grid index, output) pairs before s,
-        latest first; ``m_t``: the output at t for the corrector (None = predictor)."""
-        h = self.lam[t] - self.lam[s]
-        hh = -h if self.predict == "data" else h
-        if self.predict == "data":
-            lin, c = self.sigma[t] / self.sigma[s], self.alpha[t]
-        else:
-            lin, c = self.alpha[t] / self.alpha[s], self.sigma[t]
-        x_t = lin * x - (c * math.expm1(hh)) * m_s
-        r = [(self.lam[k] - self.lam[s]) / h for k, _ in earlier]
+        latest first; ``m_t``: the output at t for the corrector (None = predictor).
+        In the toolkit's ``Step`` (c = -sigma_t for noise), c phi1 = -C (e^hh - 1) and
+        c B'(h) = -C B(h) with B' = h (bh1) or phi1 (bh2)."""
+        k = Step.between(self.pts[s], self.pts[t], self.predict)
+        x_t = k.lin * x + (k.c * k.phi1) * m_s
+        r = [(self.pts[i].lam - self.pts[s].lam) / k.h for i, _ in earlier]
         d = [(m_k - m_s) / r_k for (_, m_k), r_k in zip(earlier, r)]
         if m_t is not None:
             r, d = r + [1.0], d + [m_t - m_s]
         if not d:
             return x_t
+        hh = -k.h if self.predict == "data" else k.h
         a = [0.5] if len(d) == 1 else order_conditions(r, hh, self.variant)
-        b_h = hh if self.variant == "bh1" else math.expm1(hh)
         res = sum(a_k * d_k for a_k, d_k in zip(a, d))
-        return x_t - (c * b_h) * res
-
-
+        return x_t + (k.c * (k.h if self.variant == "bh1" else k.phi1)) * res
 @torch.no_grad()
 def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, steps: int = 20, order: int = 2,
                  predict: str = "data", variant: str = "bh2", skip_type: str = "time_uniform",
@@ -117,21 +111,9 @@ def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, steps
     Returns:
         (B, ...) sample at t_end.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    if predict not in ("data", "noise"):
-        raise ValueError(f"predict must be 'data' or 'noise', got {predict!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if timesteps is not None:
-        ts = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
-        if ts.numel() != steps + 1:
-            raise ValueError(f"timesteps must hold steps + 1 = {steps + 1} times, got {ts.numel()}")
-    else:
-        ts = get_time_steps(schedule, skip_type, schedule.T if t_start is None else t_start,
-                            schedule.default_t_end if t_end is None else t_end, steps)
+    check_arguments("UniPC", steps, order=(order, (1, 2, 3)), predict=(predict, PREDICTIONS),
+                    variant=(variant, VARIANTS))
+    ts = time_grid("UniPC", schedule, steps, skip_type, t_start, t_end, timesteps)
     solver = _UniPC(model_fn, schedule, predict, variant, ts)
     history = [(0, solver.model(x, 0))]  # (grid index, output), latest last
     x_prev, prev_order = None, 0

@@ -27,14 +27,16 @@ import torch
 from tqdm.auto import tqdm
 
 from libs.diffusion.registry import make_sampler, parse_step_counts  # noqa: F401 (released import path)
-from libs.evaluation.calibration import calibrate_policy, calibration_run
-from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags, proxy_distance
+from libs.evaluation.calibration import calibrate_policy, calibration_run, proxy_distance
+from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.models.compile import compile_network, compile_seconds
+from libs.run.distributed import run_record
+from libs.run.output_guard import fresh_sample_tree
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,17 @@ def sample_grid(net, task, config, path, exit_policy="full", device=None) -> Non
         images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, s // bs,
                                                 device)).cpu())
     save_grid(images, Path(path))
+
+
+def check_finite_images(images: torch.Tensor, where: str, sample_cfg) -> None:
+    """Refuse a batch holding NaN/inf where it was sampled: such images would be scored as
+    black or white pictures and give an FID that looks like a number."""
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)  # (B,)
+    if bad.any():
+        raise FloatingPointError(
+            f"sampling under {where} gave non-finite images ({int(bad.sum())} of {len(bad)}): nothing was scored. "
+            f"The network's outputs overflow: lower config.sample.scale (now {sample_cfg.get('scale', 0)}) or check "
+            f"the weights for huge values")
 
 
 def sweep_policies(value) -> List[ExitPolicy]:
@@ -116,6 +129,10 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
                    mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
                    multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache())
+    if sc.get("path"):  # this run's PNGs only (libs/run/output_guard.py), emptied before any process writes
+        if accelerator.is_main_process:
+            fresh_sample_tree(sc.path, "--config.sample.path")
+        accelerator.wait_for_everyone()
     ctx.ref = load_statistics(sc.fid_stat) if sc.get("fid_stat") else None
     if ctx.ref is not None:
         from libs.evaluation.inception import load_inception
@@ -185,6 +202,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
             images = generate(ctx.net, ctx.task, sc, idx, policy, recorder, ctx.config.seed, b, device, steps=steps)
         _sync(device)
         seconds += time.perf_counter() - t0
+        check_finite_images(images, f"{policy.spec} at {steps} steps, batch {b}", sc)  # never scored
         u8 = images_to_uint8(images)  # (B, C, H, W)
         if fid_acc is not None:
             fid_acc.update(u8)
@@ -213,7 +231,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
                        cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
                        blocks_computed_per_step=summary["blocks_computed_per_step"],
                        blocks_reused_per_step=summary["blocks_reused_per_step"],
-                       compile_seconds=compile_s)
+                       compile_seconds=compile_s, **run_record(acc_))
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")
         if ctx.logger:

@@ -11,7 +11,8 @@
   (``choose_under_budget``).
 * The proxy is the mean squared distance, per pixel, between a candidate's images (decoded,
   clipped to [0, 1]: what FID sees) and the reference run's images from the same noise, on the
-  ``config.sample.calib_samples`` calibration images (``proxy_distance``). Why: every
+  ``config.sample.calib_samples`` calibration images (``libs/evaluation/calibration.py``
+  ``proxy_distance``, also the plan search's). Why: every
   candidate approximates the same ODE solution map x_T -> x_0 that the reference run
   approximates best (most steps, every block), so its distance to the reference is its
   integration-plus-exit error, measured without Inception features or reference statistics,
@@ -28,7 +29,6 @@ from numbers import Real
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 
 
 class BudgetError(ValueError):
@@ -61,11 +61,6 @@ def pareto_flags(gflops: Sequence[float], fid: Sequence[Optional[float]]) -> Lis
         return a[0] <= b[0] and a[1] <= b[1] and (a[0] < b[0] or a[1] < b[1])
 
     return [p is not None and not any(q is not None and beats(q, p) for q in pts) for p in pts]
-
-
-def proxy_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean over images and elements of (x - x_ref)^2: the budget's quality proxy."""
-    return float(((samples.double() - reference.double()) ** 2).mean())
 
 
 def choose_under_budget(candidates: Sequence[dict], budget: float) -> int:

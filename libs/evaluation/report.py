@@ -57,6 +57,8 @@ class PolicyResult:
     cache_kib_per_image: float = 0.0
     blocks_computed_per_step: list = field(default_factory=list)
     blocks_reused_per_step: list = field(default_factory=list)
+    precision: str = "fp32"  # the arithmetic the sampling really used (libs/run/distributed.py precision_used)
+    processes: int = 1  # processes that shared the images
 
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_per_step")}
@@ -68,7 +70,7 @@ class PolicyResult:
 
 COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
            "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "seconds", "images_per_s", "speedup",
-           "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration")
+           "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration", "precision", "processes")
 
 
 def _json_safe(value):

@@ -1,7 +1,7 @@
 """Sampling one batch of an evaluation set: per-image initial noise, the sampler's own
-randomness per batch, and ``generate`` (network -> exit policy -> guidance -> sampler ->
-images). Every policy and step count of a sweep sees the same noise and conditions for an
-image index, whatever the batch or process."""
+randomness per batch, and ``generate`` (network -> sampling run of an exit policy ->
+guidance -> sampler -> images). Every policy and step count of a sweep sees the same noise
+and conditions for an image index, whatever the batch or process."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -11,6 +11,7 @@ import torch
 from libs.diffusion.registry import make_sampler
 from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
 from libs.exits.recorder import ExitRecorder
+from libs.exits.sampling_run import SamplingRun
 from libs.run.seeds import Stream, mix_seed
 
 
@@ -36,7 +37,7 @@ def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorde
         x_T = initial_noise(task, indices, seed, device)
         cond = task.conditions(indices, device)
         recorder.start_run()
-        net_fn = with_time_scale(recorder.wrap(net, exit_policy), task.time_scale)
+        net_fn = with_time_scale(SamplingRun(net, exit_policy, recorder), task.time_scale)
         scale = float(sample_cfg.get("scale", 0.0) or 0.0)
         if scale > 0:
             model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)

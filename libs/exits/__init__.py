@@ -1,14 +1,21 @@
-"""Exit rules: which block each sample of each network call stops at.
+"""Exit rules: what each network call of a sampling run does, and the accounting of it.
 
 ================  ==========================================================================
-``policy``        ``ExitPolicy`` and its rules (threshold, static, profile, budget, full),
-                  parsing of ``--exit_policy`` spellings
+``call``          ``Call``: what one network call does (last block, reused span, per-sample
+                  rule) as a frozen value; the per-sample ``Threshold`` rule
+``registry``      the one table of rules: ``ExitPolicy`` (a run-level rule), ``register``,
+                  parsing of ``--exit_policy`` spellings, ``spelling_help()``
+``policy``        exit rules: threshold, static, profile, budget, full; ``as_call``
 ``reuse``         cross-step reuse: ``deepcache:N:k``, ``phase:F:A+B``, ``plan:R`` and the
                   per-run ``ReuseCache``
+``sampling_run``  ``SamplingRun``: the ``net_fn`` of one run (each call's ``Call``, the reuse
+                  cache, the noise channels of the output)
 ``recorder``      ``ExitRecorder``: exits per step and block, heads run, blocks reused,
-                  GFLOPs per image; a new reuse cache per sampling run
+                  GFLOPs per image (it only counts)
 ================  ==========================================================================
 
 Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``) samples
-images, so it lives in libs.evaluation (``calibrate_policy``).
+images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``). Importing this
+package registers both rule families (``policy``, ``reuse``) in the registry.
 """
+from libs.exits import policy, reuse  # noqa: F401 (registers the rules)

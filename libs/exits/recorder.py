@@ -1,13 +1,12 @@
-"""Compute accounting for early-exit sampling: a ``net_fn -> net_fn`` wrapper that runs the
-network under an exit policy and records, per sampling step, how many rows exited after each
-block and how many uncertainty heads ran.
+"""Compute accounting for early-exit sampling: per sampling step, how many rows exited after
+each block and how many uncertainty heads ran (``record_call``, from the sampling run of
+``libs/exits/sampling_run.py``; ``wrap`` makes such a run that records here).
 
 The record is a (steps, num_blocks) count matrix and a head count kept on the network's
 device (no host sync per call); from them come the mean blocks per network call, the layer
 ratio, the mean exit block per sampling step and, with ``libs.models.flops``, GFLOPs per image.
 
-Reuse (``libs/exits/reuse.py``): ``wrap`` makes a new ``ReuseCache`` for every sampling run it
-wraps (one batch), when the policy reuses; a second (steps, num_blocks) matrix counts the rows
+Reuse (``libs/exits/reuse.py``): a second (steps, num_blocks) matrix counts the rows
 whose block j was taken from the cache rather than computed. Blocks computed = blocks up to the
 exit block minus those reused: ``mean_blocks``, ``layer_ratio`` and GFLOPs count what was
 computed; ``blocks_reused`` is the mean reused per call, and ``cache_bytes_per_image`` the
@@ -19,8 +18,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from libs.exits.policy import as_policy
-from libs.exits.reuse import ReuseCache
+from libs.exits.sampling_run import SamplingRun
+from libs.run.distributed import sum_rows
 
 
 class ExitRecorder:
@@ -31,12 +30,13 @@ class ExitRecorder:
         self.device = device
         self._counts = torch.zeros(0, num_blocks, dtype=torch.long, device=device)  # (steps, N)
         self._head_evals = torch.zeros((), dtype=torch.long, device=device)  # uncertainty heads run, all rows
-        # One-row calls are counted on the host (no tensor op per call) and added in on reading.
-        self._host_counts: Dict[Tuple[int, int], int] = {}  # (call, exit block) -> rows
+        self._reused = torch.zeros(0, num_blocks, dtype=torch.long, device=device)  # (steps, N) rows reusing
+        # One-row calls are counted on the host (no tensor op per call: 0.4 us against 44 us a
+        # call on one CPU thread) and added in on reading: (call, start, stop) -> rows.
+        self._host_counts: Dict[Tuple[int, int, int], int] = {}  # exits after block k: (call, k, k + 1)
+        self._host_reused: Dict[Tuple[int, int, int], int] = {}
         self._host_heads = 0
         self._call = 0
-        self._reused = torch.zeros(0, num_blocks, dtype=torch.long, device=device)  # (steps, N) rows reusing
-        self._host_reused: Dict[Tuple[int, int, int], int] = {}  # (call, start, stop) -> rows
         self.cache_bytes_per_image = 0
 
     @property
@@ -44,7 +44,7 @@ class ExitRecorder:
         """(steps, num_blocks) rows whose block was taken from the cache, per network call index
         (as many steps as ``counts``)."""
         self._flush()
-        self._reused = self._grown_matrix(self._reused, self._counts.shape[0], self._reused.device)
+        self._reused = self._grown(self._reused, self._counts.shape[0], self._reused.device)
         return self._reused
 
     @property
@@ -67,32 +67,28 @@ class ExitRecorder:
                reused: Optional[torch.Tensor] = None, span: Optional[Tuple[int, int]] = None) -> None:
         """One call's rows: exit blocks (B,), heads run (B,), and which rows took ``span``
         (blocks start .. stop-1) from the cache ((B,) bool)."""
-        counts = self._grown(self._call + 1, exit_block.device)
-        counts[self._call] += torch.bincount(exit_block, minlength=self.num_blocks)
+        self._counts = self._grown(self._counts, self._call + 1, exit_block.device)
+        self._counts[self._call] += torch.bincount(exit_block, minlength=self.num_blocks)
         if uem_evals is not None:
             self._head_evals = self._head_evals.to(uem_evals.device) + uem_evals.sum()
         if reused is not None and span is not None:
-            self._reused = self._grown_matrix(self._reused, self._call + 1, reused.device)
+            self._reused = self._grown(self._reused, self._call + 1, reused.device)
             self._reused[self._call, span[0]:span[1]] += reused.sum()
         self._call += 1
 
     def record_one(self, exit_block: int, uem_evals: int = 0, reused: bool = False,
                    span: Optional[Tuple[int, int]] = None) -> None:
         """``record`` for one row given as Python ints (and a bool)."""
-        key = (self._call, exit_block)
+        key = (self._call, exit_block, exit_block + 1)
         self._host_counts[key] = self._host_counts.get(key, 0) + 1
-        self._host_heads += uem_evals
         if reused and span is not None:
             key = (self._call, *span)
             self._host_reused[key] = self._host_reused.get(key, 0) + 1
+        self._host_heads += uem_evals
         self._call += 1
 
-    def _grown(self, steps: int, device) -> torch.Tensor:
-        """The count matrix with at least ``steps`` rows, on ``device``, writable in place here."""
-        self._counts = self._grown_matrix(self._counts, steps, device)
-        return self._counts
-
-    def _grown_matrix(self, counts: torch.Tensor, steps: int, device) -> torch.Tensor:
+    def _grown(self, counts: torch.Tensor, steps: int, device) -> torch.Tensor:
+        """``counts`` with at least ``steps`` rows, on ``device``, writable in place here."""
         counts = counts.to(device)
         if counts.is_inference() and not torch.is_inference_mode_enabled():
             counts = counts.clone()  # made while sampling under inference mode
@@ -101,60 +97,46 @@ class ExitRecorder:
             counts = torch.cat([counts, grow])
         return counts
 
+    def _with_host(self, counts: torch.Tensor, host: Dict[Tuple[int, int, int], int]) -> torch.Tensor:
+        """``counts`` plus the host-side rows ``host``."""
+        steps = max(call for call, _, _ in host) + 1
+        add = torch.zeros(steps, self.num_blocks, dtype=torch.long)
+        for (call, s, e), n in host.items():
+            add[call, s:e] += n
+        counts = self._grown(counts, steps, counts.device)
+        counts[:steps] += add.to(counts.device)
+        return counts
+
     def _flush(self) -> None:
         if self._host_counts:
-            steps = max(call for call, _ in self._host_counts) + 1
-            add = torch.zeros(steps, self.num_blocks, dtype=torch.long)
-            for (call, block), n in self._host_counts.items():
-                add[call, block] += n
-            counts = self._grown(steps, self._counts.device)
-            counts[:steps] += add.to(counts.device)
-            self._host_counts = {}
-        if self._host_heads:
-            self._head_evals = self._head_evals + self._host_heads
-            self._host_heads = 0
+            self._counts, self._host_counts = self._with_host(self._counts, self._host_counts), {}
         if self._host_reused:
-            steps = max(call for call, _, _ in self._host_reused) + 1
-            add = torch.zeros(steps, self.num_blocks, dtype=torch.long)
-            for (call, s, e), n in self._host_reused.items():
-                add[call, s:e] += n
-            self._reused = self._grown_matrix(self._reused, steps, self._reused.device)
-            self._reused[:steps] += add.to(self._reused.device)
-            self._host_reused = {}
+            self._reused, self._host_reused = self._with_host(self._reused, self._host_reused), {}
+        if self._host_heads:
+            self._head_evals, self._host_heads = self._head_evals + self._host_heads, 0
 
-    def wrap(self, net, exit_policy):
-        """``net_fn(x, t_net, cond) -> eps`` that exits per ``exit_policy`` and records where.
+    def record_call(self, out, span: Optional[Tuple[int, int]] = None, cache_bytes_per_row: int = 0) -> None:
+        """One network call's ``EarlyExitOutput`` (``span``: the blocks its reusing rows took
+        from the cache; ``cache_bytes_per_row``: the run's cache after the call)."""
+        one = out.one_row
+        if one is not None:
+            self.record_one(*one, reused=bool(out.reused), span=span)
+        else:
+            self.record(out.exit_block, out.uem_evals, out.reused, span)
+        self.cache_bytes_per_image = max(self.cache_bytes_per_image, cache_bytes_per_row)
 
-        The policy is asked for the rule of each network call of the run (``for_call``), so
-        per-step policies (``profile:``) apply their step's exit. A policy that reuses gets a
-        new reuse cache here: one per wrapped sampling run (one batch), never shared."""
-        policy = as_policy(exit_policy)
-        eps = getattr(net, "eps_channels", None)  # noise channels of a wider output (DiT's learned sigma)
-        N = self.num_blocks
-        cache = ReuseCache(policy.cache_spans(N)) if policy.reuses else None
-
-        def net_fn(x, t_net, cond=None):
-            call = policy.for_call(self._call)
-            out = net.forward_early_exit(x, t_net, cond, exit_policy=call, reuse_cache=cache)
-            span = call.reuse_span(N) if out.reused is not None else None
-            one = out.one_row
-            if one is not None:
-                self.record_one(*one, reused=bool(out.reused), span=span)
-            else:
-                self.record(out.exit_block, out.uem_evals, out.reused, span)
-            if cache is not None:
-                self.cache_bytes_per_image = max(self.cache_bytes_per_image, cache.bytes_per_row())
-            return out.sample if eps is None else out.sample[:, :eps]
-
-        return net_fn
+    def wrap(self, net, exit_policy) -> SamplingRun:
+        """A sampling run of ``net`` under ``exit_policy`` that records here (a new one, with a
+        new reuse cache, per run)."""
+        return SamplingRun(net, exit_policy, self)
 
     def reduce(self, accelerator) -> None:
         """Sum the counts over processes (every process must call this)."""
         if accelerator.num_processes > 1:
             device = accelerator.device
-            self._counts = accelerator.reduce(self.counts.to(device).clone(), reduction="sum")
+            self._counts = sum_rows(self.counts.clone(), accelerator)  # processes may hold different step counts
             self._head_evals = accelerator.reduce(self.head_evals.to(device).reshape(1).clone(), reduction="sum")[0]
-            self._reused = accelerator.reduce(self.reused.to(device).clone(), reduction="sum")
+            self._reused = sum_rows(self.reused.clone(), accelerator)
 
     # ------------------------------------------------------------------ summaries (host side)
     def summary(self, flops, num_images: int) -> dict:

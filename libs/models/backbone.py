@@ -26,15 +26,17 @@ with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement th
     cond_name                            keyword of the conditioning ('y', 'context', ...)
     eps_channels                         None, or how many leading output channels are the noise
                                          prediction (DiT with learned sigma): samplers and losses
-                                         take those (libs/exits/recorder.py, libs/training/engine.py)
+                                         take those (``noise_prediction``, the one slicing)
 
 and get, from this class:
 
 * ``forward(x, t, cond)``: full depth, no uncertainty head (the plain network's cost);
   ``forward(..., exit_threshold=tau)`` or ``exit_policy=...``: per-sample early exit;
 * ``forward_early_exit``: the same with per-sample accounting (``EarlyExitOutput``);
-  ``forward_early_exit(..., reuse_cache=cache)``: the call also stores and reuses the spans of
-  a reuse cache (``libs/exits/reuse.py``: one per sampling run, made by the exit recorder);
+  ``exit_policy`` is a ``Call`` (``libs/exits/call.py``) or a rule that is the same at every
+  call; ``forward_early_exit(..., reuse_cache=cache)``: the call also stores and reuses the
+  spans of a reuse cache (``libs/exits/reuse.py``: one per sampling run, made by
+  ``libs/exits/sampling_run.py``);
 * ``forward_all_exits``: every block's prediction and certainty (``AllExitsOutput``), what
   the AdaDiff objective trains on.
 
@@ -58,7 +60,8 @@ import torch
 import torch.nn as nn
 
 from libs.models import exit_loop
-from libs.exits.policy import ExitPolicy, as_policy
+from libs.exits.call import Call
+from libs.exits.policy import as_call
 from libs.models.flops import NetworkFlops
 
 
@@ -225,31 +228,32 @@ class ExitBackbone(nn.Module):
     def flops(self) -> NetworkFlops:
         raise NotImplementedError
 
-    # ----------------------------------------------------------------------------- forwards
-    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                exit_policy: Optional[ExitPolicy] = None, **kwargs) -> torch.Tensor:
-        """Noise prediction (B, C, H, W). ``exit_threshold`` (a float, < 1 = the released rule
-        per sample) or ``exit_policy`` (an ``ExitPolicy``) make samples exit early."""
-        cond = self._cond_from_args(args, kwargs)
-        policy = _policy_from_args(exit_threshold, exit_policy)
-        self._refuse_reuse(policy)
-        if policy.is_full:
-            return self._forward_truncated(x, timesteps, cond, self.num_blocks - 1)
-        return self._forward_early_exit(x, timesteps, cond, policy).sample
+    def noise_prediction(self, out: torch.Tensor) -> torch.Tensor:
+        """The noise-prediction channels of an output (..., C, H, W) of this network (all of
+        them unless ``eps_channels``): what samplers and losses see."""
+        return out if self.eps_channels is None else out[..., :self.eps_channels, :, :]
 
-    def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None,
-                           exit_policy: Optional[ExitPolicy] = None, reuse_cache=None, **kwargs) -> EarlyExitOutput:
+    # ----------------------------------------------------------------------------- forwards
+    def forward(self, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
+                **kwargs) -> torch.Tensor:
+        """Noise prediction (B, C, H, W). ``exit_threshold`` (a float, < 1 = the released rule
+        per sample) or ``exit_policy`` (a ``Call`` or a rule that is the same at every call)
+        make samples exit early."""
+        cond = self._cond_from_args(args, kwargs)
+        call = _call_from_args(exit_threshold, exit_policy)
+        if call.rule is None and call.reuse is None:
+            return self._forward_truncated(x, timesteps, cond, call.last_block(self.num_blocks))
+        return exit_loop.forward(self, x, timesteps, cond, call)[0]
+
+    def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
+                           reuse_cache=None, **kwargs) -> EarlyExitOutput:
         """Early-exit forward with per-sample compute accounting (see EarlyExitOutput); with
         ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this sampling run) it stores the
-        cache's spans and takes the span the policy reuses from it."""
+        cache's spans and takes the span the call reuses from it."""
         cond = self._cond_from_args(args, kwargs)
-        policy = _policy_from_args(exit_threshold, exit_policy)
-        if reuse_cache is not None and reuse_cache.spans:
-            return self._forward_cached(x, timesteps, cond, policy, reuse_cache)
-        self._refuse_reuse(policy)
-        if policy.is_full:  # no sample can exit, so no head is evaluated
-            return self._forward_static(x, timesteps, cond, self.num_blocks - 1)
-        return self._forward_early_exit(x, timesteps, cond, policy)
+        call = _call_from_args(exit_threshold, exit_policy)
+        cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None
+        return EarlyExitOutput(*exit_loop.forward(self, x, timesteps, cond, call, cache))
 
     def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
         """Every block's prediction (shared head) and certainty map, for training."""
@@ -269,47 +273,6 @@ class ExitBackbone(nn.Module):
             h = self.run_block(i, h, carry)
         return self.output_head(h)
 
-    def _forward_static(self, x, timesteps, cond, last: int) -> EarlyExitOutput:
-        sample = self._forward_truncated(x, timesteps, cond, last)
-        if x.shape[0] == 1:
-            return EarlyExitOutput(sample, last, 0)
-        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
-        return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
-
-    def _forward_early_exit(self, x, timesteps, cond, policy: ExitPolicy) -> EarlyExitOutput:
-        static = policy.static_exit(self.num_blocks)
-        if static is not None:  # every row exits after a known block: a truncated forward
-            if not 0 <= static < self.num_blocks:
-                raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
-                                 f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
-            return self._forward_static(x, timesteps, cond, static)
-        h, carry = self.embed(x, timesteps, cond)
-        run = exit_loop.run_one if x.shape[0] == 1 else exit_loop.run_batch
-        return EarlyExitOutput(*run(self, h, carry, policy))
-
-    def _refuse_reuse(self, policy: ExitPolicy) -> None:
-        if policy.reuse_span(self.num_blocks) is not None:
-            raise ValueError(f"exit policy {policy.spec} reuses blocks: call forward_early_exit with reuse_cache= "
-                             f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as ExitRecorder.wrap does")
-
-    def _forward_cached(self, x, timesteps, cond, policy: ExitPolicy, cache) -> EarlyExitOutput:
-        static = policy.static_exit(self.num_blocks)
-        if static is not None and not 0 <= static < self.num_blocks:
-            raise ValueError(f"exit policy {policy.spec} exits after block {static}, but the network has "
-                             f"{self.num_blocks} blocks (0..{self.num_blocks - 1})")
-        span = policy.reuse_span(self.num_blocks)
-        for sp in cache.spans + ((span,) if span is not None else ()):
-            problem = self.reuse_problem(sp)
-            if problem:
-                raise ValueError(f"exit policy {policy.spec}: {problem}")
-        if span is not None and span not in cache.spans:
-            raise ValueError(f"exit policy {policy.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
-                             f"cache does not keep (it keeps {list(cache.spans)})")
-        cache.bind(x.shape[0])
-        h, carry = self.embed(x, timesteps, cond)
-        run = exit_loop.run_one_cached if x.shape[0] == 1 else exit_loop.run_batch_cached
-        return EarlyExitOutput(*run(self, h, carry, policy, cache))
-
     def _cond_from_args(self, args, kwargs):
         """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""
         if len(args) > 1:
@@ -320,7 +283,7 @@ class ExitBackbone(nn.Module):
         return cond
 
 
-def _policy_from_args(exit_threshold, exit_policy) -> ExitPolicy:
+def _call_from_args(exit_threshold, exit_policy) -> Call:
     if exit_threshold is not None and exit_policy is not None:
-        raise TypeError("pass exit_threshold (a float) or exit_policy (an ExitPolicy), not both")
-    return as_policy(exit_policy if exit_policy is not None else exit_threshold)
+        raise TypeError("pass exit_threshold (a float) or exit_policy (a Call or an ExitPolicy), not both")
+    return as_call(exit_policy if exit_policy is not None else exit_threshold)

@@ -1,40 +1,39 @@
 """Compiled sampling: ``torch.compile`` of an ``ExitBackbone`` for the evaluation engine, the
 training-time grids and the benchmarks (``config.sample.compile``).
 
-``compile_network(net, mode)`` returns a *sampling view* of ``net``: a shallow copy that shares
-every parameter and buffer with ``net`` (nothing of ``net`` itself is changed) and whose entry
-points run compiled code. The view is an instance of ``net``'s class, so the engine, the exit
-recorder and the exit loop use it as they use ``net``:
+``compile_network(net, mode)`` returns a *sampling view* of ``net``: a copy of its module tree
+that shares every parameter and buffer with ``net`` (``copy.deepcopy`` with the tensors in the
+memo), compiled through public calls only. ``net`` itself is not changed: training runs it
+eagerly (compiling it in place would also compile the training forwards and backwards), and
+weights that training changes in place reach the view. The view is an instance of ``net``'s
+class, so the engine, the exit recorder and the exit loop use it as they use ``net``:
 
 ``none``    ``net`` itself, eager.
-``blocks``  regional compilation. Each repeated module (the items of the backbone's
-            ``ModuleList``s and the children of the same classes: U-ViT's blocks, DiT's blocks,
-            the uncertainty heads) has its ``forward`` (heads: also ``mean_certainty``, the
-            batched exit test's statistic) compiled with ``fullgraph=True`` as
-            the class's function, so every block of a class shares its graphs (dynamo keeps
-            graphs per code object; the module is an input, its parameters graph inputs); the
-            backbone's ``embed`` and ``output_head`` hooks are compiled once each. The exit
-            loop, its decisions and the batch compaction stay in Python, so every exit rule
-            runs, at every batch size. Batch compaction changes the rows a block sees: with
-            ``batch="dynamic"`` (default) dynamo compiles the full batch's shape first and,
-            at the first other size, one graph with a dynamic batch dimension (plus one for a
-            single row: sizes 0 and 1 are specialised), so at most three graphs per region
-            and guard set; ``batch="bucket"`` pads the rows up to the next power of two
-            instead (static graphs, log2(B) + 1 per region).
-``graphs``  for calls whose exit block is known before the call (``policy.static_exit`` is
-            not None: ``full``, ``static:K``, a ``profile:`` step), one whole-call graph
-            (embedding, blocks 0..K, output head; ``fullgraph=True``) per distinct depth K and
-            input shape, compiled lazily on first use and reused across calls and batches.
-            Each depth is its own code object, so dynamo's per-function recompile limit
-            applies per depth; the view caps the graphs at ``max_graphs`` (new shapes beyond
-            it run the ``blocks`` path, noted once). Calls whose exits are decided per
-            sample (``threshold:``, ``budget:``) run the ``blocks`` path, with a one-line note
-            in the log per policy.
+``blocks``  regional compilation, as diffusers' ``compile_repeated_blocks``: each repeated
+            module (the items of the backbone's ``ModuleList``s and the children of the same
+            classes: U-ViT's and DiT's blocks, the uncertainty heads) is compiled with
+            ``nn.Module.compile(fullgraph=True)``, and the heads' batched exit statistic
+            ``mean_certainty`` with ``torch.compile``; the backbone's ``embed`` and
+            ``output_head`` are ``torch.compile``d once each. Modules of one class share their
+            graphs (dynamo guards on the class and takes the parameters as graph inputs). The
+            exit loop, its decisions and the batch compaction stay in Python, so every exit rule
+            runs, at every batch size. Batch compaction changes the rows a block sees: dynamo
+            compiles the full batch's shape first and, at the first other size, one graph with
+            a dynamic batch dimension (plus one for a single row: sizes 0 and 1 are
+            specialised), so at most three graphs per region and guard set.
+``graphs``  for calls whose exit block is known before the call (``full``, ``static:K``, a
+            ``profile:`` step), one whole-call graph (embedding, blocks 0..K, output head;
+            ``fullgraph=True``, static shapes) per depth K and input shape: the backbone's
+            ``_forward_truncated`` compiled once, specialised on K, compiled lazily on first
+            use and reused across calls and batches, at most ``max_graphs`` (new shapes beyond
+            it run the ``blocks`` path, noted once). Calls whose exits are decided per sample
+            (``threshold:``, ``budget:``) run the ``blocks`` path, with a one-line note in the
+            log per rule (``_per_sample_rule``, this module's one reading of an exit rule).
 
-Compile time is measured apart from sampling: a call during which dynamo produced a graph
-counts, whole, as compile time (it includes one run of the new graph, milliseconds against
-seconds of compiling). ``view.compile_stats`` (``CompileStats``) holds the seconds, the graphs
-and the notes; ``compile_seconds(net)`` reads them (0 for an eager network).
+Compile time is measured apart from sampling: a call of a compiled region during which dynamo
+produced a graph counts, whole, as compile time (it includes one run of the new graph,
+milliseconds against seconds of compiling). ``view.compile_stats`` (``CompileStats``) holds the
+seconds, the graphs and the notes; ``compile_seconds(net)`` reads them (0 for an eager network).
 
 On a GPU, ``compile_mode="reduce-overhead"`` (inductor's CUDA graphs) suits ``graphs``: each
 whole-call output is cloned out of the CUDA graph's memory, since the samplers keep earlier
@@ -43,10 +42,9 @@ model outputs across calls.
 from __future__ import annotations
 
 import copy
-import functools
+import itertools
 import logging
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -54,13 +52,15 @@ import torch
 import torch.nn as nn
 
 MODES = ("none", "blocks", "graphs")
-BATCH_MODES = ("dynamic", "bucket")
 #: methods compiled besides ``forward`` on the repeated modules that define them: the
 #: uncertainty heads' exit-test statistic of a batch (libs/models/uvit_core.py
 #: ``UncertaintyHead``). A batch of one keeps its eager test (``mean_certainty_one``: its
 #: three small ops and one host read cost less than entering a compiled graph, on the digits
 #: model on one CPU thread).
 HEAD_METHODS = ("mean_certainty",)
+#: the backbone methods that reach compiled code (``mean_certainty_one``: a time-aware head's
+#: compiled ``forward``); their calls that made graphs are compile time
+TIMED = ("embed", "run_block", "output_head", "mean_certainty", "mean_certainty_one")
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def compile_seconds(net) -> float:
 
 
 class _Timed:
-    """A compiled function whose calls that produced a graph count as compile time."""
+    """A callable whose calls that produced a graph count as compile time."""
 
     __slots__ = ("fn", "stats", "dynamo")
 
@@ -122,148 +122,106 @@ class _Timed:
         return out
 
 
-def _bucket(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+def _shared_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net``'s module tree (new module objects) holding ``net``'s own parameters and
+    buffers."""
+    tensors = itertools.chain(net.parameters(), net.buffers())
+    return copy.deepcopy(net, memo={id(t): t for t in tensors})
 
 
-def _padded(fn: Callable) -> Callable:
-    """``fn`` on its tensor arguments of ``b`` rows padded with zero rows to the next power of
-    two (every op of a block and a head acts per row), its output cut back to ``b`` rows."""
-    def call(module, rows, *args, **kwargs):
-        b = rows.shape[0]
-        n = _bucket(b)
-        if n == b:
-            return fn(module, rows, *args, **kwargs)
-
-        def pad(a):
-            if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == b:
-                return torch.cat([a, a.new_zeros((n - b, *a.shape[1:]))])
-            return a
-        return fn(module, pad(rows), *map(pad, args), **{k: pad(v) for k, v in kwargs.items()})[:b]
-    return call
+def _repeated_modules(net: nn.Module) -> List[nn.Module]:
+    """The items of ``net``'s ``ModuleList`` children, and the children of the same classes."""
+    items = [m for child in net.children() if isinstance(child, nn.ModuleList) for m in child]
+    classes = {type(m) for m in items}
+    return items + [m for m in net.children() if type(m) in classes]
 
 
-class _Compiler:
-    """The ``torch.compile`` settings of one view, and its stats."""
-
-    def __init__(self, stats: CompileStats, backend, compile_mode, batch: str):
-        self.stats, self.backend, self.compile_mode, self.batch = stats, backend, compile_mode, batch
-
-    def __call__(self, fn: Callable, dynamic=None) -> _Timed:
-        kw = {"mode": self.compile_mode} if self.compile_mode else {}
-        return _Timed(torch.compile(fn, fullgraph=True, backend=self.backend, dynamic=dynamic, **kw), self.stats)
-
-    def region(self, fn: Callable) -> Callable:
-        """A repeated module's method: batch dynamic (dynamo's automatic dynamic) or bucketed."""
-        if self.batch == "bucket":
-            return _padded(self(fn, dynamic=False))
-        return self(fn)
-
-
-def _region_copy(module: nn.Module, compiler: _Compiler) -> nn.Module:
-    """A shallow copy of ``module`` (same parameters) whose ``forward`` and head methods run the
-    class's compiled function on ``module`` itself."""
-    view = copy.copy(module)
-    cls = type(module)
-    view._compiled_call_impl = functools.partial(compiler.region(cls.forward), module)
-    for name in HEAD_METHODS:
-        if callable(getattr(cls, name, None)):
-            view.__dict__[name] = functools.partial(compiler.region(getattr(cls, name)), module)
-    return view
-
-
-def _with_compiled_regions(net: nn.Module, compiler: _Compiler) -> nn.Module:
-    """A shallow copy of ``net`` whose repeated modules are ``_region_copy``s."""
-    lists = {name: m for name, m in net.named_children() if isinstance(m, nn.ModuleList)}
-    classes = {type(item) for m in lists.values() for item in m}
-    view = copy.copy(net)
-    view._modules = dict(net._modules)
-    for name, child in net.named_children():
-        if name in lists:
-            items = copy.copy(child)
-            items._modules = {k: _region_copy(m, compiler) if type(m) in classes else m
-                              for k, m in child._modules.items()}
-            view._modules[name] = items
-        elif type(child) in classes:
-            view._modules[name] = _region_copy(child, compiler)
-    cls = type(net)
-    view.__dict__["embed"] = functools.partial(compiler(cls.embed), net)
-    view.__dict__["output_head"] = functools.partial(compiler(cls.output_head), net)
-    return view
-
-
-def _depth_function(cls, last: int) -> Callable:
-    """``net -> cls._forward_truncated(net, x, t, cond, last)`` as a function with its own code
-    object (dynamo keeps graphs, and counts recompiles, per code object)."""
-    def whole_call(net, x, timesteps, cond):
-        return cls._forward_truncated(net, x, timesteps, cond, last)
-
-    code = whole_call.__code__.replace(co_name=f"whole_call_depth{last}", co_qualname=f"whole_call_depth{last}")
-    return types.FunctionType(code, whole_call.__globals__, code.co_name, None, whole_call.__closure__)
+def _compile_regions(view: nn.Module, stats: CompileStats, backend) -> None:
+    """``blocks`` on ``view`` (module docstring)."""
+    kw = dict(fullgraph=True, backend=backend)
+    for module in _repeated_modules(view):
+        module.compile(**kw)
+        for name in HEAD_METHODS:
+            if callable(getattr(module, name, None)):
+                setattr(module, name, torch.compile(getattr(module, name), **kw))
+    for name in ("embed", "output_head"):
+        setattr(view, name, torch.compile(getattr(view, name), **kw))
+    for name in TIMED:
+        setattr(view, name, _Timed(getattr(view, name), stats))
 
 
 class _WholeCalls:
-    """``view._forward_truncated`` of ``graphs``: a whole-call graph per depth and input key."""
+    """``view._forward_truncated`` of ``graphs``: ``net``'s compiled once, a graph per depth and
+    input key, at most ``max_graphs``; beyond, the view's own (compiled blocks)."""
 
-    def __init__(self, net, view, compiler: _Compiler, max_graphs: int, logger):
-        self.net, self.view, self.compiler, self.max_graphs, self.logger = net, view, compiler, max_graphs, logger
-        self.per_depth = {}  # depth -> compiled whole call
+    def __init__(self, net, view, stats: CompileStats, backend, compile_mode, max_graphs: int, logger):
+        self.net, self.stats, self.max_graphs, self.logger = net, stats, max_graphs, logger
+        self.blocks_path = view._forward_truncated
+        kw = {"mode": compile_mode} if compile_mode else {}
+        self.fn = _Timed(torch.compile(type(net)._forward_truncated, fullgraph=True, dynamic=False,
+                                       backend=backend, **kw), stats)
         self.keys = set()  # (depth, shapes, modes) compiled so far
-        self.cudagraphs = compiler.compile_mode in ("reduce-overhead", "max-autotune")
-        self.limit = torch._dynamo.config.recompile_limit  # graphs dynamo keeps per code object
+        self.cudagraphs = compile_mode in ("reduce-overhead", "max-autotune")
 
     def __call__(self, x, timesteps, cond, last: int):
         key = (last, tuple(x.shape), tuple(timesteps.shape), None if cond is None else tuple(cond.shape),
                torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
         if key not in self.keys:
-            same_depth = sum(1 for k in self.keys if k[0] == last)
-            if len(self.keys) >= self.max_graphs or same_depth >= self.limit:
-                self.compiler.stats.note(f"compile graphs: cap of {self.max_graphs} whole-call graphs ({self.limit} "
-                                         f"per depth) reached; new shapes run the compiled blocks", self.logger)
-                return type(self.net)._forward_truncated(self.view, x, timesteps, cond, last)
+            if len(self.keys) >= self.max_graphs:
+                self.stats.note(f"compile graphs: cap of {self.max_graphs} whole-call graphs reached; new shapes "
+                                f"run the compiled blocks", self.logger)
+                return self.blocks_path(x, timesteps, cond, last)
             self.keys.add(key)
-            self.compiler.stats.whole_call_graphs = len(self.keys)
-        fn = self.per_depth.get(last)
-        if fn is None:
-            fn = self.per_depth[last] = self.compiler(_depth_function(type(self.net), last), dynamic=False)
+            self.stats.whole_call_graphs = len(self.keys)
+            # Each key is one more specialisation of the one function: let dynamo keep them all.
+            with torch._dynamo.config.patch(recompile_limit=max(self.max_graphs, 8)):
+                return self._run(x, timesteps, cond, last)
+        return self._run(x, timesteps, cond, last)
+
+    def _run(self, x, timesteps, cond, last: int):
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-            return fn(self.net, x, timesteps, cond).clone()
-        return fn(self.net, x, timesteps, cond)
+            return self.fn(self.net, x, timesteps, cond, last).clone()
+        return self.fn(self.net, x, timesteps, cond, last)
+
+
+def _per_sample_rule(rule, num_blocks: int) -> Optional[str]:
+    """The spelling of ``rule`` (an exit rule or a threshold, as the forwards take it) when it
+    decides exits per sample, so that no whole-call graph can serve its calls; else None. The
+    one function here that reads an exit rule."""
+    from libs.exits.policy import ExitPolicyError, as_call
+
+    try:
+        call = as_call(rule)
+    except ExitPolicyError:  # not runnable as given: the eager path says why
+        return None
+    return call.spec if call.static_exit(num_blocks) is None else None
 
 
 def _note_fallbacks(view, stats: CompileStats, logger) -> None:
-    """``view.forward_early_exit`` noting, once per policy, calls that fall back to ``blocks``."""
-    from libs.exits.policy import ExitPolicyError, as_policy
-
-    eager = type(view).forward_early_exit
+    """``view.forward_early_exit`` noting, once per rule, calls that run the ``blocks`` path."""
+    eager = view.forward_early_exit
 
     def forward_early_exit(x, timesteps, *args, exit_threshold=None, exit_policy=None, **kwargs):
-        policy = as_policy(exit_policy if exit_policy is not None else exit_threshold)
-        try:
-            static = policy.static_exit(view.num_blocks)
-        except ExitPolicyError:  # not runnable as given: the eager path says why
-            static = 0
-        if static is None:
-            stats.note(f"compile graphs: {policy.spec} decides exits per sample, so it runs the compiled blocks "
+        spec = _per_sample_rule(exit_policy if exit_policy is not None else exit_threshold, view.num_blocks)
+        if spec is not None:
+            stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
                        f"(whole-call graphs need the exit block before the call)", logger)
-        return eager(view, x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
+        return eager(x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
 
-    view.__dict__["forward_early_exit"] = forward_early_exit
+    view.forward_early_exit = forward_early_exit
 
 
 def compile_network(net: nn.Module, mode: str, backend="inductor", compile_mode: Optional[str] = None,
-                    batch: str = "dynamic", max_graphs: int = 64, logger=None) -> nn.Module:
+                    max_graphs: int = 64, logger=None) -> nn.Module:
     """The sampling view of ``net`` for ``mode`` (module docstring); ``net`` for ``none`` (and a
     view of ``mode`` itself as it is).
 
     ``backend`` and ``compile_mode`` go to ``torch.compile`` (tests use ``backend="eager"`` to
-    check graphs without inductor's compile time); ``batch`` is how ``blocks`` meets batch
-    compaction (``dynamic`` | ``bucket``); ``max_graphs`` caps the whole-call graphs."""
+    check graphs without inductor's compile time; ``compile_mode`` is for ``graphs``'
+    whole calls); ``max_graphs`` caps the whole-call graphs."""
     check_mode(mode)
-    if batch not in BATCH_MODES:
-        raise ValueError(f"batch={batch!r}: choose one of {', '.join(BATCH_MODES)}")
     if mode == "none":
         return net
     stats = getattr(net, "compile_stats", None)
@@ -272,10 +230,10 @@ def compile_network(net: nn.Module, mode: str, backend="inductor", compile_mode:
             raise ValueError(f"this network is already compiled for {stats.mode!r}; compile the network itself")
         return net
     stats = CompileStats(mode)
-    compiler = _Compiler(stats, backend, compile_mode if mode == "graphs" else None, batch)
-    view = _with_compiled_regions(net, _Compiler(stats, backend, None, batch))
+    view = _shared_copy(net)
+    _compile_regions(view, stats, backend)
     if mode == "graphs":
-        view.__dict__["_forward_truncated"] = _WholeCalls(net, view, compiler, max_graphs, logger)
+        view._forward_truncated = _WholeCalls(net, view, stats, backend, compile_mode, max_graphs, logger)
         _note_fallbacks(view, stats, logger)
-    view.__dict__["compile_stats"] = stats
+    view.compile_stats = stats
     return view

@@ -1,114 +1,229 @@
-"""The per-sample early-exit loop of an ``ExitBackbone``: blocks, exit tests, batch compaction.
+"""The one early-exit loop of an ``ExitBackbone``: blocks, exit tests, batch compaction and
+the reuse cache, for any ``Call`` (``libs/exits/call.py``) and any batch size.
 
 It uses only the backbone contract (``libs/models/backbone.py``): ``run_block``, ``select_rows``,
-``mean_certainty(_one)``, ``exit_patience``, ``output_head``.
+``mean_certainty(_one)``, ``exit_patience``, ``output_head``, ``cache_value``, ``reuse_value``.
 
-After each block but the last, the exit policy decides from the block's mean certainty which
-rows stop there (``ExitPolicy.decide``); a row that stops takes the shared output head on
-that block's tokens and leaves the batch, so later blocks run only on the rows still active.
-Two forms, with the same result per sample (bitwise on CPU in fp32):
+``forward(net, x, t, cond, call, cache)`` is the dispatch of one call: a plain truncated
+forward (``net._forward_truncated``) when no rule decides per sample and nothing is cached,
+else the checks of the cache and ``run``. ``run(net, h, carry, call, cache)`` runs blocks 0 ..
+``call.last_block``. After each block but
+the last, the call's per-sample rule (if any) decides which rows stop there; a row that stops
+takes the shared output head on that block's tokens and leaves the batch (compaction: the
+activations, the carry, the rule's state and the pending cache entries), so later blocks run
+only on the rows still active; the outputs are scattered back to their rows only when rows
+exited at different blocks. One host read per deciding block (how many rows pass).
 
-* ``run_one``: a batch of one. The decision is taken on Python values
-  (``ExitPolicy.decide_one``): the row either exits (output head, return) or continues, so
-  there is no index, compaction or scatter at all; one host read of the certainty per test.
-  A rule may also ask for the certainty of an earlier block of the patience window
-  (``certainty(block)``): the threshold rule evaluates a patience block's head only once a
-  later block passes, since before that it cannot change the decision.
-* ``run_batch``: one host read per deciding block (how many rows pass); no compaction work
-  when none does, no index work when all do; the outputs are scattered back to their rows
-  only when rows exited at different blocks.
-
-Both return ``(sample, exit_block, uem_evals)`` as ``EarlyExitOutput`` describes them
-(``run_one``: Python ints).
-
-With a reuse cache (``libs/exits/reuse.py``), ``run_one_cached`` and ``run_batch_cached`` do the
-same and also: run only up to the policy's static exit; store, after the last block of each
-cached span the call computes (spans disjoint from the one it reuses), the backbone's
-``cache_value`` for the rows there (their original rows: the active index); at the first block
-of the span the call reuses (``policy.reuse_span``), take each row's own cached value
-(``reuse_value``) and skip the span's blocks, or compute them for the rows with nothing cached
+With a reuse cache (``libs/exits/reuse.py``) the loop also stores, after the last block of
+each cached span the call computes (spans disjoint from the one it reuses), the backbone's
+``cache_value`` for the active rows (their original rows: the active index); at the first block
+of the span the call reuses (``call.reuse_span``) it takes each row's own cached value
+(``reuse_value``) and skips the span's blocks, or computes them for the rows with nothing cached
 (a sub-batch with its carry: a reusable span leaves the carry as it found it); no exit test
-after a block of that span. They return a fourth item, which rows reused (a (B,) bool tensor;
-``run_one_cached``: a bool).
+after a block of that span.
+
+The batch of one (``_OneRow``, the only special case): decisions on Python values
+(``Rule.decide_one``: no index, compaction or scatter, one host read per test; the threshold
+rule evaluates a patience block's head only once a later block passes), the exit block and
+heads run returned as Python ints, which rows reused as a bool. Same samples and exits per row
+as the batch form (bitwise on CPU in fp32).
+
+Returns ``(sample, exit_block, uem_evals, reused)`` as ``EarlyExitOutput`` describes them.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-Result = Tuple[torch.Tensor, Union[torch.Tensor, int], Union[torch.Tensor, int]]
+
+def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
+    """One call of ``net`` on ``x`` (module docstring): ``(sample, exit_block, uem_evals, reused)``."""
+    last = call.last_block(net.num_blocks)
+    if cache is None and call.reuse is not None:
+        raise ValueError(f"exit policy {call.spec} reuses blocks: call forward_early_exit with reuse_cache= "
+                         f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as a SamplingRun does")
+    if cache is None and call.rule is None:  # every row exits after a known block
+        sample = net._forward_truncated(x, timesteps, cond, last)
+        if x.shape[0] == 1:
+            return sample, last, 0, None
+        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
+        return sample, exit_block, torch.zeros_like(exit_block), None
+    if cache is not None:
+        _check_cache(net, call, cache)
+        cache.bind(x.shape[0])
+    h, carry = net.embed(x, timesteps, cond)
+    return run(net, h, carry, call, cache)
 
 
-def run_one(net, h: torch.Tensor, carry, policy) -> Result:
-    """Blocks and exit tests for a batch of one row; ``h``, ``carry`` from ``net.embed``.
-    Returns the exit block and the heads evaluated as Python ints (``EarlyExitOutput`` takes
-    them so)."""
-    last = net.num_blocks - 1
-    state, evals, i = None, 0, 0
-    window = {}  # outputs of the blocks with patience > 1, whose heads a rule may evaluate later
-
-    def certainty(block: Optional[int] = None) -> float:
-        nonlocal evals
-        evals += 1
-        if block is None or block == i:
-            return net.mean_certainty_one(i, h, carry)  # the host read
-        return net.mean_certainty_one(block, window[block], carry)
-
-    for i in range(net.num_blocks):
-        h = net.run_block(i, h, carry)
-        if i == last:
-            break  # the last block needs no exit test
-        patience = net.exit_patience(i)
-        if patience > 1:
-            window[i] = h
-        exits, state = policy.decide_one(i, patience, certainty, state)
-        if exits:
-            break
-    return net.output_head(h), i, evals
+def _check_cache(net, call, cache) -> None:
+    span = call.reuse_span(net.num_blocks)
+    for sp in cache.spans + ((span,) if span is not None else ()):
+        problem = net.reuse_problem(sp)
+        if problem:
+            raise ValueError(f"exit policy {call.spec}: {problem}")
+    if span is not None and span not in cache.spans:
+        raise ValueError(f"exit policy {call.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
+                         f"cache does not keep (it keeps {list(cache.spans)})")
 
 
-def run_batch(net, h: torch.Tensor, carry, policy) -> Result:
-    """Blocks, exit tests and compaction for a batch of rows; ``h``, ``carry`` from ``net.embed``."""
-    B, device = h.shape[0], h.device
-    last = net.num_blocks - 1
-    state = policy.init_state(B, device)  # per-row decision state, compacted with the rows
-    active: Optional[torch.Tensor] = None  # original row of each active row (None: all, in order)
-    groups: List[tuple] = []  # (exit block, original rows or None = all rows, output head)
-    head_blocks: List[int] = []  # blocks after which the active rows' certainty was computed
+def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] = None) -> tuple:
+    """Blocks, exit tests, compaction and reuse of one call; ``h``, ``carry`` from ``net.embed``.
+    ``one_row`` (default: a batch of one) picks the batch-of-one form."""
+    N = net.num_blocks
+    last, span = call.last_block(N), call.reuse_span(N)
+    starts, ends = _stored_spans(cache, last, span)
+    one = h.shape[0] == 1 if one_row is None else one_row
+    rows = (_OneRow if one else _Rows)(net, h, carry, call.rule, cache)
     i = 0
-
-    def certainty() -> torch.Tensor:
-        head_blocks.append(i)
-        return net.mean_certainty(i, h, carry)  # (b,)
-
-    for i in range(net.num_blocks):
-        h = net.run_block(i, h, carry)
-        if i == last:
+    while True:
+        if span is not None and i == span[0]:
+            rows.through_span(span)
+            i = span[1] - 1
+        else:
+            rows.block(i, starts.get(i, ()), ends.get(i, ()))
+            if i < last and call.rule is not None and rows.decide(i):
+                break  # every row has exited
+        if i >= last:
             break
-        passed, state = policy.decide(i, net.exit_patience(i), certainty, state)
-        if passed is None:
-            continue  # no row can exit here: no host sync
-        n = int(passed.sum())  # the one host sync of a deciding block
+        i += 1
+    return rows.result(i)
+
+
+def _stored_spans(cache, last: int, span) -> Tuple[Dict[int, list], Dict[int, list]]:
+    """{block: the cached spans the call computes that start there}, {block: those that end there}."""
+    starts: Dict[int, list] = {}
+    ends: Dict[int, list] = {}
+    for s, e in (cache.spans if cache is not None else ()):
+        if e - 1 <= last and (span is None or e <= span[0] or span[1] <= s):
+            starts.setdefault(s, []).append((s, e))
+            ends.setdefault(e - 1, []).append((s, e))
+    return starts, ends
+
+
+def _compute_span(net, span, h, carry):
+    for j in range(*span):
+        h = net.run_block(j, h, carry)
+    return h
+
+
+class _Rows:
+    """The active rows of one call: their tokens ``h``, carry, rule state, original rows
+    (``active``; None: all, in order), the exit groups and the heads run."""
+
+    def __init__(self, net, h, carry, rule, cache):
+        self.net, self.h, self.carry, self.rule, self.cache = net, h, carry, rule, cache
+        self.B, self.device = h.shape[0], h.device
+        self.state = self._initial_state()
+        self.active: Optional[torch.Tensor] = None
+        self.groups: List[tuple] = []  # (exit block, original rows or None = all rows, output head)
+        self.heads: List[int] = []  # blocks after which a certainty was computed
+        self.entry: dict = {}  # span -> the tokens entering it (a cached span the call computes)
+        self.reused = self._not_reused() if cache is not None else None
+        self.i = 0
+
+    def _initial_state(self):
+        return self.rule.init_state(self.B, self.device) if self.rule is not None else None
+
+    def _not_reused(self):
+        return torch.zeros(self.B, dtype=torch.bool, device=self.device)
+
+    def certainty(self) -> torch.Tensor:
+        self.heads.append(self.i)
+        return self.net.mean_certainty(self.i, self.h, self.carry)  # (b,)
+
+    def block(self, i: int, starts, ends) -> None:
+        """Block i for the active rows, with the cache entries of the spans that start or end there."""
+        self.i, net = i, self.net
+        for sp in starts:
+            self.entry[sp] = self.h if net.reuse_reads_input else None
+        self.h = net.run_block(i, self.h, self.carry)
+        for sp in ends:
+            self.cache.store(sp, self.active, net.cache_value(sp, self.entry.pop(sp), self.h))
+
+    def decide(self, i: int) -> bool:
+        """The rule's exits after block i: exited rows leave the batch; True when none is left."""
+        passed, self.state = self.rule.decide(i, self.net.exit_patience(i), self.certainty, self.state)
+        n = 0 if passed is None else int(passed.sum())  # the one host sync of a deciding block
         if n == 0:
-            continue
+            return False
         if n == passed.shape[0]:  # every active row exits here: nothing to compact
-            groups.append((i, active, net.output_head(h)))
-            h = None
-            break
+            self.groups.append((i, self.active, self.net.output_head(self.h)))
+            self.h = None
+            return True
         done, keep = passed.nonzero().squeeze(1), passed.logical_not().nonzero().squeeze(1)
-        groups.append((i, done if active is None else active[done], net.output_head(h[done])))
-        # Exited rows leave the batch: compact the activations, the decision state and the carry.
-        active = keep if active is None else active[keep]
-        h = h[keep]
-        state = state[keep] if state is not None else None
-        carry = net.select_rows(carry, keep)
-    if h is not None:
-        groups.append((last, active, net.output_head(h)))
-    return _assemble(groups, B, head_blocks, device)
+        self.groups.append((i, done if self.active is None else self.active[done], self.net.output_head(self.h[done])))
+        # Exited rows leave the batch: compact the activations, cache entries, rule state and carry.
+        self.active = keep if self.active is None else self.active[keep]
+        self.h = self.h[keep]
+        self.entry = {sp: (v[keep] if v is not None else None) for sp, v in self.entry.items()}
+        self.state = self.state[keep] if self.state is not None else None
+        self.carry = self.net.select_rows(self.carry, keep)
+        return False
+
+    def through_span(self, span) -> None:
+        """The reused span for the active rows: each row's cached value, or the span computed
+        (and cached) for the rows with none."""
+        net, h, active = self.net, self.h, self.active
+        value, have = self.cache.fetch(span, active)
+        if have is True:
+            self.h = net.reuse_value(span, h, value)
+        elif have is False:
+            self.h = _compute_span(net, span, h, self.carry)
+            self.cache.store(span, active, net.cache_value(span, h, self.h))
+        else:
+            lack, take = have.logical_not().nonzero().squeeze(1), have.nonzero().squeeze(1)
+            sub = _compute_span(net, span, h[lack], net.select_rows(self.carry, lack))
+            self.cache.store(span, lack if active is None else active[lack], net.cache_value(span, h[lack], sub))
+            self.h = sub.new_empty((h.shape[0], *sub.shape[1:]))
+            self.h.index_copy_(0, lack, sub)
+            self.h.index_copy_(0, take, net.reuse_value(span, h[take], value[take]))
+        self._took(have)
+
+    def _took(self, have) -> None:
+        if isinstance(have, bool):
+            have = torch.full((self.h.shape[0],), have, dtype=torch.bool, device=self.device)
+        self.reused = have if self.active is None else self.reused.index_copy(0, self.active, have)
+
+    def result(self, i: int) -> tuple:
+        if self.h is not None:
+            self.groups.append((i, self.active, self.net.output_head(self.h)))
+        return (*_assemble(self.groups, self.B, self.heads, self.device), self.reused)
 
 
-def _assemble(groups, B: int, head_blocks: List[int], device) -> Result:
+class _OneRow(_Rows):
+    """A batch of one (module docstring): decisions on Python values, results as Python values."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.window = {}  # tokens after the blocks with patience > 1, whose heads a rule may evaluate later
+
+    def _initial_state(self):
+        return None
+
+    def _not_reused(self):
+        return False
+
+    def certainty(self, block: Optional[int] = None) -> float:
+        j = self.i if block is None else block
+        self.heads.append(j)
+        return self.net.mean_certainty_one(j, self.h if j == self.i else self.window[j], self.carry)  # host read
+
+    def decide(self, i: int) -> bool:
+        patience = self.net.exit_patience(i)
+        if patience > 1:
+            self.window[i] = self.h
+        exits, self.state = self.rule.decide_one(i, patience, self.certainty, self.state)
+        return bool(exits)
+
+    def _took(self, have) -> None:
+        self.reused = have
+
+    def result(self, i: int) -> tuple:
+        return self.net.output_head(self.h), i, len(self.heads), self.reused
+
+
+def _assemble(groups, B: int, head_blocks: List[int], device) -> tuple:
     """Per-row sample, exit block and heads run from the exit groups, in the original row order.
     A row exiting after block k ran the head after every block of ``head_blocks`` up to k."""
     def evals(k):
@@ -127,138 +242,3 @@ def _assemble(groups, B: int, head_blocks: List[int], device) -> Result:
         exit_block.index_fill_(0, rows, k)
         uem_evals.index_fill_(0, rows, evals(k))
     return sample, exit_block, uem_evals
-
-
-# ----------------------------------------------------------------------------- with a reuse cache
-def _plan(net, policy, cache):
-    """(last block run, the reused span or None, {block: the cached spans the call computes that
-    start there}, {block: those that end there})."""
-    N = net.num_blocks
-    static = policy.static_exit(N)
-    last = N - 1 if static is None else static
-    span = policy.reuse_span(N)
-    starts, ends = {}, {}
-    for s, e in cache.spans:
-        if e - 1 <= last and (span is None or e <= span[0] or span[1] <= s):
-            starts.setdefault(s, []).append((s, e))
-            ends.setdefault(e - 1, []).append((s, e))
-    return last, span, starts, ends
-
-
-def _compute_span(net, span, h, carry):
-    for j in range(*span):
-        h = net.run_block(j, h, carry)
-    return h
-
-
-def run_one_cached(net, h: torch.Tensor, carry, policy, cache):
-    """``run_one`` with a reuse cache (module docstring); returns (sample, exit, evals, reused)."""
-    last, span, starts, ends = _plan(net, policy, cache)
-    reads = net.reuse_reads_input
-    entry, state, evals, reused, i = {}, None, 0, False, 0
-    window = {}
-
-    def certainty(block: Optional[int] = None) -> float:
-        nonlocal evals
-        evals += 1
-        if block is None or block == i:
-            return net.mean_certainty_one(i, h, carry)
-        return net.mean_certainty_one(block, window[block], carry)
-
-    while True:
-        if span is not None and i == span[0]:
-            value, have = cache.fetch(span, None)
-            if have:
-                h, reused = net.reuse_value(span, h, value), True
-            else:
-                h_in = h
-                h = _compute_span(net, span, h, carry)
-                cache.store(span, None, net.cache_value(span, h_in, h))
-            i = span[1] - 1
-        else:
-            for sp in starts.get(i, ()):
-                entry[sp] = h if reads else None
-            h = net.run_block(i, h, carry)
-            for sp in ends.get(i, ()):
-                cache.store(sp, None, net.cache_value(sp, entry.pop(sp), h))
-            if i < last:
-                patience = net.exit_patience(i)
-                if patience > 1:
-                    window[i] = h
-                exits, state = policy.decide_one(i, patience, certainty, state)
-                if exits:
-                    break
-        if i >= last:
-            break
-        i += 1
-    return net.output_head(h), i, evals, reused
-
-
-def _through_span(net, span, h, carry, cache, active):
-    """The reused span for the active rows: (h after the span, which active rows reused: a bool
-    or a (b,) bool mask)."""
-    value, have = cache.fetch(span, active)
-    if have is True:
-        return net.reuse_value(span, h, value), True
-    if have is False:
-        out = _compute_span(net, span, h, carry)
-        cache.store(span, active, net.cache_value(span, h, out))
-        return out, False
-    lack, take = have.logical_not().nonzero().squeeze(1), have.nonzero().squeeze(1)
-    sub = _compute_span(net, span, h[lack], net.select_rows(carry, lack))
-    cache.store(span, lack if active is None else active[lack], net.cache_value(span, h[lack], sub))
-    out = sub.new_empty((h.shape[0], *sub.shape[1:]))
-    out.index_copy_(0, lack, sub)
-    out.index_copy_(0, take, net.reuse_value(span, h[take], value[take]))
-    return out, have
-
-
-def run_batch_cached(net, h: torch.Tensor, carry, policy, cache):
-    """``run_batch`` with a reuse cache (module docstring); returns (sample, exit, evals, reused)."""
-    B, device = h.shape[0], h.device
-    last, span, starts, ends = _plan(net, policy, cache)
-    reads = net.reuse_reads_input
-    state = policy.init_state(B, device)
-    active: Optional[torch.Tensor] = None
-    groups: List[tuple] = []
-    head_blocks: List[int] = []
-    entry, reused, i = {}, torch.zeros(B, dtype=torch.bool, device=device), 0
-
-    def certainty() -> torch.Tensor:
-        head_blocks.append(i)
-        return net.mean_certainty(i, h, carry)
-
-    while True:
-        if span is not None and i == span[0]:
-            h, took = _through_span(net, span, h, carry, cache, active)
-            took = torch.full((h.shape[0],), took, dtype=torch.bool, device=device) if isinstance(took, bool) else took
-            reused = took if active is None else reused.index_copy(0, active, took)
-            i = span[1] - 1
-            passed = None
-        else:
-            for sp in starts.get(i, ()):
-                entry[sp] = h if reads else None
-            h = net.run_block(i, h, carry)
-            for sp in ends.get(i, ()):
-                cache.store(sp, active, net.cache_value(sp, entry.pop(sp), h))
-            passed = None
-            if i < last:
-                passed, state = policy.decide(i, net.exit_patience(i), certainty, state)
-        if i >= last:
-            break
-        n = 0 if passed is None else int(passed.sum())  # the one host sync of a deciding block
-        if n and n == passed.shape[0]:  # every active row exits here
-            groups.append((i, active, net.output_head(h)))
-            h = None
-            break
-        if n:
-            done, keep = passed.nonzero().squeeze(1), passed.logical_not().nonzero().squeeze(1)
-            groups.append((i, done if active is None else active[done], net.output_head(h[done])))
-            active = keep if active is None else active[keep]
-            h, entry = h[keep], {sp: (v[keep] if v is not None else None) for sp, v in entry.items()}
-            state = state[keep] if state is not None else None
-            carry = net.select_rows(carry, keep)
-        i += 1
-    if h is not None:
-        groups.append((i, active, net.output_head(h)))
-    return (*_assemble(groups, B, head_blocks, device), reused)

@@ -13,5 +13,6 @@
 ``log``           the run logger and ``stats.jsonl``
 ``config_io``     config JSON, diffs, flag overrides, default workdir
 ``seeds``         the named random streams and ``mix_seed``
+``distributed``   collectives for shards of any size, the collective timeout, lost processes
 ================  ==========================================================================
 """

@@ -1,5 +1,8 @@
 """Atomic file writes: write to a temporary file in the target's folder, fsync, rename.
-Readers (and a crash) see the old file or the new one, never a truncated one.
+Readers (and a crash) see the old file or the new one, never a truncated one. A rename
+replaces a link in the target's place by the new file: it never writes through the link.
+Files a run writes in place (its log, stats rows, lock) are opened with ``open_own``, which
+refuses a link in their place: a run never writes through a link it did not make.
 
 A write that fails because of the disk (full, read-only, ...) raises that ``OSError`` naming
 the target, also when the writer (e.g. ``torch.save``'s zip writer: "enforce fail ...")
@@ -7,6 +10,7 @@ reported it as something else; a Ctrl-C that the writer wrapped likewise stays a
 ``KeyboardInterrupt``."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +30,21 @@ def _os_error_behind(exc: BaseException, kind=OSError) -> Optional[BaseException
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def open_own(path: Union[str, os.PathLike], mode: str = "a"):
+    """``open(path, mode)`` (text, "a" or "w") that refuses a symbolic link in ``path``'s place
+    (``OSError`` ELOOP naming it), where a plain open would write into the link's target."""
+    def opener(name, flags):
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    try:
+        return open(path, mode, opener=opener)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link (to {os.path.realpath(path)}) where this run "
+                          f"writes its own file", str(path)) from None
+        raise
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:

@@ -71,8 +71,9 @@ def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
     """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``;
     with ``verify``, first check it against its folder's manifest.json when there is one.
     The file is read into memory in one go (no memory map) and refused when it changes
-    meanwhile, so a copy still being written is a clear error, never a bus error."""
-    path = Path(path)
+    meanwhile, so a copy still being written is a clear error, never a bus error. A link is
+    followed to the real file first: its manifest checks it, wherever the link lies."""
+    path = Path(os.path.realpath(path))
     if path.is_dir():
         hint = f" (a checkpoint folder: pass {path / 'nnet_ema.pth'})" if (path / "nnet_ema.pth").is_file() else ""
         raise IsADirectoryError(f"weights file {path} is a folder, expected a .pth or .safetensors file{hint}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -23,6 +24,24 @@ def set_from_flags(config: ml_collections.ConfigDict, fields: Mapping[str, Optio
             node = node[p]
         with node.unlocked():
             node[leaf] = value
+
+
+INPUT_FIELDS = ("nnet_path", "train.pretrained_weight", "sample.fid_stat", "inception_path")  # files a run reads
+
+
+def resolve_input_links(config: ml_collections.ConfigDict) -> None:
+    """Replace every input file of ``config`` (``INPUT_FIELDS``) that is reached through a
+    symbolic link by its real path, once, before any guard or checksum looks at it: the
+    checksum of a checkpoint's file and the comparison with its config.json then apply
+    whatever link leads to it."""
+    for dotted in INPUT_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if hasattr(node, "get") else None
+        value = node.get(leaf) if hasattr(node, "get") else None
+        if isinstance(value, str) and value and os.path.realpath(value) != os.path.abspath(value):
+            set_from_flags(config, {dotted: os.path.realpath(value)})
 
 
 def default_workdir(config_path: str) -> str:

@@ -3,7 +3,8 @@
 A *user error* is something the person running the command can fix: a bad flag or config
 value (``ValueError``), a missing or unreadable file, a folder that is not writable, a full
 disk (``OSError``), a diverged run (``FloatingPointError``), a workdir in use
-(``UserError``). ``guarded(main)`` prints it as
+(``UserError``); and, in a multi-process run, another process that died or stalled (the
+collective's backend error, described by ``libs/run/distributed.py``). ``guarded(main)`` prints it as
 
     train.py: error: <problem and fix>
 
@@ -13,16 +14,24 @@ on stderr and exits with ``EXIT_USER_ERROR``. Ctrl-C (``KeyboardInterrupt``) pri
 
 and exits with ``EXIT_INTERRUPTED`` (130, as a shell reports SIGINT); the code it interrupts
 cleans up on the way out (staged outputs are removed, locks released by their ``with``).
+Inside ``stop_signals()`` (which ``guarded`` enters) SIGTERM and SIGHUP (what a scheduler, ``timeout`` and the
+distributed launchers send) are turned into the same interruption (``Stopped``): one line
+naming the signal, the same clean-up, status 128 + signal number; a repeat of the signal
+during the clean-up is ignored so that the clean-up finishes.
 Anything else is a bug and keeps its traceback. ``ADADIFF_DEBUG=1`` in the environment
 shows the traceback of user errors and interruptions too.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import signal
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
+
+from libs.run.distributed import collective_failure
 
 DEBUG_ENV = "ADADIFF_DEBUG"
 EXIT_USER_ERROR = 2
@@ -45,6 +54,8 @@ _OS_HINTS = {
     errno.ENOTDIR: "a file is in the way of a folder: move it or choose another --workdir / --output_path",
     errno.EISDIR: "this is a folder, a file was expected: check the path",
     errno.ENOENT: "no such file or folder: check the path",
+    errno.ELOOP: "a run never writes through a link it did not make: remove the link or choose another "
+                 "--workdir / --output_path",
 }
 
 
@@ -62,7 +73,11 @@ def one_line(text: str) -> str:
 
 
 def describe(exc: BaseException) -> Optional[str]:
-    """The one-line message of a user error, or None when ``exc`` is not one (a bug)."""
+    """The one-line message of a user error or of a lost process (another process of the
+    run died or stalled, ``libs/run/distributed.py``), or None when ``exc`` is neither (a bug)."""
+    lost = collective_failure(exc)
+    if lost is not None:
+        return lost
     if not isinstance(exc, USER_ERRORS):
         return None
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
@@ -83,12 +98,52 @@ def report(prog: str, exc: BaseException) -> Optional[str]:
     return line
 
 
-def report_interrupt(prog: str) -> None:
-    """Print the one line of a Ctrl-C and exit with ``EXIT_INTERRUPTED``."""
-    print(f"{prog}: interrupted (Ctrl-C): stopped; nothing half-written was kept and locks are released. "
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program was when the signal came (like Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Stopped`` (once: a repeat while the
+    program cleans up is ignored); the previous handlers come back on the way out. Outside
+    the main thread (where Python cannot set handlers) it does nothing."""
+    stopping = []  # the signals already received (this block's own)
+
+    def handler(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def report_interrupt(prog: str, exc: Optional[BaseException] = None) -> None:
+    """Print the one line of a Ctrl-C (or of a ``Stopped`` signal) and exit with status 128 +
+    the signal number (``EXIT_INTERRUPTED`` for Ctrl-C)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if signum == signal.SIGTERM and os.environ.get("TORCHELASTIC_RUN_ID"):  # a worker of accelerate launch / torchrun
+        what += " (from the launcher: another process of this run ended first; its message says why)"
+    print(f"{prog}: {what}: stopped; nothing half-written was kept and locks are released. "
           f"Run the command again to start over (a training run resumes from its last checkpoint)",
           file=sys.stderr, flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(128 + int(signum))
 
 
 def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
@@ -100,15 +155,16 @@ def guarded(main: Callable, prog: Optional[str] = None) -> Callable:
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
-        except USER_ERRORS as exc:
-            if debug_enabled():
+            with stop_signals():
+                return main(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - user errors and lost processes in one line, bugs re-raised
+            if debug_enabled() or describe(exc) is None:
                 raise
             report(name, exc)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP under stop_signals()
             if debug_enabled():
                 raise
-            report_interrupt(name)
+            report_interrupt(name, exc)
 
     return run

@@ -83,10 +83,10 @@ class RunLock:
             return self
         make_writable_dir(self.workdir, self.flag)
         for _ in range(10):  # the file may be unlinked by its releasing holder between open and flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 locked = self._flock(fd)
-                same_file = os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same_file = os.path.lexists(self.path) and os.lstat(self.path).st_ino == os.fstat(fd).st_ino
                 if locked is not False and not same_file:
                     os.close(fd)
                     continue
@@ -117,7 +117,7 @@ class RunLock:
         if self.fd is None:
             return
         try:
-            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+            if os.path.lexists(self.path) and os.lstat(self.path).st_ino == os.fstat(self.fd).st_ino:
                 os.unlink(self.path)
         except OSError:
             pass
@@ -133,6 +133,17 @@ class RunLock:
         return False
 
     # ------------------------------------------------------------------ helpers
+    def _open(self) -> int:
+        """The lock file, never through a link (a link's target would get the lock's JSON)."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP and not self.path.is_symlink():
+                raise
+            raise UserError(f"{self.path} is a symbolic link (to {os.path.realpath(self.path)}), not a lock this "
+                            f"run made: a run never writes through a link; remove the link or choose another "
+                            f"{self.flag}") from None
+
     def _flock(self, fd) -> Optional[bool]:
         """True: locked; False: held by someone else; None: no flock here (pid decides)."""
         try:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from libs.run.atomic import atomic_write_text, open_own
+
 
 def setup_logger(name: str, workdir: Optional[Path], is_main: bool) -> logging.Logger:
     """Logger for one run: INFO to the console and log.txt on the main process, WARNING elsewhere."""
@@ -22,7 +24,7 @@ def setup_logger(name: str, workdir: Optional[Path], is_main: bool) -> logging.L
     logger.addHandler(console)
     if is_main and workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(workdir) / "log.txt")
+        fh = RunFileHandler(Path(workdir) / "log.txt")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     # Library messages (e.g. libs.run.checkpoint's load report) go to the same place.
@@ -31,6 +33,29 @@ def setup_logger(name: str, workdir: Optional[Path], is_main: bool) -> logging.L
     libs.setLevel(logger.level)
     libs.propagate = False
     return logger
+
+
+class RunFileHandler(logging.FileHandler):
+    """The run's ``log.txt``: never written through a link (``open_own``), and the first write
+    that fails (a full disk) raises its ``OSError``, which the command line reports in one line,
+    instead of logging's "--- Logging error ---" traceback on every message; later messages
+    (the clean-up's) then skip the file."""
+
+    failed = False
+
+    def _open(self):
+        return open_own(self.baseFilename, self.mode)
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            self.failed = True
+            raise exc
+        super().handleError(record)
 
 
 class MetricsWriter:
@@ -46,8 +71,6 @@ class MetricsWriter:
         file atomically; returns how many rows were dropped."""
         if self.path is None or not self.path.is_file():
             return 0
-        from libs.run.atomic import atomic_write_text
-
         lines = self.path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if _row_step(line) <= step]
         if len(keep) != len(lines):
@@ -58,7 +81,7 @@ class MetricsWriter:
         if self.path is None:
             return
         row = {"time": round(time.time(), 3), **row}
-        with open(self.path, "a") as f:
+        with open_own(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -10,13 +10,18 @@ They are recognised by their marker files:
 * a **training workdir**: a folder holding ``ckpts/`` or ``stats.jsonl``, or a ``run.lock``
   taken by a training command.
 
+A training run's own workdir obeys the same rule (``check_output_folder(..., workdir=True)``):
+it may not be a checkpoint, lie inside one, or lie in another run's ``ckpts/`` / ``samples/``.
 ``check_output_folder`` refuses a destination folder that is a checkpoint or lies inside one,
 that is a training workdir, or that lies inside one of the workdir's own folders (``ckpts/``,
 ``samples/``). A new folder of its own inside a workdir (``<workdir>/eval``, the default
 report folder) is fine: nothing of the run is in it. ``check_output_file`` applies the
 same rule to a file's folder and refuses to overwrite the command's own input.
 ``check_report_folder`` adds what a report folder may already hold (files an evaluation
-publishes), so that replacing a previous report never deletes anything else.
+publishes, or with ``owned=is_sample_file`` the PNGs and prompts a sampling run publishes),
+so that replacing a previous run's files never deletes anything else; ``check_sample_tree``
+does the same for a tree of sample PNGs (``config.sample.path``). A folder holds one run's
+files only, and a user's file is never overwritten.
 """
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from libs.run.errors import UserError
 
@@ -36,6 +42,7 @@ RUN_FOLDERS = ("ckpts", "samples")  # folders of a workdir that the training wri
 REPORT_FILES = ("config.json", "report.txt", "report.csv", "report.json", "exit_block_per_step.csv", "tradeoff.png",
                 "grid_*.png", "log.txt", "run.lock")
 _CKPT_NAME = re.compile(r"^\d+\.ckpt$")
+_SAMPLE_PNG = re.compile(r"^\d+\.png$")
 
 
 class UnsafeDestinationError(UserError):
@@ -63,9 +70,11 @@ def _training_lock(path: Path) -> bool:
     return any(os.path.basename(w).startswith("train") and w.endswith(".py") for w in words)
 
 
-def check_output_folder(dest: PathLike, flag: str) -> Path:
+def check_output_folder(dest: PathLike, flag: str, workdir: bool = False) -> Path:
     """Refuse ``dest`` (a folder to write into) when it is or lies inside a checkpoint, is a
-    training workdir, or lies in a workdir's ``ckpts/`` / ``samples/``; returns it resolved."""
+    training workdir, or lies in a workdir's ``ckpts/`` / ``samples/``; returns it resolved.
+    With ``workdir`` (``dest`` is a training run's workdir) ``dest`` may be a training
+    workdir itself: the run resumes there."""
     dest = Path(os.path.abspath(dest))
     real = Path(os.path.realpath(dest))
     for path in dict.fromkeys((real, *real.parents, dest, *dest.parents)):
@@ -77,7 +86,7 @@ def check_output_folder(dest: PathLike, flag: str) -> Path:
                 f"(resume would then skip it); choose a folder outside the checkpoint")
         if kind == "training workdir":
             inside = real.relative_to(path).parts if real.is_relative_to(path) else dest.relative_to(path).parts
-            if not inside or inside[0] in RUN_FOLDERS:
+            if (not inside and not workdir) or (inside and inside[0] in RUN_FOLDERS):
                 where = "is" if not inside else f"lies in {path / inside[0]} of"
                 raise UnsafeDestinationError(
                     f"{flag}={dest} {where} the training workdir {path}: writing there could replace the run's "
@@ -99,23 +108,59 @@ def check_output_file(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()
     return dest
 
 
-def check_report_folder(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
+def check_report_folder(dest: PathLike, flag: str, inputs: Iterable[PathLike] = (),
+                        owned: Optional[Callable[[str], bool]] = None, kind: str = "evaluation") -> Path:
     """``check_output_folder``, plus: no input is a file of ``dest`` (a published report replaces
-    the files of the previous one), and ``dest`` holds only files an evaluation publishes
-    (``REPORT_FILES``) besides folders, so replacing a previous report deletes nothing else."""
+    the files of the previous one), and ``dest`` holds only files a run of this kind publishes
+    (``owned(name)``; an evaluation's ``REPORT_FILES`` by default) besides folders, so replacing
+    a previous run's files deletes nothing else."""
+    owned = owned or is_report_file
     dest = check_output_folder(dest, flag)
     for src in inputs:  # publishing replaces and removes the folder's top-level files
         src = Path(os.path.realpath(src))
         if src.is_file() and src.parent == Path(os.path.realpath(dest)):
-            raise UnsafeDestinationError(f"{flag}={dest} holds the input {src}: a new report replaces the folder's "
+            raise UnsafeDestinationError(f"{flag}={dest} holds the input {src}: a new run replaces the folder's "
                                          f"files; choose another {flag}")
     if dest.is_dir():
-        foreign = sorted(p.name for p in dest.iterdir() if not p.is_dir() and not is_report_file(p.name))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f", ... (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
-            raise UnsafeDestinationError(f"{flag}={dest} holds files no evaluation wrote ({shown}); a report replaces "
-                                         f"the files of the folder: choose a new or empty {flag}")
+        _refuse_foreign(dest, flag, kind,
+                        sorted(p.name for p in dest.iterdir() if not p.is_dir() and not owned(p.name)))
     return dest
+
+
+def check_sample_tree(dest: PathLike, flag: str) -> Path:
+    """A folder of sample PNGs (``config.sample.path``: ``<policy>/<index>.png``): refused when
+    ``check_output_folder`` refuses it or when any file under it is not such a PNG; returns it.
+    The caller may then empty it: it holds one run's images only."""
+    dest = check_output_folder(dest, flag)
+    if dest.is_dir():
+        _refuse_foreign(dest, flag, "sampling run", sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                                                           if not p.is_dir() and not _SAMPLE_PNG.match(p.name)))
+    return dest
+
+
+def fresh_sample_tree(dest: PathLike, flag: str) -> Path:
+    """``check_sample_tree``, then empty it: the images of an earlier run never sit beside this
+    one's. Links in it are removed, never followed."""
+    dest = check_sample_tree(dest, flag)
+    if dest.is_dir():
+        for p in dest.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    return dest
+
+
+def _refuse_foreign(dest: Path, flag: str, kind: str, foreign: list) -> None:
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise UnsafeDestinationError(f"{flag}={dest} holds files no {kind} wrote ({shown}); a new run "
+                                     f"replaces the files of the folder: choose a new or empty {flag}")
+
+
+def is_sample_file(name: str) -> bool:
+    """What ``sample_t2i_discrete.py`` publishes: ``<index>.png``, ``prompts.txt`` (and its lock, log)."""
+    return bool(_SAMPLE_PNG.match(name)) or name in ("prompts.txt", "run.lock", "log.txt")
 
 
 def is_report_file(name: str) -> bool:

@@ -24,6 +24,7 @@ weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -42,7 +43,9 @@ from libs.models.registry import build_nnet
 from libs.run.atomic import atomic_write_text
 from libs.run.checkpoint import latest_checkpoint, load_weights, newest_intact_checkpoint, save_checkpoint
 from libs.run.config_io import config_to_json
+from libs.run.distributed import check_launch, precision_note, precision_used, process_group_kwargs, run_record
 from libs.run.lock import LauncherWatch, RunLock
+from libs.run.output_guard import check_output_folder
 from libs.run.resume import check_resume_step, load_training_state
 from libs.run.log import MetricsWriter, setup_logger
 from libs.run.seeds import Stream, mix_seed
@@ -56,7 +59,7 @@ HEAD_OBJECTIVES = ("adadiff", "distill")  # objectives that train on every block
 class TrainForward(nn.Module):
     """What the optimiser differentiates (and DDP wraps): the network's full-depth output
     (plain U-ViT objective) or every block's prediction and certainty (AdaDiff objective);
-    of a wider output (``net.eps_channels``, DiT's learned sigma) only the noise channels."""
+    of a wider output (DiT's learned sigma) only the noise channels (``net.noise_prediction``)."""
 
     def __init__(self, net: nn.Module, all_exits: bool):
         super().__init__()
@@ -64,12 +67,10 @@ class TrainForward(nn.Module):
         self.all_exits = all_exits
 
     def forward(self, x, t, cond=None):
-        n = getattr(self.net, "eps_channels", None)  # the losses see only the noise prediction
-        if self.all_exits:
+        if self.all_exits:  # the losses see only the noise prediction
             out = self.net.forward_all_exits(x, t, cond)
-            return (out.preds, out.certainties) if n is None else (out.preds[:, :, :n], out.certainties)
-        out = self.net(x, t, cond)
-        return out if n is None else out[:, :n]
+            return self.net.noise_prediction(out.preds), out.certainties
+        return self.net.noise_prediction(self.net(x, t, cond))
 
 
 @torch.no_grad()
@@ -93,6 +94,7 @@ def train(config, task) -> Path:
     entry scripts run it before building the task); the main process holds
     ``<workdir>/run.lock`` throughout."""
     is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
+    check_output_folder(config.workdir, "--workdir", workdir=True)  # not a checkpoint, nor inside one
     with RunLock(config.workdir, enabled=is_main) as lock:
         return _train(config, task, lock)
 
@@ -204,7 +206,9 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     """The accelerator, the checks that need it, the logger and the workdir (main process);
     returns the run and whether a checkpoint to resume from exists."""
     tc = config.train
-    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir))
+    accelerator = Accelerator(log_with=tc.get("log_with") or None, project_dir=str(config.workdir),
+                              kwargs_handlers=process_group_kwargs())
+    check_launch(accelerator)  # processes that did not join would each run the whole job here
     world, device = accelerator.num_processes, accelerator.device
     if tc.batch_size % world:
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the number of "
@@ -217,8 +221,10 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     logger = setup_logger("adadiff.train", workdir, is_main)
     if is_main:
         hooks.prepare_workdir(config, lock, resuming, logger)
-    logger.info("workdir %s, %d process(es) on %s, mixed precision %s", workdir, world, device,
-                accelerator.mixed_precision)
+    logger.info("workdir %s, %d process(es) on %s, precision %s", workdir, world, device,
+                precision_used(accelerator))
+    if precision_note(accelerator):
+        logger.warning("%s", precision_note(accelerator))
     loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
         if config.loss.objective in HEAD_OBJECTIVES else {}
     loss_kwargs.update(getattr(task, "objective_kwargs", {}))  # a task's own (the distill teacher)
@@ -263,6 +269,7 @@ def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
         state.last_ckpt = resume_from
         hooks.override_hyperparameters(state.optimizer, state.lr_scheduler, config.optimizer)
         run.logger.info("resumed from %s (step %d)", resume_from, state.step)
+        hooks.warn_run_record_changed(resume_from, run_record(run.accelerator), run.logger)
     elif config.train.get("pretrained_weight"):
         load_weights(state.net, config.train.pretrained_weight)  # logs what it loaded (fresh heads, ...)
         state.ema.load_state_dict(state.net.state_dict())
@@ -333,7 +340,8 @@ def _save(run: Run, state: TrainState) -> None:
         state.last_ckpt = save_checkpoint(run.ckpt_root, step, {
             "nnet.pth": _cpu_state(state.net), "nnet_ema.pth": _cpu_state(state.ema),
             "optimizer.pth": state.optimizer.state_dict(), "lr_scheduler.pth": state.lr_scheduler.state_dict(),
-            "step.pth": step}, {"config.json": config_to_json(config)})
+            "step.pth": step}, {"config.json": config_to_json(config),
+                                hooks.RUN_RECORD: json.dumps(run_record(acc)) + "\n"})
         hooks.prune_checkpoints(run.ckpt_root, config.train.get("keep_ckpts", 0))
         run.logger.info("saved %s", state.last_ckpt)
     else:

@@ -19,6 +19,7 @@ a log step), ``sample_grids`` (compiled per ``config.sample.compile``), ``evalua
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from libs.evaluation.engine import evaluate, sample_grid
 from libs.models.compile import compile_network, compile_seconds
 from libs.run.checkpoint import clean_stale_temporaries, list_checkpoints
 from libs.run.config_io import config_diff, load_config_json
+from libs.run.distributed import record_change
 from libs.run.weight_guard import describe_bad_weight, first_bad_weight
 
 STOP_HINT = "Try a lower config.optimizer.lr, config.train.grad_clip, or bf16."
@@ -66,12 +68,28 @@ def prepare_workdir(config, lock, resuming: bool, logger) -> None:
         logger.warning("%s", note)
 
 
+def warn_run_record_changed(ckpt: Path, now: dict, logger) -> None:
+    """A resume whose precision or process count differs from the checkpoint's ``run.json``:
+    the run goes on, but its result is then not the uninterrupted run's, and the log says so."""
+    try:
+        saved = json.loads((Path(ckpt) / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return  # a checkpoint from before run.json: nothing to compare
+    change = record_change(saved if isinstance(saved, dict) else {}, now)
+    if change:
+        logger.warning("resuming %s with %s: the result will differ from an uninterrupted run's (same precision and "
+                       "process count reproduce it)", ckpt, change)
+
+
 def override_hyperparameters(optimizer: torch.optim.Optimizer, lr_scheduler, oc) -> None:
     """Make the optimiser's groups and the schedule's base follow ``oc`` (config.optimizer)."""
     lr_scheduler.base_lrs = [oc.lr] * len(optimizer.param_groups)
     for g in optimizer.param_groups:
         g.update(initial_lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas),
                  lr=oc.lr * lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch))
+
+
+RUN_RECORD = "run.json"  # in each checkpoint: the precision used and the process count (run_record)
 
 
 # ----------------------------------------------------------------------------- guards

@@ -180,7 +180,7 @@ def test_config_json_is_written_only_after_the_weights_load(run_copy):
 
 
 def _eval(config, out, nnet, exit_threshold="0.5", **flags):
-    from libs.cli.entry import eval_main
+    from libs.cli.evaluate import eval_main
 
     class Flags(types.SimpleNamespace):
         def __getattr__(self, name):  # flags this test does not set
@@ -195,7 +195,7 @@ def _eval(config, out, nnet, exit_threshold="0.5", **flags):
 
 
 def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypatch):
-    import libs.evaluation.engine as engine
+    import libs.cli.evaluate as engine  # where eval_main finds evaluate
 
     def config():
         c = tiny(tmp_path)
@@ -248,7 +248,7 @@ def test_eval_report_and_its_config_belong_together(good_run, tmp_path, monkeypa
 
 
 def test_weights_are_checked_against_their_checkpoint_config(good_run, tmp_path):
-    from libs.cli.entry import ConfigMismatchError
+    from libs.cli.evaluate import ConfigMismatchError
 
     config = tiny(tmp_path)
     config.sample.update(n_samples=2, mini_batch_size=2, sample_steps=2, grid_size=2, fid_stat="")
@@ -465,7 +465,7 @@ TRAIN_ROWS = [
     (TRAIN + [GW, "--config.nnet.num_heads=3"], "embed_dim=32 is not divisible by config.nnet.num_heads=3", None),
     (TRAIN + [GW, "--config.nnet.patch_size=3"], "img_size=8 is not divisible by config.nnet.patch_size=3", None),
     (TRAIN + [GW, "--config.nnet.name=vit"], "config.nnet.name='vit': choose one of dit, uvit, uvit_t2i", None),
-    (TRAIN + [GW, "--config.time=discrete"], "use train_discrete.py", None),
+    (TRAIN + [GW, "--config.time=discrete"], "no script runs pixel-space models with config.time='discrete'", None),
     (TRAIN + [GW, "--config.train.no_such_key=1"], "unknown config field '--config.train.no_such_key'", None),
     (TRAIN + [GW, "--config.nnet.depht=4"], "the config has no field 'depht'; did you mean 'depth'", None),
     (TRAIN + [GW, "--config.nnet.depth.x=4"], "config.nnet.depth is a value, not a group of fields", None),
@@ -494,6 +494,18 @@ TRAIN_ROWS = [
     (TRAIN + ["--workdir={work}/pre3", "--pretrained_weight={nan}"], "non-finite", None),
     (TRAIN + ["--workdir={work}/pre4", "--pretrained_weight={ckpt}"], "is a folder, expected a .pth", None),
     (TRAIN + ["--workdir={work}/pre5", "--pretrained_weight={evil}"], "cannot read {evil} as a PyTorch state dict",
+     None),
+    # round four: links, workdirs in checkpoints, bounded counts
+    (TRAIN + ["--workdir={ckpt}"], "--workdir={ckpt} is a checkpoint", None),
+    (TRAIN + ["--workdir={ckpt}/run"], "lies inside {ckpt}, which is a checkpoint", None),
+    (TRAIN + ["--workdir={good}/ckpts/x"], "lies in {good}/ckpts of the training workdir", None),
+    (TRAIN + ["--workdir={linklock}"], "{linklock}/run.lock is a symbolic link (to {precious})", None),
+    (TRAIN + ["--workdir={work}/pre6", "--pretrained_weight={link_flipped}"], "does not match its checksum", None),
+    (TRAIN + [GW, "--config.sample.sample_steps=99999999999999999999999"], "every count must be at most 100,000",
+     None),
+    (TRAIN + [GW, "--config.train.n_steps=100000000000000"],
+     "config.train.n_steps=100000000000000: must be at most 10,000,000,000", None),
+    (TRAIN + [GW, "--config.train.batch_size=1000000000000"], "config.train.batch_size=1000000000000: must be at most",
      None),
     (TRAIN + ["--workdir={work}/fid1", "--config.train.eval_interval=1", "--config.sample.fid_stat={stats_neg}"],
      "'sigma' is not positive semi-definite", None),
@@ -543,6 +555,33 @@ EVAL_ROWS = [
     (TINY + EV + [NNET, "--output_path={mine}"], "holds files no evaluation wrote (notes.txt)", None),
     (TINY + EV + [NNET, "--output_path={busy_eval}"], "{busy_eval} is in use by another run: pid {pid}", None),
     (TINY + EV + [NNET, "--output_path={work}/ro2/eval"], "Read-only file system", {"erofs": "{work}/ro2"}),
+    # round four: links, sample folders, non-finite outputs, bounded counts
+    (TINY + EV + ["--nnet_path={link_flipped}"], "does not match its checksum", None),
+    (TINY + EV + ["--nnet_path={link_nnet}", "--config.nnet.num_heads=4"],
+     "config.nnet differs from the checkpoint's own {ckpt}/config.json in nnet.num_heads", None),
+    (TINY + EV + [NNET, "--output_path={linklock}"], "{linklock}/run.lock is a symbolic link (to {precious})", None),
+    (TINY + EV + [NNET, "--config.sample.path={mine}"], "--config.sample.path={mine} holds files no sampling run "
+                                                        "wrote (notes.txt)", None),
+    (TINY + EV + [NNET, "--config.sample.path={ckpt}/png"], "lies inside {ckpt}, which is a checkpoint", None),
+    (TINY + EV + ["--nnet_path={huge}"], "give non-finite predictions at block(s) 0, 1, 2 on a probe input", None),
+    (TINY + EV + [NNET, "--config.sample.scale=1e30"], "gave non-finite images (4 of 4): nothing was scored", None),
+    (TINY + EV + [NNET, "--config.sample.sample_steps=1000000000000"], "every count must be at most 100,000", None),
+    (TINY + EV + [NNET, "--config.sample.n_samples=1000000000000"],
+     "config.sample.n_samples=1000000000000: must be at most 10,000,000", None),
+    (TINY + EV + [NNET, "--config.sample.mini_batch_size=1000000000000"],
+     "config.sample.mini_batch_size=1000000000000: must be at most", None),
+]
+WRONG_SCRIPT_ROWS = [  # eval_ldm.py, train_t2i_discrete.py, ... given the digits (pixel-space) config
+    (TINY + EV + [NNET], "eval_ldm.py does not run this config (pixel-space model, config.time='continuous'): use "
+                         "eval.py", None),
+]
+SAMPLE_ROWS = [
+    (["--config=configs/mscoco_uvit_small.py", "--nnet_path={nnet}", "--input_path={prompts}",
+      "--output_path={mine}", "--exit_threshold=0.9"], "--output_path={mine} holds files no sampling run wrote "
+                                                       "(notes.txt)", None),
+    (["--config=configs/digits_uvit_tiny.py", "--nnet_path={nnet}", "--input_path={prompts}",
+      "--output_path={work}/s", "--exit_threshold=0.9"], "(pixel-space model, config.time='continuous'): its "
+                                                           "scripts are train.py, eval.py", None),
 ]
 EXPORT_ROWS = [
     (["{work}/missing.pth", "{exported}"], "weights file not found", None),
@@ -554,6 +593,7 @@ EXPORT_ROWS = [
     (["{nnet}", "{ckpt}/nnet_ema.safetensors"], "is a checkpoint", None),
     (["{nnet}", "{good}/exported.pth"], "is the training workdir", None),
     (["{ckpt}", "{exported}"], "is a folder, expected a .pth", None),
+    (["{link_flipped}", "{exported}"], "does not match its checksum", None),
 ]
 FID_ROWS = [
     (["{stats_rand}", "{stats_ok}"], "is not a readable .npz file", None),
@@ -569,6 +609,7 @@ STATS_ROWS = [
     (["{images}", "{good}/ref.npz"], "is the training workdir", None),
 ]
 SCRIPTS = {"train.py": ("absl", TRAIN_ROWS), "eval.py": ("absl", EVAL_ROWS),
+           "eval_ldm.py": ("absl", WRONG_SCRIPT_ROWS), "sample_t2i_discrete.py": ("absl", SAMPLE_ROWS),
            "scripts/export_weights.py": ("argparse", EXPORT_ROWS), "tools/fid.py": ("argparse", FID_ROWS),
            "tools/fid_stats.py": ("argparse", STATS_ROWS)}
 BAD_INPUTS = [pytest.param(script, i, id=f"{script}: {row[1][:70]}")
@@ -629,6 +670,19 @@ def _bad_input_files(work, good_run) -> dict:
     paths["stats_flip"].write_bytes(bytes(data))
     paths["stats_rand"] = work / "stats_rand.npz"
     paths["stats_rand"].write_bytes(os.urandom(4096))
+    paths["precious"] = work / "precious.txt"  # a user's file that links point at
+    paths["precious"].write_text("a user's file")
+    paths["linklock"] = work / "linklock"
+    paths["linklock"].mkdir()
+    (paths["linklock"] / "run.lock").symlink_to(paths["precious"])
+    paths["link_flipped"] = work / "link_flipped.pth"
+    paths["link_flipped"].symlink_to(paths["flipped"] / "nnet_ema.pth")
+    paths["link_nnet"] = work / "link_nnet.pth"
+    paths["link_nnet"].symlink_to(ckpt / "nnet_ema.pth")
+    paths["huge"] = work / "huge.pth"  # finite, but every output overflows
+    save_weights({k: v.clone().fill_(1e30) if k == "pos_embed" else v for k, v in sd.items()}, paths["huge"])
+    paths["prompts"] = work / "prompts.txt"
+    paths["prompts"].write_text("a red bus\n")
     (work / "syntax_error.py").write_text("def get_config():\n    return d(=1)\n")
     (work / "no_get_config.py").write_text("x = 1\n")
     (work / "name_error.py").write_text("def get_config():\n    return undefined_name\n")
@@ -692,6 +746,7 @@ def test_bad_input(bad_input_results, script, index):
     assert bad_input_results["unchanged"]  # the run, its checkpoints, the previous report, other folders
     assert bad_input_results["created"] == []  # no refused run saved a checkpoint or its record (config.json)
     assert bad_input_results["paths"]["exported"].read_bytes() == b"previous export"
+    assert bad_input_results["paths"]["precious"].read_text() == "a user's file"  # never written through a link
 
 
 @pytest.mark.slow
@@ -704,32 +759,181 @@ def test_real_cli_exit_status_and_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+STOPS = [("train.py", "SIGINT", 0.0), ("eval.py", "SIGINT", 0.0), ("train.py", "SIGTERM", 0.0),
+         ("eval.py", "SIGTERM", 0.0), ("eval.py", "SIGTERM", 0.7), ("eval.py", "SIGTERM", 2.0),
+         ("eval.py", "SIGHUP", 0.0), ("eval.py", "SIGHUP", 1.2)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_real_ctrl_c_stops_cleanly(good_run, tmp_path, script):
-    """SIGINT mid-run: one line, status 130, no traceback, lock released, nothing staged left."""
+@pytest.mark.parametrize("script,name,delay", STOPS)
+def test_real_signal_stops_cleanly(good_run, tmp_path, script, name, delay):
+    """Ctrl-C, SIGTERM or SIGHUP at several moments of a run (``delay`` seconds after it is
+    under way): one line, status 128 + signal, no traceback, lock released, nothing staged left."""
     out = tmp_path / "out"
     args = TRAIN + [f"--workdir={out}", "--config.train.n_steps=100000"] if script == "train.py" else \
         TINY + ["--config.sample.fid_stat=", "--config.sample.n_samples=100000", "--config.sample.mini_batch_size=2",
                 f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", f"--output_path={out}"]
     env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    signum = getattr(signal, name)
     # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
     # handler: give the child the default disposition, as a terminal's foreground job has.
     p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    watchdog = threading.Timer(300, p.kill)  # never hang the suite: a run that ignores SIGINT fails below
+    watchdog = threading.Timer(300, p.kill)  # never hang the suite: a run that ignores the signal fails below
     watchdog.start()
     try:
         for line in p.stderr:  # wait until the run is under way
             if " step 1 " in line or "evaluating" in line:
                 break
-        p.send_signal(signal.SIGINT)
+        threading.Timer(delay, p.send_signal, (signum,)).start() if delay else p.send_signal(signum)
         err = p.stderr.read()
         p.wait(timeout=120)
     finally:
         watchdog.cancel()
         p.kill()
-    assert p.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and err.count(f"{script}: interrupted (Ctrl-C)") == 1, err[-2000:]
+    what = "interrupted (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
+    assert p.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err and err.count(f"{script}: {what}") == 1, err[-2000:]
     assert not (out / "run.lock").exists() and not (out / ".eval.tmp").exists()
     assert not [q for q in out.rglob("*") if q.name.endswith((".tmp", ".old"))]
+
+
+# ----------------------------------------------------------------------------- several processes (gloo, CPU)
+def _launch(script, args, timeout_s="30"):
+    """``accelerate launch`` of 2 CPU processes, with the project's collective timeout."""
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", ADADIFF_COLLECTIVE_TIMEOUT=timeout_s)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _finish(p, limit=300):
+    """Wait for the launcher, killing it (and failing) past ``limit`` seconds."""
+    try:
+        out, err = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"the launch hung for over {limit} s: {err[-2000:]}")
+    return p.returncode, out, err
+
+
+@pytest.mark.slow
+def test_two_processes_with_an_empty_shard_finish(good_run, tmp_path):
+    """16 samples in one batch of 16 on 2 processes (one gets no batch): the evaluation ends,
+    counting 16 images; periodic evaluation in training (2 samples) ends and saves."""
+    nnet = good_run / "ckpts/2.ckpt/nnet_ema.pth"
+    args = TINY + [f"--nnet_path={nnet}", "--exit_threshold=0.5", "--config.sample.fid_stat=",
+                   "--config.sample.n_samples=16", "--config.sample.mini_batch_size=16",
+                   "--config.sample.sample_steps=2"]
+    code, _, err = _finish(_launch("eval.py", args + [f"--output_path={tmp_path / 'eval'}"]))
+    assert code == 0, err[-3000:]
+    one = subprocess.run([sys.executable, "eval.py", *args, f"--output_path={tmp_path / 'one'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    keys = ("policy", "n_images", "mean_blocks", "layer_ratio", "gflops_per_image", "exit_block_per_step")
+    two, one = (json.loads((tmp_path / f"{d}/report.json").read_text()) for d in ("eval", "one"))
+    assert [[r[k] for k in keys] for r in two] == [[r[k] for k in keys] for r in one]  # same counts as 1 process
+    code, _, err = _finish(_launch("train.py", TRAIN + [f"--workdir={tmp_path / 'train'}", "--config.train.n_steps=1",
+                                                        "--config.train.eval_interval=1", "--config.sample.fid_stat=",
+                                                        "--config.sample.n_samples=2",
+                                                        "--config.sample.mini_batch_size=2",
+                                                        "--config.sample.sample_steps=2"]))
+    assert code == 0, err[-3000:]
+    assert list_checkpoints(tmp_path / "train/ckpts")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
+def test_a_stalled_or_killed_worker_ends_the_run_in_one_line(good_run, tmp_path, fault):
+    """A worker stopped (SIGSTOP) or killed mid-evaluation: the other process stops within the
+    collective timeout (5 s here) with one line naming what happened, no backend traceback."""
+    import psutil
+
+    p = _launch("eval.py", TINY + [f"--nnet_path={good_run / 'ckpts/2.ckpt/nnet_ema.pth'}", "--exit_threshold=0.5",
+                                   "--config.sample.fid_stat=", "--config.sample.n_samples=400",
+                                   "--config.sample.mini_batch_size=2", "--config.sample.sample_steps=2",
+                                   f"--output_path={tmp_path / 'eval'}"], timeout_s="5")
+    workers = []
+    try:
+        for line in p.stderr:  # the main process logs this once every process is set up
+            if "evaluating" in line:
+                break
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True) if "eval.py" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        victim = max(workers, key=lambda w: w.pid)
+        victim.send_signal(getattr(signal, fault))
+        deadline = threading.Timer(120, p.kill)
+        deadline.start()
+        err = ""
+        for line in p.stderr:
+            err += line
+            if line.startswith("eval.py: ") and fault == "SIGSTOP":  # the survivor has spoken: end the stopped one
+                victim.kill()
+        deadline.cancel()
+        p.wait(timeout=60)
+    finally:
+        for w in workers:
+            try:
+                w.send_signal(signal.SIGCONT)
+                w.kill()
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
+        p.kill()
+    said = [line for line in err.splitlines() if line.startswith("eval.py: ")]
+    assert len(said) == 1, err[-3000:]
+    if fault == "SIGSTOP":
+        assert said[0].startswith("eval.py: error: process 0 of 2: process 1 stopped answering (no reply within 5 s")
+    else:  # the launcher stops the survivor, or the survivor finds the connection closed first
+        assert "stopped by SIGTERM (from the launcher" in said[0] or "lost process 1" in said[0], said
+    assert "gloo" not in err.lower() and "DistBackendError" not in err, err[-3000:]
+    assert not (tmp_path / "eval/run.lock").exists() and not (tmp_path / "eval/.eval.tmp").exists()
+
+
+@pytest.mark.slow
+def test_precision_and_process_count_are_recorded_and_a_changed_resume_warns(tmp_path):
+    """fp16 asked for on a CPU: the log says it runs in fp32 and the checkpoint records fp32;
+    resuming in bf16 warns that the result differs from an uninterrupted run's; the eval report
+    records the precision and the process count."""
+    env = {k: v for k, v in os.environ.items() if k != "ADADIFF_DEBUG"}
+    work = tmp_path / "run"
+
+    def train_in(precision, n_steps):
+        r = subprocess.run([sys.executable, "train.py", *TRAIN, f"--workdir={work}", f"--config.train.n_steps={n_steps}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**env, "ACCELERATE_MIXED_PRECISION": precision})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stderr
+
+    err = train_in("fp16", 2)
+    assert "mixed precision fp16 is not available on cpu: this run computes in fp32" in err
+    assert "1 process(es) on cpu, precision fp32" in err
+    assert json.loads((work / "ckpts/2.ckpt/run.json").read_text()) == {"precision": "fp32", "processes": 1}
+    err = train_in("bf16", 3)
+    assert "with precision fp32 -> bf16: the result will differ from an uninterrupted run's" in err
+    assert json.loads((work / "ckpts/3.ckpt/run.json").read_text()) == {"precision": "bf16", "processes": 1}
+    r = subprocess.run([sys.executable, "eval.py", *TINY, f"--nnet_path={work / 'ckpts/3.ckpt/nnet_ema.pth'}",
+                        "--config.sample.fid_stat=", "--config.sample.n_samples=2", "--config.sample.mini_batch_size=2",
+                        "--config.sample.sample_steps=2", f"--output_path={tmp_path / 'eval'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**env, "ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "eval/report.json").read_text())
+    assert {(row["precision"], row["processes"]) for row in rows} == {("bf16", 1)}
+    assert "1 process(es), precision bf16" in r.stderr
+
+
+@pytest.mark.slow
+def test_multi_gpu_on_a_cpu_without_accelerate_use_cpu_is_refused(tmp_path):
+    """Two processes that do not join would each train the whole run into one workdir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ADADIFF_DEBUG", "ACCELERATE_USE_CPU")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "train.py", *TRAIN,
+           f"--workdir={tmp_path / 'run'}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    said = [line for line in r.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert said and all("did not join into one run" in line and "ACCELERATE_USE_CPU=1" in line for line in said), \
+        r.stderr[-3000:]
+    assert not (tmp_path / "run/ckpts").exists() and not (tmp_path / "run/stats.jsonl").exists()

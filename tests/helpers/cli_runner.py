@@ -1,5 +1,5 @@
 """Run many command lines of one CLI in one process (tests only): each case as the real
-``if __name__ == '__main__'`` would (libs.cli.entry.run for absl scripts, libs.run.errors.guarded
+``if __name__ == '__main__'`` would (libs.cli.flags.run for absl scripts, libs.run.errors.guarded
 for argparse ones), recording its exit status and stderr.
 
     python -m tests.helpers.cli_runner CASES.json RESULTS.json     # from the repository root
@@ -78,7 +78,7 @@ def run_case(module, kind, script, args, spec):
     argv = [script] + list(args)
     code = 0
     if kind == "absl":
-        from libs.cli.entry import run
+        from libs.cli.flags import run
         flags.FLAGS.unparse_flags()
         for name in list(flags.FLAGS):
             if name.startswith("config."):

@@ -3,26 +3,18 @@ the batch-of-one path, patience, and the threshold rule unchanged bit for bit.""
 import pytest
 import torch
 
-from libs.exits.policy import ExitPolicy, ThresholdExit
+from libs.exits.call import Call, Rule, Threshold
+from libs.exits.policy import ThresholdExit
 from libs.models import exit_loop
 from tests.helpers.tiny_uvit import set_head_certainty, sharpen_heads, tiny, tiny_t2i
 
 
-class ScriptedExit(ExitPolicy):
+class ScriptedExit(Rule):
     """Row r exits after block ``plan[r]`` (its state is its planned block, compacted with the
     rows); with ``heads`` it asks for the certainty at every test, else never."""
 
-    family = "scripted"
-
     def __init__(self, plan, heads=True):
         self.plan, self.heads = list(plan), heads
-
-    @property
-    def spec(self):
-        return f"scripted:{self.plan}"
-
-    def static_exit(self, num_blocks):
-        return None
 
     def init_state(self, batch, device):
         return torch.tensor(self.plan[:batch], device=device)
@@ -44,15 +36,16 @@ def test_rows_exit_as_planned_in_their_original_order(plan, heads):
     with torch.no_grad():
         preds = net.forward_all_exits(x, t, y).preds
         h, carry = net.embed(x, t, y)
-        sample, exit_block, uem_evals = exit_loop.run_batch(net, h, carry, ScriptedExit(plan, heads))
+        sample, exit_block, uem_evals, reused = exit_loop.run(net, h, carry, Call(rule=ScriptedExit(plan, heads)))
+        assert reused is None  # no reuse cache
         assert exit_block.tolist() == plan
         # A row exiting after block k ran a head after every tested block up to k (the last has none).
         assert uem_evals.tolist() == [min(k + 1, last) if heads else 0 for k in plan]
         for r, k in enumerate(plan):
             torch.testing.assert_close(sample[r], preds[k, r], atol=1e-6, rtol=1e-6)
             h1, carry1 = net.embed(x[r:r + 1], t[r:r + 1], y[r:r + 1])
-            one = exit_loop.run_one(net, h1, carry1, ScriptedExit([k], heads))
-            assert one[1:] == (k, min(k + 1, last) if heads else 0)  # Python ints
+            one = exit_loop.run(net, h1, carry1, Call(rule=ScriptedExit([k], heads)))
+            assert one[1:] == (k, min(k + 1, last) if heads else 0, None)  # Python ints
             torch.testing.assert_close(one[0][0], sample[r], atol=1e-6, rtol=1e-6)
 
 
@@ -149,20 +142,28 @@ def test_batch_of_one_is_unchanged_bit_for_bit():
         assert (fewer > 0) == (net.exit_patience(0) > 1)  # the text model has no patience: no head deferred
 
 
-class GenericThreshold(ExitPolicy):
+def test_the_batch_form_at_one_row_decides_as_the_one_row_form():
+    """``one_row=False`` runs a batch of one through the tensor decisions: the same sample and
+    exit as the batch-of-one form (which may run fewer heads: the lazy patience)."""
+    net = tiny(num_classes=11, sharp=True)
+    torch.manual_seed(6)
+    x, t, y = torch.randn(6, 3, 8, 8), torch.rand(6) * 999, torch.randint(0, 11, (6,))
+    with torch.no_grad():
+        for tau in (0.3, 0.5, 0.6):
+            for i in range(6):
+                h, carry = net.embed(x[i:i + 1], t[i:i + 1], y[i:i + 1])
+                fast = exit_loop.run(net, h, carry, Call(rule=Threshold(tau)))
+                h, carry = net.embed(x[i:i + 1], t[i:i + 1], y[i:i + 1])
+                batch = exit_loop.run(net, h, carry, Call(rule=Threshold(tau)), one_row=False)
+                assert torch.equal(fast[0], batch[0]) and batch[1].tolist() == [fast[1]]
+                assert fast[2] <= batch[2].item()
+
+
+class GenericThreshold(Rule):
     """The threshold rule as a new rule would be written: decide only (the default decide_one)."""
 
-    family = "generic"
-
     def __init__(self, tau):
-        self.rule = ThresholdExit(tau)
-
-    @property
-    def spec(self):
-        return f"generic:{self.rule.tau}"
-
-    def static_exit(self, num_blocks):
-        return None
+        self.rule = Threshold(tau)
 
     def init_state(self, batch, device):
         return self.rule.init_state(batch, device)
@@ -177,9 +178,10 @@ def test_a_rule_without_its_own_decide_one_runs_at_batch_one():
     x, t, y = torch.randn(6, 3, 8, 8), torch.rand(6) * 999, torch.randint(0, 11, (6,))
     with torch.no_grad():
         for tau in (0.3, 0.5, 0.6):
-            batch = net.forward_early_exit(x, t, y, exit_policy=GenericThreshold(tau))
+            batch = net.forward_early_exit(x, t, y, exit_policy=Call(rule=GenericThreshold(tau)))
             for i in range(6):
-                one = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_policy=GenericThreshold(tau))
+                one = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1],
+                                             exit_policy=Call(rule=GenericThreshold(tau)))
                 ref = net.forward_early_exit(x[i:i + 1], t[i:i + 1], y[i:i + 1], exit_threshold=tau)
                 assert torch.equal(one.sample, ref.sample) and torch.equal(one.exit_block, ref.exit_block)
                 assert one.exit_block.item() == batch.exit_block[i].item()
@@ -276,8 +278,9 @@ def test_threshold_is_compared_strictly_and_validated():
 
 
 # ------------------------------------------------------------------ reuse (libs/exits/reuse.py)
-from libs.exits.policy import FULL, StaticExit  # noqa: E402
+from libs.exits.policy import FULL  # noqa: E402
 from libs.exits.recorder import ExitRecorder  # noqa: E402
+from libs.exits.sampling_run import SamplingRun  # noqa: E402
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit, ReuseCache, ReuseCall  # noqa: E402
 
 
@@ -285,7 +288,7 @@ def sampling_calls(net, policy, x, y, calls=4, recorder=None):
     """``calls`` network calls of one sampling run through the recorder (a new cache)."""
     rec = recorder or ExitRecorder(net.num_blocks)
     rec.start_run()
-    fn = rec.wrap(net, policy)
+    fn = SamplingRun(net, policy, rec)
     with torch.no_grad():
         return [fn(x, torch.full((x.shape[0],), 900.0 - 150 * c), y) for c in range(calls)], rec
 
@@ -346,8 +349,8 @@ def mixed_plan(tau):
     # call 0: threshold (rows that exit before block 3 cache nothing); call 1: reuse, some rows
     # without a cache compute the span; call 2: reuse depth 2 (mid block) with exits before it
     # (compaction) and after; call 3: full
-    return Sequence_([ThresholdExit(tau), ReuseCall(1), ReuseCall(2, ThresholdExit(tau)), FULL,
-                      ReuseCall(1, ThresholdExit(tau))])
+    return Sequence_([Call(rule=Threshold(tau)), ReuseCall(1), ReuseCall(2, Threshold(tau)), Call(),
+                      ReuseCall(1, Threshold(tau))])
 
 
 def test_batch_equals_each_sample_alone_with_reuse_and_exits_mixed():
@@ -368,7 +371,7 @@ def test_reuse_after_compaction_takes_each_rows_own_cache():
     cache, as the loop's index of active rows says."""
     net, (x, y) = tiny(num_classes=5), _inputs()
     set_head_certainty(net, [0.9, 0.9, 0.1, 0.1, 0.1])  # threshold 0.5: rows exit after block 1 (patience 2)
-    plan = Sequence_([FULL, ReuseCall(2, ThresholdExit(0.5))])
+    plan = Sequence_([Call(), ReuseCall(2, Threshold(0.5))])
     t = torch.full((6,), 800.0)
     cache = ReuseCache(plan.cache_spans(5))
     with torch.no_grad():
@@ -376,8 +379,8 @@ def test_reuse_after_compaction_takes_each_rows_own_cache():
         stored = cache.fetch((2, 3), None)[0].clone()
         # the rows of a batch whose rows differ; scripted certainty: rows 1, 4 exit after block 1
         rows = torch.tensor([False, True, False, False, True, False])
-        policy = ScriptedExit([1 if r else 4 for r in rows.tolist()], heads=False)
-        out = net.forward_early_exit(x, t, y, exit_policy=ReuseCallWith(2, policy), reuse_cache=cache)
+        policy = ScriptedExit([1 if r else 4 for r in rows.tolist()], heads=False)  # any rule may join a reuse
+        out = net.forward_early_exit(x, t, y, exit_policy=ReuseCall(2, policy), reuse_cache=cache)
         assert out.exit_block.tolist() == [4, 1, 4, 4, 1, 4] and out.reused.tolist() == (~rows).tolist()
         for r in (~rows).nonzero().flatten().tolist():  # the reuse took row r's own value
             h, carry = net.embed(x[r:r + 1], t[r:r + 1], y[r:r + 1])
@@ -386,18 +389,11 @@ def test_reuse_after_compaction_takes_each_rows_own_cache():
             torch.testing.assert_close(out.sample[r:r + 1], net.output_head(h), atol=1e-6, rtol=1e-6)
 
 
-class ReuseCallWith(ReuseCall):
-    """A reuse call with any inner rule (the scripted one here)."""
-
-    def __init__(self, k, inner):
-        self.k, self.inner = k, inner
-
-
 def test_the_cache_never_leaks_across_runs_or_batches():
     """A new run (wrap) starts with an empty cache: its reuse calls compute what a fresh run
     computes, whatever the run before; a cache refuses another batch's rows."""
     net, (x, y) = tiny(num_classes=5), _inputs()
-    plan = Sequence_([ReuseCall(1), FULL, ReuseCall(1)])
+    plan = Sequence_([ReuseCall(1), Call(), ReuseCall(1)])
     fresh, _ = sampling_calls(net, plan, x, y, calls=3)
     full, _ = sampling_calls(net, FULL, x, y, calls=1)
     assert torch.equal(fresh[0], full[0])  # nothing cached yet: the first reuse call computed the span

@@ -115,3 +115,24 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
         atomic_save({"a": Boom()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
+
+
+def test_a_link_is_followed_to_the_real_file_before_its_checksum(tmp_path):
+    from libs.run.checkpoint import save_checkpoint, read_state_dict
+    from libs.run.config_io import resolve_input_links
+    from libs.run.manifest import CorruptCheckpointError
+    from ml_collections import ConfigDict
+
+    net = make()
+    ckpt = save_checkpoint(tmp_path / "ckpts", 1, {"nnet_ema.pth": net.state_dict()}, {})
+    real = ckpt / "nnet_ema.pth"
+    data = bytearray(real.read_bytes())
+    data[len(data) // 2] ^= 1
+    real.write_bytes(bytes(data))
+    link = tmp_path / "elsewhere.pth"
+    link.symlink_to(real)
+    with pytest.raises(CorruptCheckpointError, match="does not match its checksum"):
+        read_state_dict(link)  # the manifest beside the real file checks it
+    config = ConfigDict({"nnet_path": str(link), "train": {"pretrained_weight": ""}, "sample": {"fid_stat": "x"}})
+    resolve_input_links(config)
+    assert config.nnet_path == str(real) and config.sample.fid_stat == "x"  # only links change

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from libs.run.output_guard import (UnsafeDestinationError, check_output_file, check_output_folder,
-                                   check_report_folder)
+                                   check_report_folder, fresh_sample_tree, is_sample_file)
 
 
 @pytest.fixture
@@ -97,3 +97,40 @@ def test_report_folders(tree, case, rel, inputs, refused):
     else:
         with pytest.raises(UnsafeDestinationError, match=refused):
             check_report_folder(tree / rel, "--output_path", [tree / i for i in inputs])
+
+
+WORKDIRS = [  # (case, training workdir under the tree, refused message or None)
+    ("its own workdir (resume)", "run", None),
+    ("a new folder", "new_run", None),
+    ("a checkpoint", "run/ckpts/2.ckpt", "is a checkpoint"),
+    ("inside a checkpoint", "run/ckpts/2.ckpt/run", "lies inside .*2.ckpt, which is a checkpoint"),
+    ("a loose checkpoint folder", "loose_ckpt", "is a checkpoint"),
+    ("in another run's ckpts", "run/ckpts/other", "lies in .*ckpts of the training workdir"),
+]
+
+
+@pytest.mark.parametrize("case,rel,refused", WORKDIRS, ids=[w[0] for w in WORKDIRS])
+def test_training_workdirs(tree, case, rel, refused):
+    if refused is None:
+        check_output_folder(tree / rel, "--workdir", workdir=True)
+    else:
+        with pytest.raises(UnsafeDestinationError, match=refused):
+            check_output_folder(tree / rel, "--workdir", workdir=True)
+
+
+def test_a_sample_folder_holds_one_runs_files_only(tree):
+    out = tree / "samples_out"
+    (out / "full").mkdir(parents=True)
+    (out / "full/0.png").write_bytes(b"old")
+    (out / "full/12.png").write_bytes(b"old")
+    user = tree / "mine/notes.txt"
+    (out / "1.png").symlink_to(user)  # a link is removed, its target untouched
+    fresh_sample_tree(out, "--config.sample.path")
+    assert list(out.iterdir()) == [] and user.read_text() == "keep me"
+    with pytest.raises(UnsafeDestinationError, match=r"holds files no sampling run wrote \(notes.txt\)"):
+        fresh_sample_tree(tree / "mine", "--config.sample.path")
+    assert user.read_text() == "keep me"
+    assert [n for n in ("0.png", "17.png", "prompts.txt", "a.png", "0.png.bak", "notes.txt") if is_sample_file(n)] \
+        == ["0.png", "17.png", "prompts.txt"]
+    with pytest.raises(UnsafeDestinationError, match=r"holds files no sampling run wrote \(notes.txt\)"):
+        check_report_folder(tree / "mine", "--output_path", owned=is_sample_file, kind="sampling run")

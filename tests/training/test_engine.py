@@ -27,7 +27,8 @@ def test_train_writes_run_directory_and_checkpoints(tmp_path):
     assert last == tmp_path / "ckpts" / "6.ckpt"
     assert [p.name for p in list_checkpoints(tmp_path / "ckpts")] == ["3.ckpt", "6.ckpt"]
     assert sorted(p.name for p in last.iterdir()) == sorted(
-        ["nnet.pth", "nnet_ema.pth", "optimizer.pth", "lr_scheduler.pth", "step.pth", "config.json", "manifest.json"])
+        ["nnet.pth", "nnet_ema.pth", "optimizer.pth", "lr_scheduler.pth", "step.pth", "config.json", "manifest.json",
+         "run.json"])
     assert torch.load(last / "step.pth", weights_only=True) == 6
     rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]

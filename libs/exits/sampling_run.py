@@ -1,0 +1,31 @@
+"""One sampling run under one exit rule: ``SamplingRun(net, policy, recorder)`` is the
+``net_fn(x, t_net, cond) -> eps`` a sampler calls.
+
+It owns what belongs to the run: the index of the next network call and, from the rule, that
+call's ``Call`` (``policy.for_call``); the run's reuse cache (a new ``ReuseCache`` per run,
+i.e. per batch, when the rule reuses); and the output slicing (``net.noise_prediction``: the
+noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
+(``ExitRecorder.record_call``).
+"""
+from __future__ import annotations
+
+from libs.exits.policy import as_policy
+from libs.exits.reuse import ReuseCache
+
+
+class SamplingRun:
+    """``net_fn`` of one sampling run (one batch) under one exit rule (module docstring)."""
+
+    def __init__(self, net, policy, recorder=None):
+        self.net, self.policy, self.recorder = net, as_policy(policy), recorder
+        self.cache = ReuseCache(self.policy.cache_spans(net.num_blocks)) if self.policy.reuses else None
+        self.calls = 0  # network calls made so far
+
+    def __call__(self, x, t_net, cond=None):
+        call = self.policy.for_call(self.calls)
+        self.calls += 1
+        out = self.net.forward_early_exit(x, t_net, cond, exit_policy=call, reuse_cache=self.cache)
+        if self.recorder is not None:
+            span = call.reuse_span(self.net.num_blocks) if out.reused is not None else None
+            self.recorder.record_call(out, span, self.cache.bytes_per_row() if self.cache is not None else 0)
+        return self.net.noise_prediction(out.sample)
