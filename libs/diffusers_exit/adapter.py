@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from libs.diffusers_exit.heads import load_heads, make_heads, save_heads
-from libs.exits.policy import ExitPolicy, parse_policies
+from libs.exits.policy import parse_policies
 from libs.models import flops as fl
 from libs.models.backbone import ExitBackbone
 from libs.models.dit import DiT
@@ -41,8 +41,9 @@ from libs.run.errors import UserError
 
 
 def _as_rule(exit_policy):
-    """A rule object as it is; a spelling ('static:3', '0.9', 'full') parsed as the CLI does."""
-    if exit_policy is None or isinstance(exit_policy, (ExitPolicy, int, float)):
+    """A spelling ('static:3', '0.9', 'full') parsed as the command line does; anything else (a
+    rule object, one call's ``Call``, a number, None) as it is."""
+    if not isinstance(exit_policy, str):
         return exit_policy
     rules = parse_policies(str(exit_policy))
     if len(rules) != 1:

@@ -23,8 +23,8 @@ import torch
 from libs.diffusers_exit import caches
 from libs.diffusion.registry import make_sampler
 from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
-from libs.evaluation.calibration import calibrate_policy
-from libs.evaluation.frontier import pareto_flags, proxy_distance
+from libs.evaluation.calibration import calibrate_policy, proxy_distance
+from libs.evaluation.frontier import pareto_flags
 from libs.evaluation.image_io import images_to_uint8
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator
 from libs.exits.policy import FULL, parse_policies
