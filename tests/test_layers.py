@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["run", "data", "exits", "models", "diffusion", "tasks", "evaluation", "training", "cli"]
+LAYERS = ["run", "data", "exits", "models", "diffusion", "tasks", "evaluation", "training", "diffusers_exit", "cli"]
 ALIASES = {"uvit", "uvit_t2i", "autoencoder", "clip", "checkpoint", "nets"}  # thin released-path modules
 
 

@@ -122,8 +122,13 @@ class _Checker:
 
 
 def _check_nnet(c: _Checker):
-    c.choice("nnet.name", sorted(NETWORKS))
     nnet = _get(c.config, "nnet")
+    if nnet is not _MISSING and nnet.get("name") == "diffusers":  # an adapted diffusers model (libs/diffusers_exit)
+        from libs.diffusers_exit.task import check_nnet as check_diffusers
+
+        c.problems += check_diffusers(nnet)
+        return
+    c.choice("nnet.name", sorted(NETWORKS))
     if nnet is not _MISSING:
         c.problems += check_nnet(nnet)  # the network class's own check_args
 

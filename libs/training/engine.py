@@ -54,6 +54,7 @@ from libs.training.data_order import SeededItems, StepBatchSampler
 from libs.training.objectives import training_losses
 
 OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_check.py checks them too)
+HEAD_OBJECTIVES = ("adadiff", "distill")  # objectives that train on every block's exit and certainty
 
 class TrainForward(nn.Module):
     """What the optimiser differentiates (and DDP wraps): the network's full-depth output
@@ -196,7 +197,7 @@ def _train(config, task, lock: RunLock) -> Path:
 def sampling_policies(config) -> list:
     """Full depth and the configured exit policies (config.sample.exit_policy); a plain U-ViT
     objective trains no heads, so only the policies that need none (static:K) are kept."""
-    adadiff = config.loss.objective == "adadiff"
+    adadiff = config.loss.objective in HEAD_OBJECTIVES
     return [p for p in sweep_policies(str(config.sample.exit_policy))
             if adadiff or not (p.uses_heads or p.needs_calibration)]
 
@@ -225,7 +226,8 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     if precision_note(accelerator):
         logger.warning("%s", precision_note(accelerator))
     loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
-        if config.loss.objective == "adadiff" else {}
+        if config.loss.objective in HEAD_OBJECTIVES else {}
+    loss_kwargs.update(getattr(task, "objective_kwargs", {}))  # a task's own (the distill teacher)
     return Run(config, task, accelerator, logger, MetricsWriter(workdir / "stats.jsonl", enabled=is_main),
                policies, loss_kwargs, torch.Generator(device=device)), resuming
 
@@ -235,7 +237,8 @@ def _build(run: Run) -> TrainState:
     parameters and the warmup schedule."""
     config = run.config
     torch.manual_seed(config.seed)
-    net = build_nnet(config.nnet)
+    build = getattr(run.task, "build_network", None)  # a task may build its own (libs/diffusers_exit/task.py)
+    net = build() if build is not None else build_nnet(config.nnet)
     for policy in run.policies:
         policy.check(net.num_blocks)
     if config.loss.objective == "uvit":  # plain U-ViT training: the uncertainty heads take no part
@@ -290,7 +293,7 @@ def _prepare(run: Run, state: TrainState) -> None:
     """Wrap the forward pass and optimiser for the processes, move the EMA, start the trackers
     and drop the stats rows of the steps a resume redoes."""
     acc = run.accelerator
-    state.model, state.optimizer = acc.prepare(TrainForward(state.net, run.config.loss.objective == "adadiff"),
+    state.model, state.optimizer = acc.prepare(TrainForward(state.net, run.config.loss.objective in HEAD_OBJECTIVES),
                                                state.optimizer)
     state.ema.to(acc.device)
     if run.trackers:

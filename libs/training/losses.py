@@ -11,6 +11,11 @@ Released AdaDiff objective (default), per sample, then mean over the batch:
       + layer_coef * sum_i w_i mos(eps - eps_i)                             (layer-wise)
     w_i = m_i / sum_j m_j,  m_i = mean of c_i over batch and pixels (not detached)
 
+Self-distillation (``distill_loss``, no data set): the same objective with the frozen
+full-depth model's output as the target in place of eps, every term divided by the target's
+per-sample scale s = rms(target) (so the certainty target 1 - tanh(|eps_i - target| / s) is the
+normalised error of exit i, whatever the model's output scale).
+
 The paper's variant (``layer_weight='per_sample'``) weights each sample's layer-wise term
 by its own certainty (1 - u_i) = mean of c_i over that sample's pixels, unnormalised.
 """
@@ -63,3 +68,12 @@ def adadiff_loss(eps: torch.Tensor, preds: torch.Tensor, certainties: torch.Tens
     layer = (w * per_layer_err).sum(dim=0)  # (B,)
     loss = denoise + uem_coef * uem + layer_coef * layer
     return {"loss": loss, "denoise": denoise, "uem": uem, "layerwise": layer}
+
+
+def distill_loss(target: torch.Tensor, preds: torch.Tensor, certainties: torch.Tensor,
+                 **kwargs) -> Dict[str, torch.Tensor]:
+    """Self-distillation (module docstring): ``adadiff_loss`` against the frozen model's output
+    ``target`` (B, C, H, W), all terms in units of its per-sample rms."""
+    s = target.square().flatten(1).mean(dim=1).sqrt().clamp_min(1e-8)  # (B,), no gradient (target is frozen)
+    s = s.view(-1, *([1] * (target.ndim - 1)))
+    return adadiff_loss(target / s, preds / s[None], certainties, **kwargs)

@@ -6,9 +6,9 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from libs.training.losses import adadiff_loss, uvit_loss
+from libs.training.losses import adadiff_loss, distill_loss, uvit_loss
 
-OBJECTIVES = ("adadiff", "uvit")
+OBJECTIVES = ("adadiff", "uvit", "distill")
 
 
 def training_losses(model: Callable, noise, x0: torch.Tensor, cond=None, *, objective: str = "adadiff",
@@ -16,12 +16,20 @@ def training_losses(model: Callable, noise, x0: torch.Tensor, cond=None, *, obje
     """Per-sample loss terms (B,) for one batch.
 
     ``model(x_t, t_net, cond)`` returns the noise prediction for objective 'uvit' and the
-    pair (preds (N, B, ...), certainties (N, B, ...)) of every block for 'adadiff'.
+    pair (preds (N, B, ...), certainties (N, B, ...)) of every block for 'adadiff' and
+    'distill'. 'distill' (self-distillation, no data set: ``libs/diffusers_exit/``) takes its
+    target from ``teacher(x_t, t_net, cond)`` (a frozen copy of the model) or, without one,
+    from the model's own detached full-depth output (its backbone is frozen).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    teacher = objective_kwargs.pop("teacher", None)
     x_t, t_net, eps = noise.sample(x0, generator)
     if objective == "uvit":
         return uvit_loss(eps, model(x_t, t_net, cond))
     preds, certainties = model(x_t, t_net, cond)
+    if objective == "distill":
+        with torch.no_grad():
+            target = preds[-1] if teacher is None else teacher(x_t, t_net, cond)
+        return distill_loss(target.detach().float(), preds.float(), certainties.float(), **objective_kwargs)
     return adadiff_loss(eps, preds.float(), certainties.float(), **objective_kwargs)

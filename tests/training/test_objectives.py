@@ -38,4 +38,24 @@ def test_uvit_objective_is_the_noise_prediction_error_of_the_drawn_noise(noise):
     x_t, t_net, eps = noise.sample(x0, torch.Generator().manual_seed(3))  # the same draws
     assert torch.equal(seen["x_t"], x_t) and torch.equal(seen["t_net"], t_net) and seen["cond"] == "c"
     torch.testing.assert_close(terms["loss"], ((eps - 0.5 * x_t) ** 2).mean(dim=(1, 2, 3)), atol=0, rtol=1e-6)
-    assert terms["loss"].shape == (4,) and set(OBJECTIVES) == {"adadiff", "uvit"}
+    assert terms["loss"].shape == (4,) and set(OBJECTIVES) == {"adadiff", "uvit", "distill"}
+
+
+def test_distill_objective_targets_the_teacher_or_the_frozen_full_depth():
+    """'distill': the AdaDiff terms against the teacher's output (or, with no teacher, the model's
+    own detached full depth) in units of the target's rms; the drawn noise takes no part."""
+    from libs.training.losses import adadiff_loss
+
+    x0 = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    preds = torch.randn(2, 3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    certs = torch.rand(2, 3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    teacher_out = 3.0 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    own = training_losses(lambda x, t, c: (preds, certs), ContinuousNoise(), x0, objective="distill",
+                          generator=torch.Generator().manual_seed(3))
+    s = preds[-1].square().mean(dim=(1, 2, 3)).sqrt().view(-1, 1, 1, 1)
+    ref = adadiff_loss(preds[-1] / s, preds / s, certs)
+    assert own["denoise"].abs().max() == 0 and torch.allclose(own["loss"], ref["loss"])
+    taught = training_losses(lambda x, t, c: (preds, certs), ContinuousNoise(), x0, objective="distill",
+                             generator=torch.Generator().manual_seed(3), teacher=lambda x, t, c: teacher_out)
+    s = teacher_out.square().mean(dim=(1, 2, 3)).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(taught["loss"], adadiff_loss(teacher_out / s, preds / s, certs)["loss"])
