@@ -4,6 +4,7 @@
 ``engine``           ``sample_grid``, ``evaluate`` (a sweep of step counts x policies, with FID)
 ``sampling``         ``generate`` (one batch), per-image noise and sampler seeds
 ``calibration``      ``calibrate_policy`` (profile:, budget:) and runs on the calibration images
+``plan_search``      the search of whole plans behind ``search:R``
 ``frontier``         Pareto flags, the compute budget's choice and its quality proxy
 ``report``           the report (json / csv / txt), ``tradeoff.png``
 ``image_io``         sample grids and PNGs

@@ -8,6 +8,11 @@
 ``policy``        exit rules: threshold, static, profile, budget, full; ``as_call``
 ``reuse``         cross-step reuse: ``deepcache:N:k``, ``phase:F:A+B``, ``plan:R`` and the
                   per-run ``ReuseCache``
+``forecast``      ``forecast:N:k:O``: the reused span forecast from the last full calls
+                  (order 0 copy, 1 linear, 2 quadratic in time); ``ForecastCache``
+``gated``         ``gate:G:RULE``: the head before the span decides, per row, whether to reuse
+``search``        ``search:R``: the plan a search of whole plans found (the search itself:
+                  ``libs/evaluation/plan_search.py``)
 ``sampling_run``  ``SamplingRun``: the ``net_fn`` of one run (each call's ``Call``, the reuse
                   cache, the noise channels of the output)
 ``recorder``      ``ExitRecorder``: exits per step and block, heads run, blocks reused,
@@ -18,4 +23,4 @@ Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``pl
 images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``). Importing this
 package registers both rule families (``policy``, ``reuse``) in the registry.
 """
-from libs.exits import policy, reuse  # noqa: F401 (registers the rules)
+from libs.exits import forecast, gated, policy, reuse, search  # noqa: F401 (registers the rules)

@@ -288,7 +288,7 @@ class ExitBackbone(nn.Module):
             return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
         if cache is not None:
             self._check_cache(call, cache)
-            cache.bind(x.shape[0])
+            cache.begin_call(x.shape[0], timesteps)
         h, carry = self.embed(x, timesteps, cond)
         return EarlyExitOutput(*exit_loop.run(self, h, carry, call, cache))
 

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from libs.exits.call import float32
+
 
 def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] = None) -> tuple:
     """Blocks, exit tests, compaction and reuse of one call; ``h``, ``carry`` from ``net.embed``.
@@ -45,7 +47,7 @@ def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] =
     i = 0
     while True:
         if span is not None and i == span[0]:
-            rows.through_span(span)
+            rows.through_span(span, call.gate)
             i = span[1] - 1
         else:
             rows.block(i, starts.get(i, ()), ends.get(i, ()))
@@ -128,11 +130,13 @@ class _Rows:
         self.carry = self.net.select_rows(self.carry, keep)
         return False
 
-    def through_span(self, span) -> None:
+    def through_span(self, span, gate: Optional[float] = None) -> None:
         """The reused span for the active rows: each row's cached value, or the span computed
-        (and cached) for the rows with none."""
+        (and cached) for the rows with none or, with a ``gate``, whose certainty is below it."""
         net, h, active = self.net, self.h, self.active
         value, have = self.cache.fetch(span, active)
+        if gate is not None and have is not False:
+            have = self._gated(span, gate, have)
         if have is True:
             self.h = net.reuse_value(span, h, value)
         elif have is False:
@@ -146,6 +150,14 @@ class _Rows:
             self.h.index_copy_(0, lack, sub)
             self.h.index_copy_(0, take, net.reuse_value(span, h[take], value[take]))
         self._took(have)
+
+    def _gated(self, span, gate: float, have):
+        """``have`` and (head span[0]-1's mean certainty >= gate), as True, False or a mask.
+        The head counts for the rows that go through the span (block span[0] - 0.5 of ``heads``)."""
+        self.heads.append(span[0] - 0.5)
+        have = (self.net.mean_certainty(span[0] - 1, self.h, self.carry) >= gate) & have  # (b,); float32 compare
+        n = int(have.sum())  # host sync
+        return True if n == have.shape[0] else False if n == 0 else have
 
     def _took(self, have) -> None:
         if isinstance(have, bool):
@@ -182,6 +194,10 @@ class _OneRow(_Rows):
             self.window[i] = self.h
         exits, self.state = self.rule.decide_one(i, patience, self.certainty, self.state)
         return bool(exits)
+
+    def _gated(self, span, gate: float, have) -> bool:
+        self.heads.append(span[0] - 0.5)
+        return self.net.mean_certainty_one(span[0] - 1, self.h, self.carry) >= float32(gate)
 
     def _took(self, have) -> None:
         self.reused = have
