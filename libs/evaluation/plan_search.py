@@ -88,4 +88,5 @@ def search_plan(ratio: float, run: Callable[..., tuple], proxy: Callable) -> Pla
         raise ExitPolicyError(f"search:{fmt(ratio)} cannot be reached: the cheapest plan of the search runs "
                               f"{min(s[1] for s in scored):.3f} of full depth's GFLOPs/img; raise R")
     best, achieved, _, plan = min(fits(), key=lambda s: (s[0], s[1], s[2]))
-    return PlanSearch(ratio, plan, best, achieved, calls, len(scored))
+    table = [(p.spec, cost, d) for d, cost, _, p in scored]
+    return PlanSearch(ratio, plan, best, achieved, calls, len(scored), table)

@@ -22,11 +22,12 @@ class PlanSearch(ExitPolicy):
     per_call = True
 
     def __init__(self, ratio: float, plan: Optional[ExitPolicy] = None, proxy: Optional[float] = None,
-                 achieved: Optional[float] = None, calls: Optional[int] = None, tried: int = 0):
+                 achieved: Optional[float] = None, calls: Optional[int] = None, tried: int = 0, scored=()):
         ratio = float(ratio)
         self.refuse(ratio)
         self.ratio, self.plan, self.proxy, self.achieved, self.calls = ratio, plan, proxy, achieved, calls
         self.tried = tried  # plans scored
+        self.scored = tuple(scored)  # (spec, compute ratio, proxy) of every plan scored, in order
         # Before calibration: the search runs threshold rules and reuses, so it needs heads and a cache.
         self.uses_heads = plan is None or plan.uses_heads
         self.reuses = plan is None or plan.reuses

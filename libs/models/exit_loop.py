@@ -17,7 +17,10 @@ each cached span the call computes (spans disjoint from the one it reuses), the 
 of the span the call reuses (``call.reuse_span``) it takes each row's own cached value
 (``reuse_value``) and skips the span's blocks, or computes them for the rows with nothing cached
 (a sub-batch with its carry: a reusable span leaves the carry as it found it); no exit test
-after a block of that span.
+after a block of that span. A call with a ``gate`` (``libs/exits/gated.py``) first reads the
+mean certainty of the head after block span[0]-1 for the active rows; only rows at or above the
+gate take the cached (or forecast, ``libs/exits/forecast.py``) value, the others compute the
+span as rows with nothing cached do. The head counts for the rows that go through the span.
 
 The batch of one (``_OneRow``, the only special case): decisions on Python values
 (``Rule.decide_one``: no index, compaction or scatter, one host read per test; the threshold
