@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from libs.exits.call import finite, fmt
+from libs.exits.call import fmt
 from libs.exits.registry import ExitPolicy, register
+from libs.exits.reuse import ComputePlan
 
 
 @register
@@ -35,9 +36,7 @@ class PlanSearch(ExitPolicy):
 
     @classmethod
     def argument_problem(cls, ratio):
-        if finite(ratio) and 0 < ratio <= 1:
-            return None
-        return "R is a compute ratio (GFLOPs/img over full depth's at the same steps) in (0, 1]"
+        return ComputePlan.argument_problem(ratio)  # the same compute ratio as plan:R
 
     @property
     def spec(self) -> str:
