@@ -8,6 +8,11 @@ Scenarios, all on the same random inputs and weights (speed does not depend on t
   trunc1    reference: a bare truncated forward through blocks 0..1 (static:1, no heads)
   mid       every sample exits at the middle block (heads set so only the mid head passes)
   half      half the batch exits at the middle block, the other half runs full depth
+With ``--one_row_forms`` a batch of one also times each scenario that decides per sample in
+the exit loop's batch form (``exit_loop.run(..., one_row=False)``: tensor decisions and
+bookkeeping on one row), as ``<scenario>/batch_form``, interleaved with the rest: the batch-of-one
+form's worth, side by side (its blocks and GFLOPs columns are the batch-of-one form's; the batch
+form may run more heads, patience being eager there).
 The ideal counts blocks only (full blocks / mean blocks run); the uncertainty heads, the
 embedding and the output head are part of what is measured. Timings are interleaved (full,
 none, block1, ..., full, ...), each timing repeats the call until it lasts ``--min_time``
@@ -17,6 +22,7 @@ on a shared, noisy machine.
     python benchmarks/bench_early_exit.py                                  # CIFAR-10 S/2, CPU
     python benchmarks/bench_early_exit.py --config digits_uvit_tiny --batch_sizes 1,16,64,256
     python benchmarks/bench_early_exit.py --threads 1     # shared machine: no thread oversubscription
+    python benchmarks/bench_early_exit.py --config digits_uvit_tiny --batch_sizes 1 --one_row_forms
     python benchmarks/bench_early_exit.py --device cuda --dtype bf16 --batch_sizes 1,16,256
 """
 import argparse
@@ -28,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from libs.exits.policy import StaticExit
+from libs.exits.policy import StaticExit, as_call
+from libs.models import exit_loop
 from libs.models.uvit import UViT
 
 SCENARIOS = ("full", "none", "block1", "trunc1", "mid", "half")
@@ -63,7 +70,14 @@ def timed(fn, sync, inner):
     return (time.perf_counter() - t0) / inner
 
 
-def bench(net, nnet, batch, device, dtype, repeats, warmup, min_time, scenarios):
+def batch_form(net, x, t, y, exit_policy=None, exit_threshold=None):
+    """One call through the exit loop's batch form, also for a batch of one."""
+    h, carry = net.embed(x, t, y)
+    return exit_loop.run(net, h, carry, as_call(exit_threshold if exit_policy is None else exit_policy),
+                         one_row=False)[0]
+
+
+def bench(net, nnet, batch, device, dtype, repeats, warmup, min_time, scenarios, one_row_forms=False):
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     C, S = nnet["in_chans"], nnet["img_size"]
     g = torch.Generator().manual_seed(1)
@@ -90,6 +104,12 @@ def bench(net, nnet, batch, device, dtype, repeats, warmup, min_time, scenarios)
              "trunc1": (StaticExit(1), heads(-30.0)), "mid": (0.5, heads(-30.0, 30.0)),
              "half": (tau_half, half_heads)}
     names = [s for s in scenarios if s != "half" or batch > 1]
+    if one_row_forms and batch == 1:  # the batch form beside the batch-of-one form, where a rule decides
+        names += [f"{s}/batch_form" for s in names if table[s][0] is not None and not isinstance(table[s][0],
+                                                                                                   StaticExit)]
+        table.update({s: table[s.split("/")[0]] for s in names if "/" in s})
+    forward = {k: (lambda kw, k=k: batch_form(net, x, t, y, **kw)) if "/" in k else (lambda kw: net(x, t, y, **kw))
+               for k in names}
     times = {k: [] for k in names}
     blocks, inner = {}, {}
     with torch.no_grad(), autocast:
@@ -99,14 +119,14 @@ def bench(net, nnet, batch, device, dtype, repeats, warmup, min_time, scenarios)
             kw = dict(exit_policy=rule) if isinstance(rule, StaticExit) else dict(exit_threshold=rule)
             o = net.forward_early_exit(x, t, y, **kw)
             blocks[name] = (o.exit_block.float().mean().item() + 1, o.exit_block.tolist(), o.uem_evals.tolist())
-            once = min(timed(lambda: net(x, t, y, **kw), sync, 1) for _ in range(2))
+            once = min(timed(lambda: forward[name](kw), sync, 1) for _ in range(2))
             inner[name] = max(1, int(min_time / max(once, 1e-6)))
         for r in range(warmup + repeats):
             for name in names:
                 rule, state = table[name]
                 net.uem_heads.load_state_dict(state)
                 kw = dict(exit_policy=rule) if isinstance(rule, StaticExit) else dict(exit_threshold=rule)
-                dt = timed(lambda: net(x, t, y, **kw), sync, inner[name])
+                dt = timed(lambda: forward[name](kw), sync, inner[name])
                 if r >= warmup:
                     times[name].append(dt)
     net.uem_heads.load_state_dict(initial)
@@ -136,6 +156,8 @@ def main(argv=None):
     p.add_argument("--min_time", type=float, default=0.2, help="seconds per timing (calls repeated)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--one_row_forms", action="store_true",
+                   help="at batch 1 also time the exit loop's batch form (module docstring)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,13 +170,14 @@ def main(argv=None):
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# {args.config} on {dev}, {args.dtype}, {net.num_blocks} blocks, torch {torch.__version__}; "
           f"medians of {args.repeats}", flush=True)
-    print(f"{'batch':>5} {'scenario':>8} {'blocks':>6} {'GFLOPs/img':>10} {'ms/call':>9} "
+    print(f"{'batch':>5} {'scenario':>16} {'blocks':>6} {'GFLOPs/img':>10} {'ms/call':>9} "
           f"{'ideal':>6} {'measured':>8} {'meas/ideal':>10}", flush=True)
     rows = []
     for b in [int(s) for s in args.batch_sizes.split(",")]:
-        for r in bench(net, nnet, b, args.device, dtype, args.repeats, args.warmup, args.min_time, scenarios):
+        for r in bench(net, nnet, b, args.device, dtype, args.repeats, args.warmup, args.min_time, scenarios,
+                       args.one_row_forms):
             rows.append(r)
-            print(f"{r['batch']:>5} {r['scenario']:>8} {r['blocks']:>6.2f} {r['gflops_per_image']:>10.3f} "
+            print(f"{r['batch']:>5} {r['scenario']:>16} {r['blocks']:>6.2f} {r['gflops_per_image']:>10.3f} "
                   f"{r['ms_per_call']:>9.3f} {r['ideal_speedup']:>6.3f} {r['measured_speedup']:>8.3f} "
                   f"{r['efficiency']:>10.3f}", flush=True)
     if args.json:

@@ -26,9 +26,9 @@ import time
 import torch
 
 from configs.digits_uvit_tiny import get_config
-from libs.evaluation.calibration import calibrate_policy, calibration_run
+from libs.evaluation.calibration import calibrate_policy, calibration_run, proxy_distance
 from libs.evaluation.fid import FIDAccumulator, frechet_distance, load_statistics
-from libs.evaluation.frontier import proxy_distance, spearman
+from libs.evaluation.frontier import spearman
 from libs.evaluation.image_io import images_to_uint8
 from libs.evaluation.inception import load_inception
 from libs.exits.policy import FULL, parse_policies

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from libs.exits.call import Call, deepcache_span
 from libs.exits.policy import FULL
-from libs.exits.reuse import ReuseCache, ReuseCall, deepcache_span
+from libs.exits.reuse import ReuseCache
 from libs.models.uvit import UViT
 
 
@@ -58,7 +59,8 @@ def bench(net, nnet, batch, device, depths, repeats, warmup, min_time):
              "cached": lambda: net.forward_early_exit(x, t, y, exit_policy=FULL, reuse_cache=cache)}
     computed = {"full": N, "cached": N}
     for k in depths:
-        calls[f"reuse:{k}"] = (lambda k=k: net.forward_early_exit(x, t, y, exit_policy=ReuseCall(k), reuse_cache=cache))
+        calls[f"reuse:{k}"] = (lambda k=k: net.forward_early_exit(x, t, y, exit_policy=Call(reuse=k),
+                                                                   reuse_cache=cache))
         computed[f"reuse:{k}"] = 2 * k
     times = {k: [] for k in calls}
     with torch.inference_mode():

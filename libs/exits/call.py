@@ -2,22 +2,13 @@
 
 A ``Call`` is a small frozen value: the last block the call may run (``last``; None: the
 network's last), the DeepCache depth of the span it takes from the run's reuse cache
-(``reuse``; None: it computes every block it runs), the per-sample exit rule (``rule``;
-None: every row runs to ``last``) and the gate of the reuse (``gate``; None: every row with a
-cached value reuses it; G: only rows whose certainty after the block before the span is at
-least G do, ``libs/exits/gated.py``). The exit loop (``libs/models/exit_loop.py``) runs any
-``Call``; a run-level rule (``libs/exits/policy.py``, ``libs/exits/reuse.py``) turns a call
-index into one (``ExitPolicy.for_call``).
-
-A per-sample rule (``Rule``; the released one is ``Threshold``) decides after each block but
-the last which rows stop there, from the block's mean certainty:
-
-    init_state(batch, device)                    per-row state carried between blocks, or None
-    decide(block, patience, certainty, state)    (exits (b,) bool or None, state), on tensors
-    decide_one(block, patience, certainty, st)   the same for a batch of one, on Python values
-
-The helpers of the spellings (``fmt``, ``finite``, ``ExitPolicyError``) live here, at the
-bottom of the package, since a call's ``spec`` and ``check`` use them too.
+(``reuse``; None: none), the per-sample exit rule (``rule``; None: every row runs to
+``last``) and the gate of the reuse (``gate``; None: every row with a cached value reuses it;
+G: only rows whose certainty after the block before the span is at least G, ``libs/exits/gated.py``).
+The exit loop (``libs/models/exit_loop.py``) runs any ``Call``; a run-level rule
+(``libs/exits/registry.py``) turns a call index into one. A per-sample rule (``Rule``; the
+released one is ``Threshold``) decides after each block but the last which rows stop there.
+The spelling helpers (``fmt``, ``finite``, ``ExitPolicyError``) live here, at the bottom.
 """
 from __future__ import annotations
 

@@ -1,20 +1,8 @@
-"""The exit rules: after which block each sample stops, at each network call of a sampling run.
-
-Spellings (``--exit_policy``, ``config.sample.exit_policy``: a comma-separated list; the table
-is ``libs/exits/registry.py``, the reuse rules are in ``libs/exits/reuse.py``):
-
-    threshold:T   the released AdaDiff rule, decided per sample: exit after the first block
-                  whose mean certainty exceeds T (in-blocks: after the ``patience``-th such
-                  block). A bare number T means the same.
-    static:K      every sample exits after block K (0-based) at every call; no head runs.
-    profile:T     threshold:T's mean exit block per sampling step (calibrated), rounded, as a
-                  per-step static exit.
-    budget:R      a target layer ratio R in (0, 1]: threshold:T with T calibrated by bisection
-                  until the layer ratio is within 0.01 of R.
-    full | none   full depth (also 1.0 / threshold:1): no head, no exit test.
-
-Each rule turns a call index into a ``Call`` (``libs/exits/call.py``); ``profile:`` and
-``budget:`` are calibrated once per run by ``libs/evaluation/calibration.py``.
+"""The exit rules: after which block each sample stops, at each network call of a sampling run
+(``threshold:T``, ``static:K``, ``profile:T``, ``budget:R``, ``full``; each rule's ``spelling``
+is its line of ``--exit_policy``'s help, ``libs/exits/registry.py``). Each turns a call index
+into a ``Call`` (``libs/exits/call.py``); ``profile:`` and ``budget:`` are calibrated once per
+run (``libs/evaluation/calibration.py``). ``as_call`` is what a network forward accepts.
 """
 from __future__ import annotations
 
@@ -183,7 +171,7 @@ class FullDepth(ExitPolicy):
     @classmethod
     def parse(cls, arg, text):
         if arg:
-            raise ExitPolicyError(f"exit policy {text!r}: full takes no argument")
+            raise ExitPolicyError(f"unknown exit policy {text!r}: full depth takes no argument (full, none, 1.0)")
         return FULL
 
     @property

@@ -1,23 +1,15 @@
-"""The one table of exit rules: what a run-level rule is (``ExitPolicy``), how it is spelled
-and parsed (``--exit_policy``, ``config.sample.exit_policy``), and the help text.
+"""The one table of exit rules: what a run-level rule is (``ExitPolicy``), its spelling and
+parsing (``--exit_policy``, ``config.sample.exit_policy``) and the help text (``spelling_help``).
 
-A rule is a subclass of ``ExitPolicy`` registered with ``@register``: its ``family`` is the
-word before the first ':' (``threshold:0.9``), ``words`` the spellings without an argument
-(``full``), ``spelling`` its line of the help (``spelling_help``). Both rule families register
-here: the exit rules of ``libs/exits/policy.py`` and the reuse rules of ``libs/exits/reuse.py``
-(``libs/exits/__init__.py`` imports both, so the table is full whenever the package is
-imported). This module imports neither.
-
-A run-level rule (a *schedule*) is parsed and validated once, calibrated once per run where
-it ``needs_calibration`` (``libs/evaluation/calibration.py``), and then turns each network
-call index of a sampling run into a ``Call`` (``for_call``, ``libs/exits/call.py``): "not
-calibrated" and "calibrated for n calls" are raised there, in one place.
-
-Each rule validates its argument in one place, the classmethod ``argument_problem``: its
-constructor raises it (``refuse``) and ``parse`` reports it against the spelling the user
-wrote. A rule's spelling (``str(p)``, ``p.spec``) is canonical and reads back as the same rule,
-``parse_policy(str(p)) == p``: numbers are written in the shortest form that reads back as the
-same float, and ``-0`` is ``0``.
+A rule is an ``ExitPolicy`` subclass registered with ``@register``: ``family`` is the word
+before the first ':' (``threshold:0.9``), ``words`` its spellings without an argument
+(``full``), ``spelling`` its help line. Both rule families register here (``policy``,
+``reuse``; the package imports both), and this module imports neither. A rule validates its
+argument in one place (``argument_problem``), is calibrated once per run where it
+``needs_calibration`` (``libs/evaluation/calibration.py``) and turns each call index of a run
+into a ``Call`` (``for_call``: "not calibrated" and "calibrated for n calls" are raised there).
+Its spelling (``p.spec``) is canonical and reads back, ``parse_policy(str(p)) == p``: numbers in
+the shortest form that reads back as the same float, ``-0`` as ``0``.
 """
 from __future__ import annotations
 

@@ -10,16 +10,9 @@ side run and the middle is reused (U-ViT: a full call caches the tokens entering
 paired with in-block k-1; a reusing call runs in-blocks 0..k-1 and their out-blocks on the
 cached tokens with fresh long skips, 2k blocks).
 
-Rules (registered in ``libs/exits/registry.py``):
-
-    deepcache:N:k every N-th call (0, N, 2N, ...) computes every block and caches the span of
-                  depth k; the calls between reuse it. N >= 1, k >= 1 with 2k < num_blocks.
-    phase:F:A+B   rule A on the first round(F x calls) calls of a run, rule B after (B's calls
-                  counted from the switch); A and B need no calibration. Calibration counts the
-                  calls of a run.
-    plan:R        per call one action (``full``, ``reuse:k``, ``static:K``), chosen greedily on
-                  the calibration images under the compute ratio R (GFLOPs/img over full
-                  depth's); calibrated by ``libs/evaluation/calibration.py`` (``greedy_plan``).
+Rules (registered in ``libs/exits/registry.py``; each class's docstring says what it does):
+``deepcache:N:k`` (``DeepCache``), ``phase:F:A+B`` (``PhaseSplit``), ``plan:R`` (``ComputePlan``,
+calibrated by ``libs/evaluation/calibration.py``'s greedy planner).
 
 The cache (``ReuseCache``) belongs to one sampling run of one batch: the sampling run
 (``libs/exits/sampling_run.py``) makes a new one for every run, so nothing is shared between
@@ -31,7 +24,6 @@ call reuses, whether the row reused it or computed it, so a row decides the same
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -114,7 +106,8 @@ def parse_action(text: str) -> Call:
 # ----------------------------------------------------------------------------- rules
 @register
 class DeepCache(ExitPolicy):
-    """``deepcache:N:k``: a full call every N calls, DeepCache depth k reused in between."""
+    """``deepcache:N:k``: every N-th call (0, N, 2N, ...) computes every block and caches the span
+    of depth k; the calls between reuse it. N >= 1, k >= 1 with 2k < num_blocks."""
 
     family = "deepcache"
     spelling = "deepcache:N:k DeepCache: every N-th call computes every block; the others reuse depth k"
@@ -155,7 +148,8 @@ class DeepCache(ExitPolicy):
 @register
 class PhaseSplit(ExitPolicy):
     """``phase:F:A+B``: rule A on the first ``switch`` = round(F x calls) calls of a run, B after
-    (B's call indices restart at the switch). Calibration counts the calls of a run."""
+    (B's call indices restart at the switch); A and B need no calibration. Calibration counts
+    the calls of a run."""
 
     family = "phase"
     spelling = "phase:F:A+B   rule A on the first round(F x calls) calls of a run, rule B after"

@@ -3,8 +3,8 @@
 
 It owns what belongs to the run: the index of the next network call and, from the rule, that
 call's ``Call`` (``policy.for_call``); the run's reuse cache (a new ``ReuseCache`` per run,
-i.e. per batch, when the rule reuses; a ``ForecastCache`` when it forecasts); and the output slicing (``net.noise_prediction``: the
-noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
+i.e. per batch, when the rule reuses; a ``ForecastCache`` when it forecasts); and the output
+slicing (``net.noise_prediction``: the noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
 (``ExitRecorder.record_call``).
 """
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Exit policies: parsing and spelling, the network's static / per-step exits, calibration of
-profile: and budget:, and the lazy patience rule (the rules' shared contract:
-test_policy_contract.py; the loop that runs them: tests/models/test_exit_loop.py)."""
+"""Exit policies: parsing and spelling, the network's static / per-step exits and the lazy
+patience rule (the rules' shared contract: test_policy_contract.py; the loop that runs them:
+tests/models/test_exit_loop.py; their calibration: tests/evaluation/test_calibration.py)."""
 import math
 
 import pytest
 import torch
 
 from libs.evaluation.engine import sweep_policies
+from libs.exits.call import Threshold
 from libs.exits.policy import (FULL, BudgetExit, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit, parse_policies,
                               parse_policy, parse_thresholds_only)
 from tests.models.test_exit_loop import GenericThreshold, lazy_head_count
@@ -125,7 +126,7 @@ def test_check_against_the_network():
 def test_lazy_patience_exits_as_eager(patience):
     """Every pass pattern over 7 tests (3 patience in-blocks): the lazy one-row rule exits
     after the same block as the eager batch rule, with the closed-form count of heads."""
-    rule, in_blocks = ThresholdExit(0.5), 3
+    rule, in_blocks = Threshold(0.5), 3
     for bits in range(2 ** 7):
         passing = [bool(bits >> k & 1) for k in range(7)]
         state, eager_exit, eager_heads = rule.init_state(1, "cpu"), 7, 0
@@ -159,13 +160,13 @@ def test_decide_one_decides_as_decide(tau):
     """Python decisions compare as the float32 tensors do (float32(0.85) > 0.85)."""
     t32 = torch.tensor(tau, dtype=torch.float32)
     values = [t32, torch.nextafter(t32, torch.tensor(0.0)), torch.nextafter(t32, torch.tensor(1.0))]
-    for rule in (ThresholdExit(tau), GenericThreshold(tau)):
+    for rule in (Threshold(tau), GenericThreshold(tau)):
         for c in values:
             for block, patience in ((0, 2), (1, 2), (2, 2), (3, 1)):
                 for prior in (0, 1):
                     state = torch.tensor([prior])
                     exits, new = rule.decide(block, patience, lambda: c.reshape(1), state)
-                    if isinstance(rule, ThresholdExit):  # lazy state: (passes, blocks not evaluated yet)
+                    if isinstance(rule, Threshold):  # lazy state: (passes, blocks not evaluated yet)
                         exits_one, _ = rule.decide_one(block, patience, lambda: c.item(), (prior, ()))
                         if exits is None:  # a deferred head: no exit here either
                             assert not exits_one
@@ -174,54 +175,3 @@ def test_decide_one_decides_as_decide(tau):
                         exits_one, new_one = rule.decide_one(block, patience, lambda: c.item(), state.clone())
                         assert int(new) == int(new_one)
                     assert (None if exits is None else bool(exits[0])) == exits_one, (c.item(), block, prior)
-
-
-# ------------------------------------------------------------------ calibration (pure, with a fake sampler)
-def _fake_run(ratio_of_tau, per_step=None):
-    calls = []
-
-    def run(rule):
-        calls.append(rule)
-        return {"layer_ratio": ratio_of_tau(rule.tau), "exit_block_per_step": per_step or []}
-
-    return run, calls
-
-
-def test_budget_bisection_converges_and_reports_the_threshold():
-    run, calls = _fake_run(lambda tau: 2 / 7 + (5 / 7) * tau ** 3)  # monotone, floor 2/7
-    b = BudgetExit(0.6).calibrate(run)
-    assert abs(b.achieved - 0.6) <= 0.01 and b.achieved == pytest.approx(2 / 7 + 5 / 7 * b.tau ** 3)
-    assert b.spec == "budget:0.6" and b.family == "budget" and "threshold 0." in b.calibration()
-    assert b.effective_threshold() == b.tau and b.for_call(7) is b
-    assert len(calls) <= 12
-
-
-def test_budget_below_the_reachable_range_is_a_clear_error():
-    run, _ = _fake_run(lambda tau: 2 / 7 + (5 / 7) * tau)
-    with pytest.raises(ExitPolicyError, match=r"budget:0.1 cannot be reached.*\[0.286, 1\].*R >= 0.29"):
-        BudgetExit(0.1).calibrate(run)
-
-
-def test_profile_calibration_rounds_the_mean_exit_block_per_step():
-    run, calls = _fake_run(lambda tau: 0.5, per_step=[1.0, 1.49, 1.5, 5.7, 6.0])
-    p = ProfileExit(0.85).calibrate(run)
-    assert p.blocks == (1, 1, 2, 6, 6) and calls == [ThresholdExit(0.85)]
-
-
-# ------------------------------------------------------------------ calibration on a trained model
-def test_budget_and_profile_on_a_trained_model(trained_digits):
-    """A small trained digits model: budget: meets its target on the calibration set and
-    profile: reproduces threshold:T's per-step exits."""
-    from libs.evaluation.engine import calibrate_policy
-    from libs.tasks.pixel import PixelTask
-
-    net, config = trained_digits
-    config.sample.update(sample_steps=8, calib_samples=16, mini_batch_size=16)
-    task = PixelTask(config, load_data=False)
-    budget = calibrate_policy(BudgetExit(0.7), net, task, config, "cpu")
-    assert abs(budget.achieved - 0.7) <= 0.01, budget.calibration()
-    profile = calibrate_policy(ProfileExit(0.5), net, task, config, "cpu")
-    assert len(profile.blocks) == 8 and all(0 <= b < net.num_blocks for b in profile.blocks)
-    with pytest.raises(ExitPolicyError, match="cannot be reached"):
-        calibrate_policy(BudgetExit(0.05), net, task, config, "cpu")
-    assert not math.isnan(budget.tau)

@@ -9,8 +9,10 @@ import math
 import pytest
 import torch
 
-from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, ProfileExit, StaticExit, ThresholdExit,
-                              float32, parse_policy)
+from libs.evaluation.calibration import calibrate
+from libs.exits.call import Call, Threshold, float32
+from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, FullDepth, ProfileExit, StaticExit,
+                              ThresholdExit, parse_policy)
 from libs.exits.recorder import ExitRecorder
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit
 from tests.helpers.tiny_uvit import tiny
@@ -42,7 +44,7 @@ class PolicyContract:
 
     def certainties(self):
         """Mean certainties the decision tests draw from: near the rule's threshold, if any."""
-        tau = self.make().for_call(0).effective_threshold()
+        tau = getattr(self.make().for_call(0).rule, "tau", math.nan)
         near = _float32_neighbours(tau) if 0 <= tau < 1 else []
         return near + [0.0, 0.1, 0.5, 0.9, 0.999]
 
@@ -51,7 +53,9 @@ class PolicyContract:
     def test_decide_one_decides_as_decide(self, patience):
         """Every row of a batch exits after the same block under ``decide`` (tensors) as alone
         under ``decide_one`` (Python values), over random certainty sequences."""
-        policy = self.make().for_call(0)
+        policy = self.make().for_call(0).rule
+        if policy is None:
+            return  # the call decides nothing per sample
         values = self.certainties()
         gen = torch.Generator().manual_seed(patience)
         B, in_blocks = 64, 3  # blocks 0..2 have the patience, the others 1
@@ -186,7 +190,7 @@ class TestProfile(PolicyContract):
             ProfileExit(0.6).check(NUM_BLOCKS, has_heads=False)
         with pytest.raises(ExitPolicyError, match="not calibrated"):
             ProfileExit(0.6).for_call(0)
-        assert [self.make().for_call(c) for c in range(3)] == [StaticExit(2), StaticExit(4), StaticExit(1)]
+        assert [self.make().for_call(c) for c in range(3)] == [Call(last=2), Call(last=4), Call(last=1)]
 
 
 class TestBudget(PolicyContract):
@@ -200,16 +204,13 @@ class TestBudget(PolicyContract):
 
     def test_runs_as_its_calibrated_threshold(self):
         policy = self.make()
-        certainty = torch.tensor(_float32_neighbours(0.55) + [0.1, 0.9])
-        for block, patience in ((0, 1), (2, 1)):
-            got, _ = policy.decide(block, patience, lambda: certainty, policy.init_state(5, "cpu"))
-            ref, _ = ThresholdExit(0.55).decide(block, patience, lambda: certainty, policy.init_state(5, "cpu"))
-            assert torch.equal(got, ref)
+        assert policy.for_call(0) == ThresholdExit(0.55).for_call(0) == Call(rule=Threshold(0.55))
+        assert BudgetExit(0.6, tau=1.0, achieved=1.0).for_call(0) == Call()  # threshold 1: full depth
         assert float32(policy.effective_threshold()) == float32(0.55)
 
 
 class TestFull(PolicyContract):
-    rule = ExitPolicy
+    rule = FullDepth
 
     def make(self):
         return FULL
@@ -217,7 +218,7 @@ class TestFull(PolicyContract):
     def test_every_full_depth_spelling_is_full(self):
         for text in ("full", "none", "inf", "1", "threshold:1", "budget:1"):
             assert parse_policy(text) is FULL
-        assert FULL.static_exit(NUM_BLOCKS) == NUM_BLOCKS - 1 and FULL.effective_threshold() == 1.0
+        assert FULL.for_call(0).static_exit(NUM_BLOCKS) == NUM_BLOCKS - 1 and FULL.effective_threshold() == 1.0
 
 
 class TestDeepCache(PolicyContract):
@@ -249,7 +250,7 @@ class TestPhase(PolicyContract):
         p = PhaseSplit(0.4, ThresholdExit(0.6), DeepCache(2, 1))
         with pytest.raises(ExitPolicyError, match="not calibrated"):
             p.for_call(0)
-        cal = p.calibrate(lambda rule: {"exit_block_per_step": [0.0] * 15})
+        cal = calibrate(p, lambda rule: {"exit_block_per_step": [0.0] * 15})
         assert (cal.switch, cal.calls) == (6, 15) and cal == p  # round(0.4 x 15): the first 6 calls
         assert [c.spec for c in map(cal.for_call, (0, 5, 6, 7, 8))] == ["threshold:0.6"] * 2 + ["full", "reuse:1",
                                                                                               "full"]

@@ -1,11 +1,12 @@
 """The reuse rules and their cache (libs/exits/reuse.py): the cache's rows and validity, the
-spellings and their one-line errors, the greedy compute plan on a hand-made calibration run."""
+spellings and their one-line errors, a plan's actions (the greedy planner that picks them:
+tests/evaluation/test_calibration.py)."""
 import pytest
 import torch
 
+from libs.exits.call import Call
 from libs.exits.policy import FULL, ExitPolicyError, StaticExit, ThresholdExit, parse_policies, parse_policy
-from libs.exits.reuse import (ComputePlan, DeepCache, PhaseSplit, ReuseCache, ReuseCall, greedy_plan, parse_action,
-                              plan_actions)
+from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit, ReuseCache, ReuseCall, parse_action
 
 
 def test_cache_rows_follow_the_original_order_and_validity():
@@ -64,58 +65,11 @@ def test_bad_spellings_are_one_line_errors(text, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
-def test_plan_actions_and_their_spelling():
-    assert [a.spec for a in plan_actions(7)] == ["reuse:1", "reuse:2", "reuse:3", "static:3", "static:4", "static:5"]
-    assert parse_action("reuse:2") == ReuseCall(2) and parse_action("static:4") == StaticExit(4)
-    assert parse_action("full") is FULL
+def test_plan_actions_are_calls():
+    assert parse_action("reuse:2") == ReuseCall(2) == Call(reuse=2) and parse_action("static:4") == Call(last=4)
+    assert parse_action("full") == Call() and StaticExit(4).for_call(0) == Call(last=4)
     for bad in ("reuse:0", "skip:1", "static:-1", "reuse:x"):
         with pytest.raises(ExitPolicyError):
             parse_action(bad)
     with pytest.raises(ExitPolicyError, match="stops before the reused span ends"):
-        ReuseCall(1, StaticExit(2)).check(7)
-
-
-def _fake_run(num_blocks=7, calls=4, harm=None):
-    """A calibration run on hand-made numbers: a call costs its blocks computed (GFLOPs), and an
-    action at call c moves every sample by ``harm[(c, action)]`` (squared-distance units)."""
-    from libs.exits.reuse import _blocks_computed
-    harm = harm or {}
-    runs = []
-
-    def run(policy, keep=False):
-        assert keep
-        actions = [policy.for_call(c) for c in range(calls)]
-        runs.append([a.spec for a in actions])
-        g = sum(_blocks_computed(a, num_blocks) for a in actions)
-        d = sum(harm.get((c, a.spec), 1.0 if not a.is_full else 0.0) for c, a in enumerate(actions))
-        summary = {"gflops_per_image": float(g), "num_blocks": num_blocks, "exit_block_per_step": [0.0] * calls}
-        return summary, torch.full((2, 3), d ** 0.5)
-
-    return run, runs
-
-
-def test_greedy_plan_picks_the_cheapest_harm_per_flop_under_the_ratio():
-    harm = {(1, "reuse:1"): 0.1, (3, "reuse:1"): 0.2, (2, "static:5"): 0.01}  # every other change costs 1.0
-    run, runs = _fake_run(harm=harm)
-    plan = greedy_plan(0.65, run)  # 28 blocks in all; at most 18.2
-    # by harm per block saved: static:5 at call 2 (0.01 for 1), reuse:1 at call 1 (0.1 for 5), then at
-    # call 3 (0.2 for 5; static:5 computes the span it reuses); call 0 never reuses
-    assert [a.spec for a in plan.actions] == ["full", "reuse:1", "static:5", "reuse:1"]
-    assert plan.achieved == pytest.approx(17 / 28) and plan.proxy == pytest.approx(0.31)
-    assert all(r[0] != "reuse:1" for r in runs)  # no reuse before any call computed the span
-    assert plan.calibration().startswith("compute ratio 0.607, proxy 0.31")
-    assert len(runs) == 1 + 3 + 3 * 6 + 1  # full, each action at each call (no reuse at call 0), the plan
-
-
-def test_greedy_plan_reuses_only_one_call_old_values():
-    run, _ = _fake_run(calls=6, harm={(c, "reuse:1"): 0.01 for c in range(6)})
-    plan = greedy_plan(0.7, run)  # 42 blocks, at most 29.4: three reuses at least
-    specs = [a.spec for a in plan.actions]
-    assert specs[0] != "reuse:1" and all(not (a == b == "reuse:1") for a, b in zip(specs, specs[1:])), specs
-
-
-def test_greedy_plan_that_cannot_reach_the_ratio_says_so():
-    run, _ = _fake_run(calls=1)  # one call: nothing to reuse from, the cheapest is static:3 (4 of 7 blocks)
-    with pytest.raises(ExitPolicyError, match="cannot be reached"):
-        greedy_plan(0.3, run)
-    assert [a.spec for a in greedy_plan(0.6, run).actions] == ["static:3"]
+        Call(reuse=1, last=2).check(7)
