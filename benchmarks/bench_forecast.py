@@ -19,6 +19,7 @@ import torch
 
 from configs.digits_uvit_tiny import get_config
 from libs.evaluation.calibration import calibrate_policy, calibration_run, proxy_distance
+from libs.evaluation.frontier import spearman
 from libs.exits.policy import FULL, parse_policies
 from libs.models.registry import build_nnet
 from libs.run.checkpoint import load_weights
@@ -47,6 +48,25 @@ def rows_at(steps, rules, net, task, config, top):
     return rows
 
 
+def compare(rows, report_path, budgets):
+    """Spearman of the proxy with the measured FIDs of the same (steps, rule) points of a full
+    evaluation, and per budget (a ratio of full depth's GFLOPs/img at the same step count) the
+    FID the proxy's pick loses to the best measured point."""
+    data = json.load(open(report_path))
+    report = {(r["sample_steps"], r["policy"]): r for r in (data["rows"] if isinstance(data, dict) else data)}
+    both = [(r, report[(r["sample_steps"], r["policy"])]) for r in rows if (r["sample_steps"], r["policy"]) in report]
+    print(f"\n{len(both)} points with a measured FID: Spearman(proxy, FID) = "
+          f"{spearman([r['proxy'] for r, _ in both], [m['fid'] for _, m in both]):+.3f}")
+    for steps in sorted({r["sample_steps"] for r, _ in both}):
+        at = [(r, m) for r, m in both if r["sample_steps"] == steps]
+        for b in budgets:
+            under = [(r, m) for r, m in at if r["ratio"] <= b + 1e-9]
+            if under:
+                best, pick = min(under, key=lambda rm: rm[1]["fid"]), min(under, key=lambda rm: rm[0]["proxy"])
+                print(f"{steps} steps, ratio <= {b:g}: best {best[1]['policy']} FID {best[1]['fid']:.2f}; the proxy "
+                      f"picks {pick[1]['policy']} FID {pick[1]['fid']:.2f} (+{pick[1]['fid'] - best[1]['fid']:.2f})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nnet_path", required=True)
@@ -56,7 +76,12 @@ def main():
     ap.add_argument("--calib_samples", type=int, default=64)
     ap.add_argument("--top", type=int, default=5, help="best plans under R a search scored, printed")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--rows", default=None, help="read the rows from this JSON (of --out) instead of sampling")
+    ap.add_argument("--fid_report", default=None, help="report.json of an evaluation of the same points")
+    ap.add_argument("--budgets", default="0.5,0.7,1")
     args = ap.parse_args()
+    if args.rows:
+        return compare(json.load(open(args.rows)), args.fid_report, [float(b) for b in args.budgets.split(",")])
     torch.set_num_threads(1)
     config = get_config()
     config.sample.algorithm, config.sample.calib_samples = args.algorithm, args.calib_samples
@@ -69,6 +94,8 @@ def main():
                                                                                          args.top)]
     if args.out:
         json.dump(rows, open(args.out, "w"), indent=1)
+    if args.fid_report:
+        compare(rows, args.fid_report, [float(b) for b in args.budgets.split(",")])
 
 
 if __name__ == "__main__":
