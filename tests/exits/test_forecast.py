@@ -180,3 +180,23 @@ def test_spelling_reads_back():
     assert parse_policy("forecast:2.0:1:1") == Forecast(2, 1, 1)
     with pytest.raises(ExitPolicyError, match="must be below"):
         Forecast(2, 3, 1).check(5)
+
+
+def test_on_a_dit_order_0_is_deepcache_and_a_batch_with_its_own_times_per_row_is_each_row_alone():
+    """The DiT caches the span's residual; rows carry different times (each forecasts in its own)."""
+    from tests.models.test_dit import inputs, randomise, tiny as tiny_dit
+    net = randomise(tiny_dit(learn_sigma=False))
+    x, t, y = inputs(4)
+
+    def calls(policy, rows):
+        run = SamplingRun(net, policy)
+        with torch.no_grad():
+            return [run(x[rows], t[rows] * (1 - 0.15 * c), y[rows]) for c in range(6)]
+
+    every = [0, 1, 2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(calls(Forecast(2, 1, 0), every), calls(DeepCache(2, 1), every)))
+    for policy in (Forecast(2, 1, 2), parse_policy("gate:0.5:forecast:3:1:1")):
+        batch = calls(policy, every)
+        for r in every:
+            for c, out in enumerate(calls(policy, [r])):
+                torch.testing.assert_close(batch[c][r:r + 1], out, atol=1e-6, rtol=1e-6)
