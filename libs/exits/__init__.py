@@ -19,8 +19,9 @@
                   GFLOPs per image (it only counts)
 ================  ==========================================================================
 
-Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``) samples
-images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``). Importing this
-package registers both rule families (``policy``, ``reuse``) in the registry.
+Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``,
+``search:``) samples images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``,
+``libs/evaluation/plan_search.py``). Importing this package registers every rule module
+(``policy``, ``reuse``, ``forecast``, ``gated``, ``search``) in the registry.
 """
 from libs.exits import forecast, gated, policy, reuse, search  # noqa: F401 (registers the rules)
