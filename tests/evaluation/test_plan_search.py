@@ -39,9 +39,9 @@ def fake_run(harm):
 def test_the_family_and_its_gated_variants():
     plans = family(N, CALLS)
     specs = {p.spec for p in plans}
-    assert {"threshold:0.9", "forecast:2:1:0", "forecast:3:2:2", "phase:0.4:threshold:0.9+forecast:2:1:1",
+    assert {"threshold:0.9", "forecast:2:1:0", "forecast:4:2:2", "phase:0.4:threshold:0.9+forecast:2:1:1",
             "phase:0.2:full+forecast:3:1:2"} <= specs
-    assert len(plans) == len(specs) == 3 + 2 * 2 * 3 * (1 + 3 * 2)
+    assert len(plans) == len(specs) == 3 + 3 * 2 * 3 * (1 + 2 * 2)
     phase = next(p for p in plans if p.spec == "phase:0.4:full+forecast:2:1:1")
     assert phase.switch == 4 and phase.calls == CALLS
     assert [g.spec for g in gated(phase)] == [f"phase:0.4:full+gate:{g}:forecast:2:1:1" for g in GATES]
@@ -61,12 +61,12 @@ def test_the_search_picks_the_closest_plan_under_the_ratio_and_reports_it():
     run, runs = fake_run(harm)
     plan = search_plan(0.6, run, proxy_distance)
     # forecast:N:k:1 alone costs (5 x 7 + 5 x 2k) / 70 = 0.643 (N=2, k=1): over 0.6; N = 3, k = 1:
-    # 4 full + 6 reuse = 40 / 70 = 0.571 fits
-    assert plan.plan.spec == "gate:0.7:forecast:3:1:1"
-    assert plan.achieved == pytest.approx(40 / 70) and plan.proxy == pytest.approx(0.3)
+    # 4 full + 6 reuse = 40 / 70 = 0.571 fits, N = 4: 3 full + 7 reuse = 35 / 70, as close and cheaper
+    assert plan.plan.spec == "gate:0.7:forecast:4:1:1"
+    assert plan.achieved == pytest.approx(35 / 70) and plan.proxy == pytest.approx(0.3)
     assert plan.tried == len(runs) - 1 and len(family(N, CALLS)) + 3 * len(GATES) <= plan.tried
-    assert plan.calibration().startswith("gate:0.7:forecast:3:1:1 (compute ratio 0.571, proxy 0.3, best of")
-    assert plan.actions()[:4] == ["full", "reuse:1+gate:0.7", "reuse:1+gate:0.7", "full"]
+    assert plan.calibration().startswith("gate:0.7:forecast:4:1:1 (compute ratio 0.500, proxy 0.3, best of")
+    assert plan.actions()[:5] == ["full"] + ["reuse:1+gate:0.7"] * 3 + ["full"]
     assert plan.for_call(1).gate == 0.7 and plan.forecast_order == 1 and plan.reuses
     assert len(plan.scored) == plan.tried and plan.scored[0][0] == "threshold:0.8"
     with pytest.raises(ExitPolicyError, match="calibrated for 10 network calls"):
