@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from libs.exits.call import Call, ExitPolicyError, Span, integer
-from libs.exits.registry import number, register
+from libs.exits.registry import register
 from libs.exits.reuse import DeepCache, ReuseCache
 
 MAX_ORDER = 2
@@ -141,6 +141,7 @@ class Forecast(DeepCache):
     """``forecast:N:k:O``: ``deepcache:N:k`` whose reusing calls take an order-O forecast."""
 
     family = "forecast"
+    arity = 3
     spelling = "forecast:N:k:O deepcache:N:k with the reused span forecast at order O (0 copy, 1 linear, 2 quadratic)"
 
     def __init__(self, every: int, k: int, order: int):
@@ -156,13 +157,6 @@ class Forecast(DeepCache):
             return None
         return ("spell it forecast:N:k:O with N >= 1 (a full call every N calls), k >= 1 (shallow blocks per side) "
                 "and O in 0, 1, 2 (the forecast's order: copy, linear, quadratic)")
-
-    @classmethod
-    def parse(cls, arg: str, text: str) -> "Forecast":
-        parts = arg.split(":")
-        value = tuple(number(p, text) for p in parts) if len(parts) == 3 else None
-        cls.refuse(value, text)
-        return cls(*value)
 
     @property
     def spec(self) -> str:

@@ -124,10 +124,12 @@ class DeepCache(ExitPolicy):
             return None
         return "spell it deepcache:N:k with N >= 1 (a full call every N calls) and k >= 1 (shallow blocks per side)"
 
+    arity = 2  # numbers in the spelling (forecast:N:k:O has 3)
+
     @classmethod
     def parse(cls, arg: str, text: str) -> "DeepCache":
         parts = arg.split(":")
-        value = tuple(number(p, text) for p in parts) if len(parts) == 2 else None
+        value = tuple(number(p, text) for p in parts) if len(parts) == cls.arity else None
         cls.refuse(value, text)
         return cls(*value)
 
