@@ -24,4 +24,6 @@ Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``pl
 ``libs/evaluation/plan_search.py``). Importing this package registers every rule module
 (``policy``, ``reuse``, ``forecast``, ``gated``, ``search``) in the registry.
 """
-from libs.exits import forecast, gated, policy, reuse, search  # noqa: F401 (registers the rules)
+# The order of the imports is the order of the registry's table and of the --exit_policy help.
+from libs.exits import policy, reuse  # noqa: F401,I001 (registers the rules)
+from libs.exits import forecast, gated, search  # noqa: F401,I001 (registers the rules built on reuse)

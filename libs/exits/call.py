@@ -51,6 +51,12 @@ def deepcache_span(k: int, num_blocks: int) -> Span:
     return (k, num_blocks - k)
 
 
+def headless(name: str) -> ExitPolicyError:
+    """The error of a rule ``name`` that needs uncertainty heads on weights without them."""
+    return ExitPolicyError(f"exit policy {name} needs trained uncertainty heads, but the weights are plain U-ViT; "
+                           f"use static:K or full, or fine-tune with train.py first")
+
+
 class Rule:
     """A per-sample exit rule (module docstring). ``decide_one`` defaults to ``decide`` on
     one-element CPU tensors; a rule may override it with the same decisions on Python values
@@ -174,8 +180,7 @@ class Call:
         ``name``: the spelling the messages name (default: this call's)."""
         name = name or self.spec
         if self.uses_heads and not has_heads:
-            raise ExitPolicyError(f"exit policy {name} needs trained uncertainty heads, but the weights are "
-                                  f"plain U-ViT; use static:K or full, or fine-tune with train.py first")
+            raise headless(name)
         if self.last is not None and self.last >= num_blocks:
             raise ExitPolicyError(f"exit policy {name}: the network has {num_blocks} blocks "
                                   f"(0..{num_blocks - 1}); choose K <= {num_blocks - 1} ({num_blocks - 1} = full "

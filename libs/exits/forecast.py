@@ -142,7 +142,7 @@ class Forecast(DeepCache):
 
     family = "forecast"
     arity = 3
-    spelling = "forecast:N:k:O deepcache:N:k with the reused span forecast at order O (0 copy, 1 linear, 2 quadratic)"
+    spelling = "forecast:N:k:O deepcache:N:k, the reused span forecast at order O (0 copy, 1 linear, 2 quadratic)"
 
     def __init__(self, every: int, k: int, order: int):
         self.refuse((every, k, order))

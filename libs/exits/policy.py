@@ -10,11 +10,8 @@ import math
 from typing import Optional, Sequence
 
 from libs.exits.call import FULL_CALL, Call, ExitPolicyError, Threshold, finite, float32, fmt, integer  # noqa: F401
-from libs.exits.registry import (ExitPolicy, number, parse_policies, parse_policy, parse_thresholds_only,  # noqa: F401
-                                 register)
-
-__all__ = ["FULL", "FullDepth", "ThresholdExit", "StaticExit", "ProfileExit", "BudgetExit", "as_policy", "as_call",
-           "ExitPolicy", "ExitPolicyError", "parse_policy", "parse_policies", "parse_thresholds_only"]
+from libs.exits.registry import ExitPolicy, PerCallTable, number, register
+from libs.exits.registry import parse_policies, parse_policy, parse_thresholds_only  # noqa: F401 (released paths)
 
 
 @register
@@ -29,7 +26,7 @@ class ThresholdExit(ExitPolicy):
         tau = float(tau) + 0.0  # -0.0 is 0.0
         self.refuse(tau)
         self.tau = tau
-        self._the_call = Call(rule=Threshold(tau))
+        self.the_call = Call(rule=Threshold(tau))
 
     @classmethod
     def argument_problem(cls, tau):
@@ -48,10 +45,6 @@ class ThresholdExit(ExitPolicy):
     def effective_threshold(self) -> float:
         return self.tau
 
-    def _call(self, call):
-        return self._the_call
-
-
 @register
 class StaticExit(ExitPolicy):
     """Every row exits after block k, at every call (static truncation); no uncertainty head."""
@@ -62,7 +55,7 @@ class StaticExit(ExitPolicy):
     def __init__(self, block: int):
         self.refuse(block)
         self.block = int(block)
-        self._the_call = Call(last=self.block)
+        self.the_call = Call(last=self.block)
 
     @classmethod
     def argument_problem(cls, block):
@@ -73,26 +66,21 @@ class StaticExit(ExitPolicy):
         return f"static:{self.block}"
 
     def check(self, num_blocks, has_heads=True):
-        self._the_call.check(num_blocks, has_heads)
-
-    def _call(self, call):
-        return self._the_call
-
+        self.the_call.check(num_blocks, has_heads)
 
 @register
-class ProfileExit(ExitPolicy):
+class ProfileExit(PerCallTable):
     """threshold:T's mean exit block per sampling step, applied to every row as a static exit;
     ``blocks`` (one 0-based exit block per network call of a run) comes from calibration."""
 
     family = "profile"
     spelling = "profile:T     threshold:T's mean exit block per sampling step, as a per-step static exit"
-    per_call = True
 
     def __init__(self, tau: float, blocks: Optional[Sequence[int]] = None):
         self.refuse(float(tau))
         self.source = ThresholdExit(tau)
         self.blocks = tuple(int(b) for b in blocks) if blocks is not None else None
-        self._calls = None if blocks is None else tuple(Call(last=b) for b in self.blocks)
+        self.table = None if blocks is None else tuple(Call(last=b) for b in self.blocks)
 
     @classmethod
     def argument_problem(cls, tau):
@@ -106,14 +94,6 @@ class ProfileExit(ExitPolicy):
     def spec(self) -> str:
         return f"profile:{fmt(self.tau)}"
 
-    @property
-    def needs_calibration(self) -> bool:
-        return self.blocks is None
-
-    @property
-    def calls(self) -> Optional[int]:
-        return None if self.blocks is None else len(self.blocks)
-
     def calibration(self) -> str:
         return "" if self.blocks is None else "blocks per step " + " ".join(map(str, self.blocks))
 
@@ -121,8 +101,6 @@ class ProfileExit(ExitPolicy):
         if self.blocks is None:  # calibration runs threshold:T, which needs the heads
             self.source.check(num_blocks, has_heads)
 
-    def _call(self, call):
-        return self._calls[call]
 
 
 @register
@@ -138,7 +116,7 @@ class BudgetExit(ThresholdExit):
         self.target = target
         self.tau = math.nan if tau is None else float(tau)
         self.achieved = achieved
-        self._the_call = FULL_CALL if self.tau >= 1.0 else Call(rule=Threshold(self.tau))
+        self.the_call = FULL_CALL if self.tau >= 1.0 else Call(rule=Threshold(self.tau))
 
     @classmethod
     def argument_problem(cls, target):
@@ -166,6 +144,7 @@ class FullDepth(ExitPolicy):
 
     family = "full"
     words = ("full", "none", "inf")
+    the_call = FULL_CALL
     spelling = "full          full depth (also none, 1.0, threshold:1): no head, no exit test"
 
     @classmethod
@@ -180,10 +159,6 @@ class FullDepth(ExitPolicy):
 
     def effective_threshold(self) -> float:
         return 1.0
-
-    def _call(self, call):
-        return FULL_CALL
-
 
 FULL = FullDepth()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
-from libs.exits.call import Call, ExitPolicyError, finite, fmt
+from libs.exits.call import Call, ExitPolicyError, finite, fmt, headless
 
 #: family -> rule class; word (``full``, ``none``) -> rule class
 RULES: Dict[str, type] = {}
@@ -45,9 +45,9 @@ def spellings() -> str:
 
 
 class ExitPolicy:
-    """A run-level exit rule (module docstring). Subclasses set ``family`` and ``spelling``
-    and implement ``spec`` and ``_call``; a calibrated rule also ``needs_calibration`` and,
-    once calibrated, ``calls`` (the network calls per run it was calibrated for)."""
+    """A run-level exit rule (module docstring). Subclasses set ``family`` and ``spelling``,
+    implement ``spec`` and set ``the_call`` (or implement ``_call``); a calibrated rule also
+    ``needs_calibration`` and, once calibrated, ``calls`` (the calls per run it was calibrated for)."""
 
     family = ""
     words: Tuple[str, ...] = ()
@@ -62,6 +62,8 @@ class ExitPolicy:
     per_call = False
     needs_calibration = False
     calls: Optional[int] = None
+    #: the ``Call`` of every call, for a rule that is the same at each (else ``_call`` per index)
+    the_call: Optional[Call] = None
 
     @classmethod
     def argument_problem(cls, value) -> Optional[str]:
@@ -107,8 +109,7 @@ class ExitPolicy:
     def check(self, num_blocks: int, has_heads: bool = True) -> None:
         """Refuse what cannot run on a network of ``num_blocks`` blocks (with or without heads)."""
         if self.uses_heads and not has_heads:
-            raise ExitPolicyError(f"exit policy {self.spec} needs trained uncertainty heads, but the weights are "
-                                  f"plain U-ViT; use static:K or full, or fine-tune with train.py first")
+            raise headless(self.spec)
 
     def cache_spans(self, num_blocks: int) -> Tuple[Tuple[int, int], ...]:
         """The spans ``(start, stop)`` a sampling run keeps in its reuse cache; () if none."""
@@ -125,7 +126,7 @@ class ExitPolicy:
         return self._call(call)
 
     def _call(self, call: int) -> Call:
-        raise NotImplementedError
+        return self.the_call
 
     def __str__(self):
         return self.spec
@@ -138,6 +139,25 @@ class ExitPolicy:
 
     def __hash__(self):
         return hash((type(self).__name__, self.spec))
+
+
+class PerCallTable(ExitPolicy):
+    """A rule calibrated into one ``Call`` per network call of a run (``table``; None until
+    calibrated): ``profile:``'s static exits, ``plan:``'s actions."""
+
+    per_call = True
+    table: Optional[Tuple[Call, ...]] = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.table is None
+
+    @property
+    def calls(self) -> Optional[int]:
+        return None if self.table is None else len(self.table)
+
+    def _call(self, call):
+        return self.table[call]
 
 
 # ----------------------------------------------------------------------------- parsing

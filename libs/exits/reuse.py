@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from libs.exits.call import Call, ExitPolicyError, Rule, Span, deepcache_span, finite, fmt, integer
-from libs.exits.registry import ExitPolicy, number, parse_policy, register
+from libs.exits.registry import ExitPolicy, PerCallTable, number, parse_policy, register
 
 
 class ReuseCache:
@@ -209,21 +209,21 @@ class PhaseSplit(ExitPolicy):
 
 
 @register
-class ComputePlan(ExitPolicy):
+class ComputePlan(PerCallTable):
     """``plan:R``: per network call one action (a ``Call``: full, reuse:k, static:K, or any other
     call value), calibrated under the compute ratio R (``libs/evaluation/calibration.py``)."""
 
     family = "plan"
     spelling = "plan:R        a calibrated per-call plan (full, reuse:k, static:K) under the compute ratio R"
-    reuses = per_call = True
+    reuses = True
 
     def __init__(self, ratio: float, actions: Optional[Sequence] = None, proxy: Optional[float] = None,
                  achieved: Optional[float] = None):
         ratio = float(ratio)
         self.refuse(ratio)
         self.ratio = ratio
-        self.actions = None if actions is None else tuple(parse_action(a) if isinstance(a, str) else a
-                                                          for a in actions)
+        self.table = None if actions is None else tuple(parse_action(a) if isinstance(a, str) else a
+                                                        for a in actions)
         self.proxy, self.achieved = proxy, achieved
         self.uses_heads = any(a.uses_heads for a in self.actions or ())
 
@@ -238,12 +238,8 @@ class ComputePlan(ExitPolicy):
         return f"plan:{fmt(self.ratio)}"
 
     @property
-    def needs_calibration(self) -> bool:
-        return self.actions is None
-
-    @property
-    def calls(self) -> Optional[int]:
-        return None if self.actions is None else len(self.actions)
+    def actions(self) -> Optional[tuple]:
+        return self.table
 
     def calibration(self) -> str:
         if self.actions is None:
@@ -258,5 +254,3 @@ class ComputePlan(ExitPolicy):
     def cache_spans(self, num_blocks):
         return tuple(sorted({a.reuse_span(num_blocks) for a in self.actions or () if a.reuse is not None}))
 
-    def _call(self, call):
-        return self.actions[call]

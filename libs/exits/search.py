@@ -19,7 +19,7 @@ class PlanSearch(ExitPolicy):
     to full depth's under the compute ratio R (module docstring)."""
 
     family = "search"
-    spelling = "search:R      the plan of a searched family (phase x reuse interval x forecast order x gate) under ratio R"
+    spelling = "search:R      the best plan of a searched family (phase, reuse, forecast, gate) under the ratio R"
     per_call = True
 
     def __init__(self, ratio: float, plan: Optional[ExitPolicy] = None, proxy: Optional[float] = None,

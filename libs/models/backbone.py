@@ -243,7 +243,7 @@ class ExitBackbone(nn.Module):
         call = _call_from_args(exit_threshold, exit_policy)
         if call.rule is None and call.reuse is None:
             return self._forward_truncated(x, timesteps, cond, call.last_block(self.num_blocks))
-        return self._forward(x, timesteps, cond, call, None).sample
+        return exit_loop.forward(self, x, timesteps, cond, call)[0]
 
     def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
                            reuse_cache=None, **kwargs) -> EarlyExitOutput:
@@ -252,8 +252,8 @@ class ExitBackbone(nn.Module):
         cache's spans and takes the span the call reuses from it."""
         cond = self._cond_from_args(args, kwargs)
         call = _call_from_args(exit_threshold, exit_policy)
-        return self._forward(x, timesteps, cond, call, reuse_cache if reuse_cache is not None and reuse_cache.spans
-                             else None)
+        cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None
+        return EarlyExitOutput(*exit_loop.forward(self, x, timesteps, cond, call, cache))
 
     def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
         """Every block's prediction (shared head) and certainty map, for training."""
@@ -272,35 +272,6 @@ class ExitBackbone(nn.Module):
         for i in range(last + 1):
             h = self.run_block(i, h, carry)
         return self.output_head(h)
-
-    def _forward(self, x, timesteps, cond, call: Call, cache) -> EarlyExitOutput:
-        """One call: a truncated forward when every row stops at a known block and nothing is
-        cached, else the exit loop (``libs.models.exit_loop.run``)."""
-        last = call.last_block(self.num_blocks)
-        if cache is None and call.reuse is not None:
-            raise ValueError(f"exit policy {call.spec} reuses blocks: call forward_early_exit with reuse_cache= "
-                             f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as a SamplingRun does")
-        if cache is None and call.rule is None:
-            sample = self._forward_truncated(x, timesteps, cond, last)
-            if x.shape[0] == 1:
-                return EarlyExitOutput(sample, last, 0)
-            exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
-            return EarlyExitOutput(sample, exit_block, torch.zeros_like(exit_block))
-        if cache is not None:
-            self._check_cache(call, cache)
-            cache.begin_call(x.shape[0], timesteps)
-        h, carry = self.embed(x, timesteps, cond)
-        return EarlyExitOutput(*exit_loop.run(self, h, carry, call, cache))
-
-    def _check_cache(self, call: Call, cache) -> None:
-        span = call.reuse_span(self.num_blocks)
-        for sp in cache.spans + ((span,) if span is not None else ()):
-            problem = self.reuse_problem(sp)
-            if problem:
-                raise ValueError(f"exit policy {call.spec}: {problem}")
-        if span is not None and span not in cache.spans:
-            raise ValueError(f"exit policy {call.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
-                             f"cache does not keep (it keeps {list(cache.spans)})")
 
     def _cond_from_args(self, args, kwargs):
         """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""

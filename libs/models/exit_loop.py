@@ -4,7 +4,10 @@ the reuse cache, for any ``Call`` (``libs/exits/call.py``) and any batch size.
 It uses only the backbone contract (``libs/models/backbone.py``): ``run_block``, ``select_rows``,
 ``mean_certainty(_one)``, ``exit_patience``, ``output_head``, ``cache_value``, ``reuse_value``.
 
-``run(net, h, carry, call, cache)`` runs blocks 0 .. ``call.last_block``. After each block but
+``forward(net, x, t, cond, call, cache)`` is the dispatch of one call: a plain truncated
+forward (``net._forward_truncated``) when no rule decides per sample and nothing is cached,
+else the checks of the cache and ``run``. ``run(net, h, carry, call, cache)`` runs blocks 0 ..
+``call.last_block``. After each block but
 the last, the call's per-sample rule (if any) decides which rows stop there; a row that stops
 takes the shared output head on that block's tokens and leaves the batch (compaction: the
 activations, the carry, the rule's state and the pending cache entries), so later blocks run
@@ -39,14 +42,44 @@ import torch
 from libs.exits.call import float32
 
 
+def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
+    """One call of ``net`` on ``x`` (module docstring): ``(sample, exit_block, uem_evals, reused)``."""
+    last = call.last_block(net.num_blocks)
+    if cache is None and call.reuse is not None:
+        raise ValueError(f"exit policy {call.spec} reuses blocks: call forward_early_exit with reuse_cache= "
+                         f"(a ReuseCache of the sampling run, libs/exits/reuse.py), as a SamplingRun does")
+    if cache is None and call.rule is None:  # every row exits after a known block
+        sample = net._forward_truncated(x, timesteps, cond, last)
+        if x.shape[0] == 1:
+            return sample, last, 0, None
+        exit_block = torch.full((x.shape[0],), last, dtype=torch.long, device=x.device)
+        return sample, exit_block, torch.zeros_like(exit_block), None
+    if cache is not None:
+        _check_cache(net, call, cache)
+        cache.begin_call(x.shape[0], timesteps)  # a forecast needs the call's time
+    h, carry = net.embed(x, timesteps, cond)
+    return run(net, h, carry, call, cache)
+
+
+def _check_cache(net, call, cache) -> None:
+    span = call.reuse_span(net.num_blocks)
+    for sp in cache.spans + ((span,) if span is not None else ()):
+        problem = net.reuse_problem(sp)
+        if problem:
+            raise ValueError(f"exit policy {call.spec}: {problem}")
+    if span is not None and span not in cache.spans:
+        raise ValueError(f"exit policy {call.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
+                         f"cache does not keep (it keeps {list(cache.spans)})")
+
+
 def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] = None) -> tuple:
     """Blocks, exit tests, compaction and reuse of one call; ``h``, ``carry`` from ``net.embed``.
     ``one_row`` (default: a batch of one) picks the batch-of-one form."""
     N = net.num_blocks
     last, span = call.last_block(N), call.reuse_span(N)
     starts, ends = _stored_spans(cache, last, span)
-    rows = (_OneRow if (h.shape[0] == 1 if one_row is None else one_row) else _Rows)(net, h, carry, call.rule,
-                                                                                      cache)
+    one = h.shape[0] == 1 if one_row is None else one_row
+    rows = (_OneRow if one else _Rows)(net, h, carry, call.rule, cache)
     i = 0
     while True:
         if span is not None and i == span[0]:

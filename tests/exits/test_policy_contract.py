@@ -16,6 +16,7 @@ from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, Fu
 from libs.exits.recorder import ExitRecorder
 from libs.exits.forecast import Forecast
 from libs.exits.gated import GatedReuse
+from libs.exits.sampling_run import SamplingRun
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit
 from libs.exits.search import PlanSearch
 from tests.helpers.tiny_uvit import tiny
@@ -147,7 +148,7 @@ class PolicyContract:
         def run(rows):
             rec = ExitRecorder(net.num_blocks)
             rec.start_run()
-            fn = rec.wrap(net, policy)
+            fn = SamplingRun(net, policy, rec)
             with torch.no_grad():
                 return [fn(x[rows], torch.full((len(rows),), 800.0 - 300 * c), y[rows]) for c in range(3)], rec
 

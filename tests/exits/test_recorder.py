@@ -139,3 +139,17 @@ def test_reused_blocks_are_counted_and_not_charged():
     plain = ExitRecorder(num_blocks=5)
     plain.record(torch.tensor([4]))
     assert plain.summary(FLOPS_5, 1)["blocks_reused"] == 0 and plain.reused.tolist() == [[0] * 5]
+
+
+def test_wrap_is_a_sampling_run_recording_here():
+    """The recorder only counts: ``wrap`` hands back a ``SamplingRun`` (which owns the run's
+    calls, cache and output slicing) that records into it."""
+    from libs.exits.reuse import DeepCache
+    from libs.exits.sampling_run import SamplingRun
+
+    net = tiny()
+    rec = ExitRecorder(net.num_blocks)
+    run = rec.wrap(net, DeepCache(2, 1))
+    assert isinstance(run, SamplingRun) and run.recorder is rec and run.cache.spans == ((1, 4),)
+    assert rec.wrap(net, DeepCache(2, 1)).cache is not run.cache  # a new cache per run
+    assert SamplingRun(net, FULL).cache is None

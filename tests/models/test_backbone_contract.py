@@ -10,6 +10,7 @@ from libs.models import flops as fl
 from libs.models.backbone import ExitBackbone
 from libs.exits.policy import StaticExit, ThresholdExit
 from libs.exits.recorder import ExitRecorder
+from libs.exits.sampling_run import SamplingRun
 from libs.diffusion.wrappers import conditional_model_fn, with_time_scale
 from libs.diffusion.schedules import LinearVPSchedule
 from libs.training.engine import TrainForward
@@ -100,7 +101,7 @@ def test_toy_backbone_samples_with_early_exit_and_per_sample_equivalence():
         torch.testing.assert_close(net(x, t, exit_policy=StaticExit(1)), preds[1], atol=1e-6, rtol=1e-6)
         # a sampling run through the engine's recorder and DPM-Solver
         rec = ExitRecorder(net.num_blocks)
-        fn = with_time_scale(rec.wrap(net, ThresholdExit(tau)), 999.0)
+        fn = with_time_scale(SamplingRun(net, ThresholdExit(tau), rec), 999.0)
         x0 = dpm_solver_sample(conditional_model_fn(fn, None), torch.randn(4, 1, 4, 4), LinearVPSchedule(),
                                steps=6, order=2, method="multistep", predict="noise", skip_type="logSNR")
     assert torch.isfinite(x0).all()
@@ -138,7 +139,7 @@ def test_toy_backbone_reuses_through_the_contracts_default_hooks():
     def run(policy, rows):
         rec = ExitRecorder(net.num_blocks)
         rec.start_run()
-        fn = rec.wrap(net, policy)
+        fn = SamplingRun(net, policy, rec)
         with torch.no_grad():
             return [fn(x[rows], t[rows] * (1 - 0.3 * c)) for c in range(3)], rec
 

@@ -280,6 +280,7 @@ def test_threshold_is_compared_strictly_and_validated():
 # ------------------------------------------------------------------ reuse (libs/exits/reuse.py)
 from libs.exits.policy import FULL  # noqa: E402
 from libs.exits.recorder import ExitRecorder  # noqa: E402
+from libs.exits.sampling_run import SamplingRun  # noqa: E402
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit, ReuseCache, ReuseCall  # noqa: E402
 
 
@@ -287,7 +288,7 @@ def sampling_calls(net, policy, x, y, calls=4, recorder=None):
     """``calls`` network calls of one sampling run through the recorder (a new cache)."""
     rec = recorder or ExitRecorder(net.num_blocks)
     rec.start_run()
-    fn = rec.wrap(net, policy)
+    fn = SamplingRun(net, policy, rec)
     with torch.no_grad():
         return [fn(x, torch.full((x.shape[0],), 900.0 - 150 * c), y) for c in range(calls)], rec
 
