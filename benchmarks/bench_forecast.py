@@ -48,12 +48,14 @@ def rows_at(steps, rules, net, task, config, top):
     return rows
 
 
-def compare(rows, report_path, budgets):
+def compare(rows, report_paths, budgets):
     """Spearman of the proxy with the measured FIDs of the same (steps, rule) points of a full
-    evaluation, and per budget (a ratio of full depth's GFLOPs/img at the same step count) the
+    evaluation (``report_paths``: its report.json files, comma-separated), and per budget (a ratio of full depth's GFLOPs/img at the same step count) the
     FID the proxy's pick loses to the best measured point."""
-    data = json.load(open(report_path))
-    report = {(r["sample_steps"], r["policy"]): r for r in (data["rows"] if isinstance(data, dict) else data)}
+    report = {}
+    for path in report_paths.split(","):
+        data = json.load(open(path))
+        report.update({(r["sample_steps"], r["policy"]): r for r in (data["rows"] if isinstance(data, dict) else data)})
     both = [(r, report[(r["sample_steps"], r["policy"])]) for r in rows if (r["sample_steps"], r["policy"]) in report]
     print(f"\n{len(both)} points with a measured FID: Spearman(proxy, FID) = "
           f"{spearman([r['proxy'] for r, _ in both], [m['fid'] for _, m in both]):+.3f}")
@@ -77,7 +79,7 @@ def main():
     ap.add_argument("--top", type=int, default=5, help="best plans under R a search scored, printed")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--rows", default=None, help="read the rows from this JSON (of --out) instead of sampling")
-    ap.add_argument("--fid_report", default=None, help="report.json of an evaluation of the same points")
+    ap.add_argument("--fid_report", default=None, help="report.json files (comma-separated) of evaluations of the same points")
     ap.add_argument("--budgets", default="0.5,0.7,1")
     args = ap.parse_args()
     if args.rows:
