@@ -5,7 +5,8 @@ For each step count: full depth's images on the calibration images (``config.sam
 the calibration seed stream) are the reference; every rule runs on the same images and noise and
 prints its GFLOPs/img over full depth's (``ratio``), the proxy (mean squared distance of its
 images in [0, 1] to the reference's: ``libs/evaluation/calibration.py`` ``proxy_distance``), the
-blocks computed and reused per call and the cache per image. ``search:R`` rules print the plan
+blocks computed and reused per call, the cache per image and the images' pixel standard
+deviation (their contrast) beside full depth's. ``search:R`` rules print the plan
 found, its action per call, and with ``--top`` the best plans under R the search scored.
 
     python benchmarks/bench_forecast.py --nnet_path=workdir/main_job/adadiff/ckpts/800.ckpt/nnet_ema.pth \
@@ -36,10 +37,11 @@ def rows_at(steps, rules, net, task, config, top):
         row = dict(sample_steps=steps, policy=p.spec, ratio=s["gflops_per_image"] / full_g,
                    gflops_per_image=s["gflops_per_image"], proxy=proxy_distance(img, ref),
                    blocks=s["mean_blocks"], reused=s["blocks_reused"], cache_kib=s["cache_bytes_per_image"] / 1024,
-                   plan=rule.calibration())
+                   plan=rule.calibration(), contrast=float(img.std()), contrast_full=float(ref.std()))
         rows.append(row)
         print(f"{steps:>3} {p.spec:<40} ratio {row['ratio']:.3f}  proxy {row['proxy']:.4g}  blocks {row['blocks']:.2f}"
-              f" / reused {row['reused']:.2f}  cache {row['cache_kib']:.1f} KiB", flush=True)
+              f" / reused {row['reused']:.2f}  cache {row['cache_kib']:.1f} KiB  pixel std {row['contrast']:.4f}"
+              f" (full {row['contrast_full']:.4f})", flush=True)
         if row["plan"]:
             print(f"      {row['plan']}", flush=True)
         fits = sorted((d, c, spec) for spec, c, d in getattr(rule, "scored", ()) if c <= rule.ratio + 1e-9)
@@ -56,7 +58,9 @@ def compare(rows, report_paths, budgets):
     for path in report_paths.split(","):
         data = json.load(open(path))
         report.update({(r["sample_steps"], r["policy"]): r for r in (data["rows"] if isinstance(data, dict) else data)})
-    both = [(r, report[(r["sample_steps"], r["policy"])]) for r in rows if (r["sample_steps"], r["policy"]) in report]
+    full = [dict(sample_steps=s, policy="full", ratio=1.0, proxy=0.0) for s in sorted({r["sample_steps"] for r in rows})]
+    both = [(r, report[(r["sample_steps"], r["policy"])]) for r in full + rows
+            if (r["sample_steps"], r["policy"]) in report]
     print(f"\n{len(both)} points with a measured FID: Spearman(proxy, FID) = "
           f"{spearman([r['proxy'] for r, _ in both], [m['fid'] for _, m in both]):+.3f}")
     for steps in sorted({r["sample_steps"] for r, _ in both}):
