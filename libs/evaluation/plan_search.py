@@ -18,7 +18,7 @@ Each plan runs once on the calibration images (their own indices and noise, not 
 images'). Its score is the proxy: the mean squared distance of its images (decoded, clipped to
 [0, 1]: what FID sees) to full depth's images at the same step count from the same noise; its
 cost, the GFLOPs/img of that run over full depth's. The plan chosen has the smallest proxy
-among those whose cost is at most R (ties: the cheaper, then the earlier). About 120 runs of
+among those whose cost is at most R (ties: the cheaper, then the earlier). About 105 runs of
 the calibration images per search. The gate's values: the digits model's head after block 0
 reads 0.5 to 0.8 on most rows (at G <= 0.5 a gate never fires there).
 """
