@@ -5,6 +5,7 @@
 ``sampling``         ``generate`` (one batch), per-image noise and sampler seeds
 ``calibration``      ``calibrate_policy`` (profile:, budget:, phase:, plan:'s greedy planner),
                      runs on the calibration images, the quality proxy ``proxy_distance``
+``plan_search``      the search of whole plans behind ``search:R``
 ``frontier``         Pareto flags and the compute budget's choice
 ``report``           the report (json / csv / txt), ``tradeoff.png``
 ``image_io``         sample grids and PNGs

@@ -5,6 +5,7 @@ calibration images (what calibration and the compute budget's quality proxy both
 * ``budget:R``: bisection on the threshold until the layer ratio is within 0.01 of R;
 * ``phase:F:A+B``: the calls of a run counted (one static:0 run);
 * ``plan:R``: the greedy planner (``greedy_plan``) under the compute ratio R;
+* ``search:R``: the search of whole plans (``libs/evaluation/plan_search.py``) under R;
 * ``proxy_distance``: the quality proxy of the plan search and of the compute budget
   (``libs/evaluation/frontier.py``).
 
@@ -21,6 +22,7 @@ from typing import Callable, List, Optional
 
 import torch
 
+from libs.evaluation.plan_search import search_plan
 from libs.evaluation.sampling import generate
 from libs.exits.call import Call, ExitPolicyError, fmt
 from libs.exits.policy import FULL, BudgetExit, ExitPolicy, ProfileExit, StaticExit, ThresholdExit
@@ -32,11 +34,12 @@ log = logging.getLogger(__name__)
 
 
 def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contextlib.nullcontext,
-                    steps: Optional[int] = None, keep: bool = False):
+                    steps: Optional[int] = None, keep: bool = False, images: bool = False):
     """Run ``rule`` on the first ``config.sample.calib_samples`` image indices with the
     calibration seed stream (not the evaluated images' noise) and ``steps`` sampler steps.
     Returns the recorder's summary (FLOPs included), and with ``keep=True`` also the (N, ...)
-    samples x_0 (float32, CPU)."""
+    samples x_0 (float32, CPU), or with ``images=True`` too the images decoded and clipped to
+    [0, 1] (what FID sees; the proxy of the compute budget and of ``search:R`` compares these)."""
     sc = config.sample
     n, bs = int(sc.get("calib_samples", 64)), int(sc.mini_batch_size)
     seed = mix_seed(config.seed, Stream.CALIBRATION)
@@ -48,7 +51,7 @@ def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contex
                 x0 = generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b, device,
                               decode=False, steps=steps)
             if keep:
-                samples.append(x0.float().cpu())
+                samples.append((task.decode(x0).clamp(0, 1) if images else x0).float().cpu())
     summary = recorder.summary(net.flops() if keep else None, n)
     return (summary, torch.cat(samples)) if keep else summary
 
@@ -64,8 +67,8 @@ def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=con
     was_training = net.training
     net.eval()
     t0 = time.perf_counter()
-    calibrated = calibrate(policy, lambda rule, keep=False: calibration_run(net, task, config, rule, device,
-                                                                            autocast, steps, keep))
+    calibrated = calibrate(policy, lambda rule, keep=False, images=False: calibration_run(
+        net, task, config, rule, device, autocast, steps, keep, images))
     net.train(was_training)
     logger = logger or log
     at = f" at {steps} steps" if steps is not None else ""
@@ -207,4 +210,5 @@ def greedy_plan(ratio: float, run: Callable[..., tuple]) -> ComputePlan:
 
 #: the calibration of each rule family that needs one
 CALIBRATORS = {"profile": calibrate_profile, "budget": calibrate_budget, "phase": calibrate_phase,
-               "plan": lambda policy, run: greedy_plan(policy.ratio, run)}
+               "plan": lambda policy, run: greedy_plan(policy.ratio, run),
+               "search": lambda policy, run: search_plan(policy.ratio, run, proxy_distance)}

@@ -8,14 +8,22 @@
 ``policy``        exit rules: threshold, static, profile, budget, full; ``as_call``
 ``reuse``         cross-step reuse: ``deepcache:N:k``, ``phase:F:A+B``, ``plan:R`` and the
                   per-run ``ReuseCache``
+``forecast``      ``forecast:N:k:O``: the reused span forecast from the last full calls
+                  (order 0 copy, 1 linear, 2 quadratic in time); ``ForecastCache``
+``gated``         ``gate:G:RULE``: the head before the span decides, per row, whether to reuse
+``search``        ``search:R``: the plan a search of whole plans found (the search itself:
+                  ``libs/evaluation/plan_search.py``)
 ``sampling_run``  ``SamplingRun``: the ``net_fn`` of one run (each call's ``Call``, the reuse
                   cache, the noise channels of the output)
 ``recorder``      ``ExitRecorder``: exits per step and block, heads run, blocks reused,
                   GFLOPs per image (it only counts)
 ================  ==========================================================================
 
-Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``) samples
-images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``). Importing this
-package registers both rule families (``policy``, ``reuse``) in the registry.
+Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``,
+``search:``) samples images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``,
+``libs/evaluation/plan_search.py``). Importing this package registers every rule module
+(``policy``, ``reuse``, ``forecast``, ``gated``, ``search``) in the registry.
 """
-from libs.exits import policy, reuse  # noqa: F401 (registers the rules)
+# The order of the imports is the order of the registry's table and of the --exit_policy help.
+from libs.exits import policy, reuse  # noqa: F401,I001 (registers the rules)
+from libs.exits import forecast, gated, search  # noqa: F401,I001 (registers the rules built on reuse)

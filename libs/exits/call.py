@@ -2,8 +2,10 @@
 
 A ``Call`` is a small frozen value: the last block the call may run (``last``; None: the
 network's last), the DeepCache depth of the span it takes from the run's reuse cache
-(``reuse``; None: none) and the per-sample exit rule (``rule``; None: every row runs to
-``last``). The exit loop (``libs/models/exit_loop.py``) runs any ``Call``; a run-level rule
+(``reuse``; None: none), the per-sample exit rule (``rule``; None: every row runs to
+``last``) and the gate of the reuse (``gate``; None: every row with a cached value reuses it;
+G: only rows whose certainty after the block before the span is at least G, ``libs/exits/gated.py``).
+The exit loop (``libs/models/exit_loop.py``) runs any ``Call``; a run-level rule
 (``libs/exits/registry.py``) turns a call index into one. A per-sample rule (``Rule``; the
 released one is ``Threshold``) decides after each block but the last which rows stop there.
 The spelling helpers (``fmt``, ``finite``, ``ExitPolicyError``) live here, at the bottom.
@@ -132,8 +134,11 @@ class Call:
     last: Optional[int] = None
     reuse: Optional[int] = None
     rule: Optional[Rule] = None
+    gate: Optional[float] = None
 
     def __post_init__(self):
+        if self.gate is not None and (self.reuse is None or not finite(self.gate) or not 0 <= self.gate <= 1):
+            raise ExitPolicyError(f"reuse gate {self.gate!r}: a gate is a certainty in [0, 1] of a call that reuses")
         if self.last is not None and not integer(self.last, 0):
             raise ExitPolicyError(f"static:{self.last!r}: K is a 0-based block index (an integer >= 0)")
         if self.reuse is not None and not integer(self.reuse, 1):
@@ -144,7 +149,8 @@ class Call:
         """'full', 'static:K', 'threshold:T', 'reuse:k', joined by '+' when several apply."""
         parts = ([f"reuse:{self.reuse}"] if self.reuse is not None else []) + \
                 ([f"static:{self.last}"] if self.last is not None else []) + \
-                ([self.rule.spec] if self.rule is not None else [])
+                ([self.rule.spec] if self.rule is not None else []) + \
+                ([f"gate:{fmt(self.gate)}"] if self.gate is not None else [])
         return "+".join(parts) or "full"
 
     def __str__(self):
@@ -152,7 +158,7 @@ class Call:
 
     @property
     def uses_heads(self) -> bool:
-        return self.rule is not None
+        return self.rule is not None or self.gate is not None
 
     def last_block(self, num_blocks: int) -> int:
         return num_blocks - 1 if self.last is None else min(self.last, num_blocks - 1)
@@ -173,7 +179,7 @@ class Call:
         """Refuse what cannot run on a network of ``num_blocks`` blocks (with or without heads);
         ``name``: the spelling the messages name (default: this call's)."""
         name = name or self.spec
-        if self.rule is not None and not has_heads:
+        if self.uses_heads and not has_heads:
             raise headless(name)
         if self.last is not None and self.last >= num_blocks:
             raise ExitPolicyError(f"exit policy {name}: the network has {num_blocks} blocks "

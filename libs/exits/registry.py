@@ -56,6 +56,8 @@ class ExitPolicy:
     uses_heads = False
     #: may take a span's output from the run's reuse cache (libs/exits/reuse.py)
     reuses = False
+    #: None: a reused span is the cached value; 0, 1, 2: the order of its forecast (libs/exits/forecast.py)
+    forecast_order: Optional[int] = None
     #: its calls differ by call index (a network forward alone cannot run it)
     per_call = False
     needs_calibration = False

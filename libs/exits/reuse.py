@@ -54,6 +54,11 @@ class ReuseCache:
             raise ValueError(f"a reuse cache belongs to one sampling run of one batch: it holds {self.batch} rows, "
                              f"but a call brought {batch}; make a new cache (ExitRecorder.wrap) per run")
 
+    def begin_call(self, batch: int, times) -> None:
+        """A network call of ``batch`` rows at network time ``times`` starts (a copy needs no
+        time; a forecast does: ``libs/exits/forecast.py``)."""
+        self.bind(batch)
+
     def store(self, span: Span, rows: Optional[torch.Tensor], value: torch.Tensor) -> None:
         if rows is None:
             self._values[span], self._valid[span] = value, True  # a reference: blocks never write in place
@@ -119,10 +124,12 @@ class DeepCache(ExitPolicy):
             return None
         return "spell it deepcache:N:k with N >= 1 (a full call every N calls) and k >= 1 (shallow blocks per side)"
 
+    arity = 2  # numbers in the spelling (forecast:N:k:O has 3)
+
     @classmethod
     def parse(cls, arg: str, text: str) -> "DeepCache":
         parts = arg.split(":")
-        value = tuple(number(p, text) for p in parts) if len(parts) == 2 else None
+        value = tuple(number(p, text) for p in parts) if len(parts) == cls.arity else None
         cls.refuse(value, text)
         return cls(*value)
 
@@ -156,6 +163,8 @@ class PhaseSplit(ExitPolicy):
         self.fraction, self.first, self.then = float(fraction) + 0.0, first, then
         self.switch, self.calls = switch, calls
         self.uses_heads, self.reuses = first.uses_heads or then.uses_heads, first.reuses or then.reuses
+        orders = [o for o in (first.forecast_order, then.forecast_order) if o is not None]
+        self.forecast_order = max(orders) if orders else None
 
     @classmethod
     def argument_problem(cls, value):

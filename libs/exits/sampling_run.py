@@ -3,14 +3,14 @@
 
 It owns what belongs to the run: the index of the next network call and, from the rule, that
 call's ``Call`` (``policy.for_call``); the run's reuse cache (a new ``ReuseCache`` per run,
-i.e. per batch, when the rule reuses); and the output slicing (``net.noise_prediction``: the
-noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
+i.e. per batch, when the rule reuses; a ``ForecastCache`` when it forecasts); and the output
+slicing (``net.noise_prediction``: the noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
 (``ExitRecorder.record_call``).
 """
 from __future__ import annotations
 
 from libs.exits.policy import as_policy
-from libs.exits.reuse import ReuseCache
+from libs.exits.forecast import make_cache
 
 
 class SamplingRun:
@@ -18,7 +18,7 @@ class SamplingRun:
 
     def __init__(self, net, policy, recorder=None):
         self.net, self.policy, self.recorder = net, as_policy(policy), recorder
-        self.cache = ReuseCache(self.policy.cache_spans(net.num_blocks)) if self.policy.reuses else None
+        self.cache = make_cache(self.policy, net.num_blocks)  # a ReuseCache, a ForecastCache or None
         self.calls = 0  # network calls made so far
 
     def __call__(self, x, t_net, cond=None):

@@ -20,7 +20,10 @@ each cached span the call computes (spans disjoint from the one it reuses), the 
 of the span the call reuses (``call.reuse_span``) it takes each row's own cached value
 (``reuse_value``) and skips the span's blocks, or computes them for the rows with nothing cached
 (a sub-batch with its carry: a reusable span leaves the carry as it found it); no exit test
-after a block of that span.
+after a block of that span. A call with a ``gate`` (``libs/exits/gated.py``) first reads the
+mean certainty of the head after block span[0]-1 for the active rows; only rows at or above the
+gate take the cached (or forecast, ``libs/exits/forecast.py``) value, the others compute the
+span as rows with nothing cached do. The head counts for the rows that go through the span.
 
 The batch of one (``_OneRow``, the only special case): decisions on Python values
 (``Rule.decide_one``: no index, compaction or scatter, one host read per test; the threshold
@@ -35,6 +38,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from libs.exits.call import float32
 
 
 def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
@@ -51,7 +56,7 @@ def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
         return sample, exit_block, torch.zeros_like(exit_block), None
     if cache is not None:
         _check_cache(net, call, cache)
-        cache.bind(x.shape[0])
+        cache.begin_call(x.shape[0], timesteps)  # a forecast needs the call's time
     h, carry = net.embed(x, timesteps, cond)
     return run(net, h, carry, call, cache)
 
@@ -78,7 +83,7 @@ def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] =
     i = 0
     while True:
         if span is not None and i == span[0]:
-            rows.through_span(span)
+            rows.through_span(span, call.gate)
             i = span[1] - 1
         else:
             rows.block(i, starts.get(i, ()), ends.get(i, ()))
@@ -161,11 +166,13 @@ class _Rows:
         self.carry = self.net.select_rows(self.carry, keep)
         return False
 
-    def through_span(self, span) -> None:
+    def through_span(self, span, gate: Optional[float] = None) -> None:
         """The reused span for the active rows: each row's cached value, or the span computed
-        (and cached) for the rows with none."""
+        (and cached) for the rows with none or, with a ``gate``, whose certainty is below it."""
         net, h, active = self.net, self.h, self.active
         value, have = self.cache.fetch(span, active)
+        if gate is not None and have is not False:
+            have = self._gated(span, gate, have)
         if have is True:
             self.h = net.reuse_value(span, h, value)
         elif have is False:
@@ -179,6 +186,14 @@ class _Rows:
             self.h.index_copy_(0, lack, sub)
             self.h.index_copy_(0, take, net.reuse_value(span, h[take], value[take]))
         self._took(have)
+
+    def _gated(self, span, gate: float, have):
+        """``have`` and (head span[0]-1's mean certainty >= gate), as True, False or a mask.
+        The head counts for the rows that go through the span (block span[0] - 0.5 of ``heads``)."""
+        self.heads.append(span[0] - 0.5)
+        have = (self.net.mean_certainty(span[0] - 1, self.h, self.carry) >= gate) & have  # (b,); float32 compare
+        n = int(have.sum())  # host sync
+        return True if n == have.shape[0] else False if n == 0 else have
 
     def _took(self, have) -> None:
         if isinstance(have, bool):
@@ -215,6 +230,10 @@ class _OneRow(_Rows):
             self.window[i] = self.h
         exits, self.state = self.rule.decide_one(i, patience, self.certainty, self.state)
         return bool(exits)
+
+    def _gated(self, span, gate: float, have) -> bool:
+        self.heads.append(span[0] - 0.5)
+        return self.net.mean_certainty_one(span[0] - 1, self.h, self.carry) >= float32(gate)
 
     def _took(self, have) -> None:
         self.reused = have

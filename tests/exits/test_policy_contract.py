@@ -14,8 +14,11 @@ from libs.exits.call import Call, Threshold, float32
 from libs.exits.policy import (FULL, BudgetExit, ExitPolicy, ExitPolicyError, FullDepth, ProfileExit, StaticExit,
                               ThresholdExit, parse_policy)
 from libs.exits.recorder import ExitRecorder
+from libs.exits.forecast import Forecast
+from libs.exits.gated import GatedReuse
 from libs.exits.sampling_run import SamplingRun
 from libs.exits.reuse import ComputePlan, DeepCache, PhaseSplit
+from libs.exits.search import PlanSearch
 from tests.helpers.tiny_uvit import tiny
 
 NUM_BLOCKS = 7  # blocks 0..6; the last has no exit test
@@ -273,3 +276,41 @@ class TestPlan(PolicyContract):
         assert p.cache_spans(7) == ((1, 6),) and "per call: full reuse:1 static:3" in p.calibration()
         with pytest.raises(ExitPolicyError, match="not calibrated"):
             ComputePlan(0.6).for_call(0)
+
+
+class TestForecast(PolicyContract):
+    rule = Forecast
+    good = ((1, 1, 0), (2, 1, 1), (3, 2, 2))
+    bad = ((0, 1, 1), (2, 0, 1), (2, 1, 3), (2, 1, 0.5), (2, 1, -1))
+
+    def make(self):
+        return Forecast(2, 1, 2)
+
+
+class TestGated(PolicyContract):
+    rule = GatedReuse
+    good = ((0.5, DeepCache(2, 1)), (0.0, Forecast(2, 1, 1)), (1.0, Forecast(3, 2, 2)))
+    bad = ((1.5, DeepCache(2, 1)), (-0.1, DeepCache(2, 1)), (math.nan, DeepCache(2, 1)), (0.5, ThresholdExit(0.9)),
+           (0.5, GatedReuse(0.5, DeepCache(2, 1))))
+    needs_heads = True
+
+    def make(self):
+        return GatedReuse(0.5, Forecast(2, 1, 1))
+
+
+class TestSearch(PolicyContract):
+    rule = PlanSearch
+    good = (0.05, 0.5, 1.0)
+    bad = (0.0, -0.5, 1.5, math.nan)
+    needs_heads = True
+
+    def make(self):
+        plan = PhaseSplit(0.4, ThresholdExit(0.6), GatedReuse(0.5, Forecast(2, 1, 1)), switch=1, calls=3)
+        return PlanSearch(0.5, plan, proxy=0.1, achieved=0.45, calls=3, tried=1)
+
+    def test_runs_the_plan_it_found(self):
+        p = self.make()
+        assert [c.spec for c in map(p.for_call, range(3))] == ["threshold:0.6", "full", "reuse:1+gate:0.5"]
+        assert p.calibration().endswith("per call: threshold:0.6 full reuse:1+gate:0.5") and p.forecast_order == 1
+        with pytest.raises(ExitPolicyError, match="not calibrated"):
+            PlanSearch(0.5).for_call(0)

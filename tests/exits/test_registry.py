@@ -9,14 +9,16 @@ from libs.exits.registry import RULES, WORDS, ExitPolicy, register, spelling_hel
 
 
 def test_both_rule_families_are_in_the_one_table():
-    assert list(RULES) == ["threshold", "static", "profile", "budget", "full", "deepcache", "phase", "plan"]
+    assert list(RULES) == ["threshold", "static", "profile", "budget", "full", "deepcache", "phase", "plan",
+                           "forecast", "gate", "search"]
     assert set(WORDS) == {"full", "none", "inf"}
 
 
 def test_the_help_has_a_line_per_rule_reuse_included():
     lines = spelling_help().splitlines()
     assert [line.split()[0] for line in lines] == ["threshold:T", "static:K", "profile:T", "budget:R", "full",
-                                                   "deepcache:N:k", "phase:F:A+B", "plan:R"]
+                                                   "deepcache:N:k", "phase:F:A+B", "plan:R", "forecast:N:k:O",
+                                                   "gate:G:RULE", "search:R"]
     assert all(len(line) <= 100 and line.split(None, 1)[1] for line in lines)
 
 
