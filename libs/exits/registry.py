@@ -173,6 +173,14 @@ def number(text: str, item: str) -> float:
     return value
 
 
+def _overflows(text: str) -> bool:
+    """True when ``text`` is a number too large for a float (it reads as infinity)."""
+    try:
+        return math.isinf(float(text))
+    except ValueError:
+        return False
+
+
 def parse_policy(item) -> ExitPolicy:
     """One rule from its spelling (a number is its bare spelling, a threshold; an ExitPolicy
     is returned as is); an ``ExitPolicyError`` names the item as written and the range."""
@@ -185,6 +193,9 @@ def parse_policy(item) -> ExitPolicy:
     if low in WORDS:
         return WORDS[low].parse("", text)
     family, _, arg = (BARE, "", text) if ":" not in low else (part.strip() for part in low.partition(":"))
+    if ":" not in low and _overflows(low):  # '1e309' is not the word 'inf' (full depth): say both
+        raise ExitPolicyError(f"exit policy {text!r}: {text!r} is not a finite number; for full depth write "
+                              f"full (or none, inf, 1)")
     if family not in RULES:
         raise ExitPolicyError(f"unknown exit policy {text!r}; spell policies as {spellings()}")
     return RULES[family].parse(arg, text)

@@ -5,7 +5,7 @@ import pytest
 
 from libs.exits.call import Call, ExitPolicyError
 from libs.exits.policy import ProfileExit, StaticExit
-from libs.exits.registry import RULES, WORDS, ExitPolicy, register, spelling_help
+from libs.exits.registry import RULES, WORDS, ExitPolicy, parse_policy, register, spelling_help
 
 
 def test_both_rule_families_are_in_the_one_table():
@@ -36,3 +36,12 @@ def test_calls_past_a_calibrated_table_are_refused():
     assert [p.for_call(c) for c in (0, 1)] == [Call(last=1), Call(last=2)] and p.calls == 2
     with pytest.raises(ExitPolicyError, match="calibrated for 2 network calls per sampling run, but call 3"):
         p.for_call(2)
+
+
+@pytest.mark.parametrize("text", ["1e309", "-1e309", "1E400"])
+def test_an_overflowing_number_is_refused_naming_the_full_depth_words(text):
+    """The word 'inf' is full depth; a bare number that overflows to infinity is refused in one
+    line that says how to write full depth (the two no longer look alike and act apart)."""
+    with pytest.raises(ExitPolicyError, match="not a finite number; for full depth write full"):
+        parse_policy(text)
+    assert parse_policy("inf").spec == "full"
