@@ -54,31 +54,23 @@ MOST_FILES = {"dpm_solver": 11, "euler_maruyama_sde": 10}  # eval.py ... uvit_co
 
 @pytest.mark.parametrize("algorithm", ["dpm_solver", pytest.param("euler_maruyama_sde", marks=pytest.mark.slow)])
 def test_the_path_from_eval_py_to_a_block_crosses_few_files(algorithm, tmp_path):
-    """``python eval.py`` of a tiny network (full depth and a threshold rule): at every block it
-    runs while sampling, the project files of the stack from eval.py down (tests/helpers/
-    sampling_path.py) stay within MOST_FILES. dpm_solver (the digits default) has the longest
-    path: eval.py, cli/evaluate.py, evaluation/engine.py, evaluation/sampling.py, the solver and
-    the solver toolkit, diffusion/wrappers.py, exits/sampling_run.py, models/backbone.py,
-    models/exit_loop.py, models/uvit_core.py."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    """``eval.py`` of a tiny network (full depth and a threshold rule) run as from the command
+    line: at every block it runs while sampling, the project files of the stack from eval.py
+    down (tests/helpers/sampling_path.py) stay within MOST_FILES. dpm_solver (the digits
+    default) has the longest path: eval.py, cli/evaluate.py, evaluation/engine.py,
+    evaluation/sampling.py, the solver and the solver toolkit, diffusion/wrappers.py,
+    exits/sampling_run.py, models/backbone.py, models/exit_loop.py, models/uvit_core.py."""
+    from tests.helpers.sampling_path import sampling_paths
 
     config = tiny()
     (tmp_path / "w").mkdir()
     torch.save(build_nnet(config.nnet).state_dict(), tmp_path / "w/nnet.pth")
     nnet = {k: config.nnet[k] for k in ("embed_dim", "depth", "num_heads")}
-    args = [f"--config.nnet.{k}={v}" for k, v in nnet.items()] + [
-        f"--config.sample.{k}={v}" for k, v in dict(n_samples=1, mini_batch_size=1, sample_steps=1, grid_size=1,
-                                                     fid_stat="", algorithm=algorithm).items()]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "tests.helpers.sampling_path", str(tmp_path / "path.json"), "eval.py",
-                    "--config=configs/digits_uvit_tiny.py", f"--nnet_path={tmp_path / 'w/nnet.pth'}",
-                    f"--output_path={tmp_path / 'eval'}", f"--workdir={tmp_path / 'wd'}", "--exit_threshold=0.5",
-                    *args], check=True, env=env, capture_output=True, cwd=Path(__file__).resolve().parents[2])
-    paths = json.loads((tmp_path / "path.json").read_text())
+    sample = dict(n_samples=1, mini_batch_size=1, sample_steps=1, grid_size=1, fid_stat="", algorithm=algorithm)
+    paths = sampling_paths("eval.py", [
+        "--config=configs/digits_uvit_tiny.py", f"--nnet_path={tmp_path / 'w/nnet.pth'}",
+        f"--output_path={tmp_path / 'eval'}", f"--workdir={tmp_path / 'wd'}", "--exit_threshold=0.5",
+        *[f"--config.nnet.{k}={v}" for k, v in nnet.items()], *[f"--config.sample.{k}={v}" for k, v in sample.items()]])
     assert len(paths) >= 2  # the full-depth reference and the threshold rule
     for path in paths:
         assert path["files"][0] == "eval.py" and path["files"][-1] == "libs/models/uvit_core.py"
