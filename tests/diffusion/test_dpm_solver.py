@@ -17,6 +17,7 @@ import libs.diffusion.dpm_solver as dpm
 from libs.diffusion.dpm_solver import dpm_solver_sample, get_time_steps, multistep_orders, singlestep_orders
 from libs.diffusion.registry import make_sampler
 from libs.diffusion.schedules import DiscreteVPSchedule
+from libs.diffusion.solver_toolkit import points
 from tests.helpers.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
 
 
@@ -72,7 +73,7 @@ def test_multistep_keeps_the_history_it_uses():
     solver = dpm._Integrator(gaussian_eps_fn(sch), sch, "noise", "dpmsolver")
     real = solver.multistep
     solver.multistep = lambda x, prev, ms, t, k: seen.append([p.t for p in prev[-k:]]) or real(x, prev, ms, t, k)
-    pts = dpm._points(sch, get_time_steps(sch, "logSNR", 1.0, 1e-4, 6))
+    pts = points(sch, get_time_steps(sch, "logSNR", 1.0, 1e-4, 6))
     dpm._multistep(solver, torch.randn(2, 2, dtype=F64), pts, multistep_orders(6, 3, lower_order_final=False))
     assert seen == [[p.t for p in pts[max(0, i - k):i]] for i, k in enumerate([1, 2, 3, 3, 3, 3], start=1)]
 
