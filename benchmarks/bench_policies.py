@@ -39,8 +39,8 @@ def bare_sampling(net, task, sample_cfg, indices, blocks_per_call, seed, batch_s
     cond = task.conditions(indices, device)
     calls = iter(blocks_per_call)
     net_fn = with_time_scale(lambda x, t, c: net._forward_truncated(x, t, c, next(calls)), task.time_scale)
-    return make_sampler(sample_cfg, task.schedule)(conditional_model_fn(net_fn, cond), x_T,
-                                                   sampler_generator(seed, batch_seed, device))
+    sample = make_sampler(sample_cfg, task.schedule, generator=sampler_generator(seed, batch_seed, device))
+    return sample(conditional_model_fn(net_fn, cond), x_T)
 
 
 def main(argv=None):

@@ -32,36 +32,44 @@ def tiny_assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A tiny digits AdaDiff model trained for 200 steps, and reference statistics of 40 digits."""
-    from libs.data.reference import reference_images
-    from libs.data.registry import get_dataset
+def trained_weights(tmp_path_factory):
+    """The EMA weights of a tiny digits AdaDiff model trained for 100 steps of 32 images (once per session)."""
     from libs.tasks.pixel import PixelTask
     from libs.training.engine import train
-    from libs.evaluation.fid import FIDAccumulator, save_statistics
-    from libs.evaluation.inception import load_inception
 
     tmp = tmp_path_factory.mktemp("digits")
     config = get_config()
     config.nnet.update(embed_dim=32, depth=2, num_heads=2)
     config.workdir = str(tmp / "run")
-    config.train.update(n_steps=200, batch_size=64, log_interval=50, save_interval=200)
+    config.train.update(n_steps=100, batch_size=32, log_interval=50, save_interval=100)
     train(config, PixelTask(config))
+    return tmp / "run/ckpts/100.ckpt/nnet_ema.pth"
+
+
+@pytest.fixture(scope="session")
+def trained(trained_weights):
+    """The ``trained_weights``, and reference statistics of 40 digits beside them."""
+    from libs.data.reference import reference_images
+    from libs.data.registry import get_dataset
+    from libs.evaluation.fid import FIDAccumulator, save_statistics
+    from libs.evaluation.inception import load_inception
+
+    ref = trained_weights.parents[3] / "ref.npz"
     acc = FIDAccumulator(load_inception())
     for batch in reference_images(get_dataset(name="digits"), limit=40):
         acc.update(batch.transpose(0, 3, 1, 2))
-    save_statistics(tmp / "ref.npz", *acc.compute())
-    return tmp / "run/ckpts/200.ckpt/nnet_ema.pth", tmp / "ref.npz"
+    save_statistics(ref, *acc.compute())
+    return trained_weights, ref
 
 
 @pytest.fixture
-def trained_digits(trained):
-    """(network, config) of the ``trained`` model, loaded on the CPU in eval mode."""
+def trained_digits(trained_weights):
+    """(network, config) of the ``trained_weights``, loaded on the CPU in eval mode."""
     from libs.run.checkpoint import load_weights
     from libs.models.registry import build_nnet
 
     config = get_config()
     config.nnet.update(embed_dim=32, depth=2, num_heads=2)
     net = build_nnet(config.nnet)
-    load_weights(net, trained[0])
+    load_weights(net, trained_weights)
     return net.eval(), config

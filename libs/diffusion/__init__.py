@@ -8,7 +8,7 @@
 ``solver_toolkit``  what the exponential solvers share: time grid, noise-to-data, step coefficients
 ``dpm_solver``      DPM-Solver / DPM-Solver++ update rules: three methods (fast, single, multi)
 ``unipc``           UniPC update rule (multistep predictor-corrector, bh1 / bh2)
-``registry``        ``make_sampler(config.sample, schedule)``: the samplers a config names;
+``registry``        ``make_sampler(config.sample, schedule)``: a config's solver, bound;
                     ``parse_step_counts``: one step count or a comma-separated sweep
 ==================  ========================================================================
 """

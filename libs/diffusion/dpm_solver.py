@@ -52,7 +52,6 @@ from libs.diffusion.wrappers import ModelFn
 
 METHODS = ("singlestep_fast", "singlestep", "multistep")
 SOLVER_TYPES = ("dpmsolver", "taylor")
-_points = points  # the integrator's points of a grid (tests build grids through it)
 
 
 # ----------------------------------------------------------------------------- orders

@@ -1,9 +1,10 @@
 """The samplers a config can name (``config.sample.algorithm``), each as
-``sample(model_fn, x_T, generator) -> x_0`` over a schedule (``libs/diffusion/schedules.py``),
+``sample(model_fn, x_T) -> x_0`` over a schedule (``libs/diffusion/schedules.py``),
 and the step counts a config can ask for (``config.sample.sample_steps``: one count, or a
 comma-separated list that a sweep runs each of)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 SAMPLERS = ("euler_maruyama_sde", "euler_maruyama_ode", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_2m", "unipc")
@@ -50,9 +51,11 @@ def reference_steps(value) -> int:
     return max(parse_step_counts(value))
 
 
-def make_sampler(sample_cfg, schedule, steps: Optional[int] = None):
-    """``sample(model_fn, x_T, generator) -> x_0`` for ``sample_cfg.algorithm`` with ``steps``
-    model calls (default: the largest of ``sample_cfg.sample_steps``)."""
+def make_sampler(sample_cfg, schedule, steps: Optional[int] = None, generator=None):
+    """The solver of ``sample_cfg.algorithm`` with its arguments bound (``functools.partial``):
+    ``sample(model_fn, x_T) -> x_0`` in ``steps`` model calls (default: the largest of
+    ``sample_cfg.sample_steps``); ``generator`` is the SDE's injected noise (one batch's; the ODE
+    solvers draw nothing)."""
     from libs.diffusion.dpm_solver import dpm_solver_sample
     from libs.diffusion.euler_maruyama import euler_maruyama_ode, euler_maruyama_sde
     from libs.diffusion.unipc import unipc_sample
@@ -60,21 +63,22 @@ def make_sampler(sample_cfg, schedule, steps: Optional[int] = None):
     name = sample_cfg.algorithm
     steps = reference_steps(sample_cfg.sample_steps) if steps is None else int(steps)
     skip_type = sample_cfg.get("skip_type", "time_uniform")
-    if name == "euler_maruyama_sde":
-        return lambda f, x, g: euler_maruyama_sde(f, x, schedule, steps, generator=g)
-    if name == "euler_maruyama_ode":
-        return lambda f, x, g: euler_maruyama_ode(f, x, schedule, steps)
-    if name == "dpm_solver":  # released continuous setting: noise prediction, DPM-Solver-fast on logSNR steps
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep_fast",
-                                                 predict="noise", skip_type="logSNR")
-    if name == "dpm_solver_pp":  # released discrete setting: data prediction, fast orders, every call on one
-        # (steps + 1)-point time-uniform grid (not 1/3, 2/3 of lambda intervals), see libs/diffusion/dpm_solver.py
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=3, method="singlestep",
-                                                 predict="data", skip_type="time_uniform")
-    if name == "dpm_solver_pp_2m":  # DPM-Solver++(2M): data prediction, second-order multistep
-        return lambda f, x, g: dpm_solver_sample(f, x, schedule, steps=steps, order=2, method="multistep",
-                                                 predict="data", skip_type=skip_type)
-    if name == "unipc":  # UniPC-2 (B2(h)): data prediction, second-order predictor with corrector
-        return lambda f, x, g: unipc_sample(f, x, schedule, steps=steps, order=2, predict="data",
-                                            skip_type=skip_type)
-    raise ValueError(f"unknown sampler config.sample.algorithm={name!r}; choose one of {SAMPLERS}")
+    solvers = {
+        "euler_maruyama_sde": (euler_maruyama_sde, dict(generator=generator)),
+        "euler_maruyama_ode": (euler_maruyama_ode, {}),
+        # released continuous setting: noise prediction, DPM-Solver-fast on logSNR steps
+        "dpm_solver": (dpm_solver_sample, dict(order=3, method="singlestep_fast", predict="noise", skip_type="logSNR")),
+        # released discrete setting: data prediction, fast orders, every call on one (steps + 1)-point
+        # time-uniform grid (not 1/3, 2/3 of lambda intervals), see libs/diffusion/dpm_solver.py
+        "dpm_solver_pp": (dpm_solver_sample, dict(order=3, method="singlestep", predict="data",
+                                                  skip_type="time_uniform")),
+        # DPM-Solver++(2M): data prediction, second-order multistep
+        "dpm_solver_pp_2m": (dpm_solver_sample, dict(order=2, method="multistep", predict="data",
+                                                     skip_type=skip_type)),
+        # UniPC-2 (B2(h)): data prediction, second-order predictor with corrector
+        "unipc": (unipc_sample, dict(order=2, predict="data", skip_type=skip_type)),
+    }
+    if name not in solvers:
+        raise ValueError(f"unknown sampler config.sample.algorithm={name!r}; choose one of {SAMPLERS}")
+    solver, options = solvers[name]
+    return functools.partial(solver, schedule=schedule, steps=steps, **options)

@@ -43,5 +43,6 @@ def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorde
             model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)
         else:
             model_fn = conditional_model_fn(net_fn, cond)
-        x0 = make_sampler(sample_cfg, task.schedule, steps)(model_fn, x_T, sampler_generator(seed, batch_seed, device))
+        sample = make_sampler(sample_cfg, task.schedule, steps, sampler_generator(seed, batch_seed, device))
+        x0 = sample(model_fn, x_T)
         return task.decode(x0) if decode else x0

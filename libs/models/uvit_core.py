@@ -284,33 +284,6 @@ class UViTBackbone(ExitBackbone):
         return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
     # ----------------------------------------------------------------------------- pieces
-    def _embed(self, x, timesteps, cond):
-        """Tokens after embedding and positional encoding, and the time embedding.
-        Returns (B, extras + L, D), (B, D)."""
-        if x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
-            raise ValueError(f"expected input of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
-                             f"got {tuple(x.shape)}")
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        tokens = self.patch_embed(x)  # (B, L, D)
-        freqs = self.time_freqs if self.time_freqs.dtype == torch.float32 else None  # None: cast by .half()
-        time_emb = self.time_embed(timestep_embedding(timesteps, self.embed_dim, freqs=freqs).to(tokens.dtype))
-        extras = self._extra_tokens(time_emb[:, None, :], cond)  # (B, extras, D)
-        tokens = torch.cat([extras.to(tokens.dtype), tokens], dim=1) + self.pos_embed
-        return tokens, time_emb
-
-    def _run_block(self, i, x, skips):
-        """Run block i; in-blocks push their output to the LIFO skip stack, out-blocks pop it."""
-        half = self.depth // 2
-        if i < half:
-            x = self.in_blocks[i](x)
-            skips.append(x)
-        elif i == half:
-            x = self.mid_block(x)
-        else:
-            x = self.out_blocks[i - half - 1](x, skips.pop() if self.use_skip else None)
-        return x
-
     def output_head(self, x: torch.Tensor) -> torch.Tensor:
         """Shared head: (B, extras + L, D) -> (B, C, H, W)."""
         # Per-token maps: run them on all tokens and drop the extras from the narrow output,
@@ -324,11 +297,31 @@ class UViTBackbone(ExitBackbone):
 
     # ----------------------------------------------------------------------------- backbone contract
     def embed(self, x, timesteps, cond):
-        h, time_emb = self._embed(x, timesteps, cond)
-        return h, UViTCarry([], time_emb)
+        """Tokens after embedding and positional encoding, (B, extras + L, D), and the carry (an
+        empty skip stack, the time embedding (B, D))."""
+        if x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(f"expected input of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                             f"got {tuple(x.shape)}")
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        tokens = self.patch_embed(x)  # (B, L, D)
+        freqs = self.time_freqs if self.time_freqs.dtype == torch.float32 else None  # None: cast by .half()
+        time_emb = self.time_embed(timestep_embedding(timesteps, self.embed_dim, freqs=freqs).to(tokens.dtype))
+        extras = self._extra_tokens(time_emb[:, None, :], cond)  # (B, extras, D)
+        tokens = torch.cat([extras.to(tokens.dtype), tokens], dim=1) + self.pos_embed
+        return tokens, UViTCarry([], time_emb)
 
     def run_block(self, i, h, carry: UViTCarry):
-        return self._run_block(i, h, carry.skips)
+        """Block i; in-blocks push their output to the LIFO skip stack, out-blocks pop it."""
+        half = self.depth // 2
+        if i < half:
+            h = self.in_blocks[i](h)
+            carry.skips.append(h)
+        elif i == half:
+            h = self.mid_block(h)
+        else:
+            h = self.out_blocks[i - half - 1](h, carry.skips.pop() if self.use_skip else None)
+        return h
 
     def select_rows(self, carry: UViTCarry, rows):
         # The time embedding is only read by time-aware heads: others skip its compaction.

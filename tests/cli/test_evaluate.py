@@ -46,3 +46,32 @@ def test_huge_but_finite_weights_are_refused():
         net.pos_embed.fill_(1e30)  # finite, passes the weight check; every output overflows
     with pytest.raises(FloatingPointError, match=r"non-finite predictions at block\(s\) 0, 1, 2"):
         probe_outputs(net, PixelTask(config, load_data=False), config, "cpu")
+
+
+# ----------------------------------------------------------------------------- the path of one sampling call
+MOST_FILES = {"dpm_solver": 11, "euler_maruyama_sde": 10}  # eval.py ... uvit_core.py, see the test
+
+
+@pytest.mark.parametrize("algorithm", ["dpm_solver", pytest.param("euler_maruyama_sde", marks=pytest.mark.slow)])
+def test_the_path_from_eval_py_to_a_block_crosses_few_files(algorithm, tmp_path):
+    """``eval.py`` of a tiny network (full depth and a threshold rule) run as from the command
+    line: at every block it runs while sampling, the project files of the stack from eval.py
+    down (tests/helpers/sampling_path.py) stay within MOST_FILES. dpm_solver (the digits
+    default) has the longest path: eval.py, cli/evaluate.py, evaluation/engine.py,
+    evaluation/sampling.py, the solver and the solver toolkit, diffusion/wrappers.py,
+    exits/sampling_run.py, models/backbone.py, models/exit_loop.py, models/uvit_core.py."""
+    from tests.helpers.sampling_path import sampling_paths
+
+    config = tiny()
+    (tmp_path / "w").mkdir()
+    torch.save(build_nnet(config.nnet).state_dict(), tmp_path / "w/nnet.pth")
+    nnet = {k: config.nnet[k] for k in ("embed_dim", "depth", "num_heads")}
+    sample = dict(n_samples=1, mini_batch_size=1, sample_steps=1, grid_size=1, fid_stat="", algorithm=algorithm)
+    paths = sampling_paths("eval.py", [
+        "--config=configs/digits_uvit_tiny.py", f"--nnet_path={tmp_path / 'w/nnet.pth'}",
+        f"--output_path={tmp_path / 'eval'}", f"--workdir={tmp_path / 'wd'}", "--exit_threshold=0.5",
+        *[f"--config.nnet.{k}={v}" for k, v in nnet.items()], *[f"--config.sample.{k}={v}" for k, v in sample.items()]])
+    assert len(paths) >= 2  # the full-depth reference and the threshold rule
+    for path in paths:
+        assert path["files"][0] == "eval.py" and path["files"][-1] == "libs/models/uvit_core.py"
+        assert len(path["files"]) <= MOST_FILES[algorithm], " -> ".join(path["files"])

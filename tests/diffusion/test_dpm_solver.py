@@ -17,6 +17,7 @@ import libs.diffusion.dpm_solver as dpm
 from libs.diffusion.dpm_solver import dpm_solver_sample, get_time_steps, multistep_orders, singlestep_orders
 from libs.diffusion.registry import make_sampler
 from libs.diffusion.schedules import DiscreteVPSchedule
+from libs.diffusion.solver_toolkit import points
 from tests.helpers.gaussian_model import F64, MU, S, SCHEDULES, CallLog, gaussian_eps_fn
 
 
@@ -72,7 +73,7 @@ def test_multistep_keeps_the_history_it_uses():
     solver = dpm._Integrator(gaussian_eps_fn(sch), sch, "noise", "dpmsolver")
     real = solver.multistep
     solver.multistep = lambda x, prev, ms, t, k: seen.append([p.t for p in prev[-k:]]) or real(x, prev, ms, t, k)
-    pts = dpm._points(sch, get_time_steps(sch, "logSNR", 1.0, 1e-4, 6))
+    pts = points(sch, get_time_steps(sch, "logSNR", 1.0, 1e-4, 6))
     dpm._multistep(solver, torch.randn(2, 2, dtype=F64), pts, multistep_orders(6, 3, lower_order_final=False))
     assert seen == [[p.t for p in pts[max(0, i - k):i]] for i, k in enumerate([1, 2, 3, 3, 3, 3], start=1)]
 
@@ -95,7 +96,7 @@ def test_continuous_fast_call_times():
     sch = SCHEDULES["continuous"]
     log = CallLog(gaussian_eps_fn(sch))
     sampler = make_sampler(ml_collections.ConfigDict(dict(algorithm="dpm_solver", sample_steps=50)), sch)
-    sampler(log, torch.randn(2, 2, dtype=F64), None)
+    sampler(log, torch.randn(2, 2, dtype=F64))
     lam = sch.marginal_lambda(torch.tensor(log.times, dtype=F64))
     lam_T, lam_0 = sch.marginal_lambda(torch.tensor([1.0, 1e-4], dtype=F64))
     H = (lam_0 - lam_T) / 17
@@ -284,7 +285,7 @@ def test_dpm_solver_pp_matches_grid_reference(steps):
     gauss_x = gaussian_marginal_sample(sch, 1.0, 256, seed=4)
     mix_x = torch.randn(256, 4, dtype=F64, generator=torch.Generator().manual_seed(4))
     for fn, x_T in ((gaussian_eps_fn(sch), gauss_x), (mixture_eps_fn(sch), mix_x)):
-        ours = released_discrete_sampler(steps)(fn, x_T, None)
+        ours = released_discrete_sampler(steps)(fn, x_T)
         ref = released_grid_reference(fn, x_T, sch, steps)
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
 
@@ -293,7 +294,7 @@ def test_dpm_solver_pp_call_times_are_the_grid():
     """Exactly 50 calls, in order at every point of linspace(1, 1/1000, 51) but the last."""
     sch = SCHEDULES["discrete"]
     log = CallLog(gaussian_eps_fn(sch))
-    released_discrete_sampler(50)(log, torch.randn(3, 2, dtype=F64), None)
+    released_discrete_sampler(50)(log, torch.randn(3, 2, dtype=F64))
     assert len(log.times) == 50
     grid = [1.0 - 0.999 * n / 50 for n in range(51)]
     assert log.times == pytest.approx(grid[:50], rel=0, abs=1e-12)

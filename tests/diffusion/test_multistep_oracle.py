@@ -70,7 +70,7 @@ def test_dpm_solver_pp_2m_matches_diffusers(steps):
     if 999 % steps == 0:
         torch.testing.assert_close(get_time_steps(sch, "time_uniform", 1.0, 1e-3, steps),
                                    torch.tensor(grid, dtype=F64), rtol=0, atol=1e-12)
-        ours = make_sampler(_cfg("dpm_solver_pp_2m", steps), sch)(fn, _x_T(), None)
+        ours = make_sampler(_cfg("dpm_solver_pp_2m", steps), sch)(fn, _x_T())
     else:
         from libs.diffusion.dpm_solver import dpm_solver_sample
         ours = dpm_solver_sample(fn, _x_T(), sch, steps=steps, order=2, method="multistep", predict="data",
@@ -101,7 +101,7 @@ def test_registry_unipc_is_order_2_bh2_data():
     sch = our_schedule()
     fn = gaussian_eps_fn(sch)
     ref, _ = diffusers_sample(UniPCMultistepScheduler, 27, fn, _x_T(2))  # diffusers' defaults: order 2, bh2
-    ours = make_sampler(_cfg("unipc", 27), sch)(fn, _x_T(2), None)
+    ours = make_sampler(_cfg("unipc", 27), sch)(fn, _x_T(2))
     assert (ours - ref).abs().max() < 1e-6
 
 

@@ -6,6 +6,7 @@ import torch
 from libs.exits.call import Call, Rule, Threshold
 from libs.exits.policy import ThresholdExit
 from libs.models import exit_loop
+from libs.models.uvit_core import UViTCarry
 from tests.helpers.tiny_uvit import set_head_certainty, sharpen_heads, tiny, tiny_t2i
 
 
@@ -52,14 +53,15 @@ def test_rows_exit_as_planned_in_their_original_order(plan, heads):
 def _old_threshold_loop(net, x, timesteps, cond, tau):
     """The threshold loop exactly as it was before exit policies (regression oracle)."""
     B = x.shape[0]
-    h, time_emb = net._embed(x, timesteps, cond)
+    h, carry = net.embed(x, timesteps, cond)
+    time_emb, skips = carry.time_emb, carry.skips
     active = torch.arange(B)
     passes = torch.zeros(B, dtype=torch.long)
     exit_block = torch.full((B,), net.num_blocks - 1, dtype=torch.long)
-    rows, outs, skips = [], [], []
+    rows, outs = [], []
     half = net.depth // 2
     for i in range(net.num_blocks):
-        h = net._run_block(i, h, skips)
+        h = net.run_block(i, h, UViTCarry(skips, time_emb))
         if i == net.num_blocks - 1:
             break
         passed = net.certainty(i, h, time_emb).mean(dim=(1, 2), dtype=torch.float32) > tau

@@ -130,9 +130,10 @@ def test_mean_certainty_is_the_certainty_maps_mean_bitwise():
             x, t = torch.randn(b, 3, 8, 8), torch.rand(b) * 999
             cond = {"label": torch.randint(0, 11, (b,)), "text": torch.randn(b, 5, 16), None: None}[kind]
             with torch.no_grad():
-                h, temb = net._embed(x, t, cond)
+                h, carry = net.embed(x, t, cond)
+                temb = carry.time_emb
                 for i, head in enumerate(net.uem_heads):
-                    h = net._run_block(i, h, []) if i < net.depth // 2 else h
+                    h = net.run_block(i, h, carry) if i < net.depth // 2 else h
                     ref = net.certainty(i, h, temb).mean(dim=(1, 2), dtype=torch.float32)
                     assert torch.equal(head.mean_certainty(h, net.num_extras, temb), ref)
                     if b == 1:
@@ -155,8 +156,7 @@ def test_all_exits_output_and_gradient_isolation():
     # Each block's head really is unpatchified in (p1, p2, C) order: compare to head i by hand.
     net.zero_grad()
     with torch.no_grad():
-        h, temb = net._embed(x, t, y)
-        h = net.in_blocks[0](h)
+        h = net.in_blocks[0](net.embed(x, t, y)[0])
         c0 = torch.sigmoid(net.uem_heads[0].proj(h[:, 2:]))
         torch.testing.assert_close(unpatchify(c0, 3), out.certainties[0])
 
