@@ -83,7 +83,7 @@ def _cached_batch(net, task, sc, idx, steps, seed, b, device):
     scale = float(sc.get("scale", 0.0) or 0.0)
     model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(idx), device), scale) if scale > 0 \
         else conditional_model_fn(net_fn, cond)
-    x0 = make_sampler(sc, task.schedule, steps)(model_fn, x_T, sampler_generator(seed, b, device))
+    x0 = make_sampler(sc, task.schedule, steps, sampler_generator(seed, b, device))(model_fn, x_T)
     return task.decode(x0).float().cpu()
 
 
