@@ -42,7 +42,7 @@ def base_config():
     config.workdir = ""  # default: workdir/<config name>
     config.nnet_path = ""  # evaluation: weights to evaluate
     config.output_path = ""  # evaluation: report folder (default <workdir>/eval)
-    config.inception_path = ""  # FID: Inception weights file (default: found offline, see README "FID")
+    config.inception_path = ""  # FID: Inception weights file (default: found offline, see docs/compute_and_fid.md)
     config.loss = d(objective="adadiff", uem_coef=1.0, layer_coef=1.0, layer_weight="batch_normalized",
                     p_uncond=0.0)
     config.train = d(n_steps=200000, batch_size=512, pretrained_weight="", log_interval=10, sample_interval=5000,

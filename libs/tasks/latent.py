@@ -27,7 +27,7 @@ class LatentDecoder:
             raise AutoencoderNotFoundError(
                 f"autoencoder weights not found at {self.path} (config.autoencoder.pretrained_path); sampling "
                 f"decodes latents with the Stable Diffusion v1 KL-f8 VAE: put the released "
-                f"{Path(self.path).name} there (see README, 'Data and assets')")
+                f"{Path(self.path).name} there (see docs/training.md, 'Data, weights and statistics')")
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [0, 1]."""

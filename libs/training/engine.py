@@ -14,7 +14,7 @@ interval hooks are named functions in ``libs/training/hooks.py``.
 Every random draw is a function of (seed, process rank, step), so a resumed run continues
 exactly as an uninterrupted one would (the data order too, see ``libs/training/data_order.py``).
 
-What a run guarantees (README "What a run guarantees"): the config is checked before any
+What a run guarantees (docs/guarantees.md): the config is checked before any
 work (libs/cli/config_check.py, by the entry scripts); one run per workdir (libs/run/lock.py); checkpoints are written
 atomically with a checksum manifest and resume falls back to the newest intact one
 (libs/run/checkpoint.py); diverged weights (NaN/inf or |w| > config.train.max_abs_weight) stop
