@@ -1,6 +1,7 @@
 """Paired FID differences (libs/evaluation/paired.py): known answers on synthetic features, the
 step-reduction match at its edges, the report's columns and verdicts, and the main job's
 verdict line from a tiny run."""
+import csv
 import math
 import os
 import subprocess
@@ -135,8 +136,8 @@ def test_main_job_ends_with_a_verdict_line_per_exit_rule(trained, tmp_path):
     from libs.evaluation.fid import load_statistics
     from tools import fid as fid_cli
 
-    report = (tmp_path / "job/eval/report.csv").read_text().splitlines()
-    fid = float(report[1].split(",")[6])  # the first row: full depth at 4 steps
+    with open(tmp_path / "job/eval/report.csv") as f:
+        fid = float(next(csv.DictReader(f))["fid"])  # the first row: full depth at 4 steps
     expected = frechet_distance(*statistics_from_features(x.astype(np.float64)), *load_statistics(ref))
     assert fid_cli.main([str(features), str(ref)]) == pytest.approx(expected, rel=1e-9)
     assert fid == pytest.approx(expected, rel=1e-4)
