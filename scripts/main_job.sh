@@ -24,7 +24,7 @@ BACKBONE=${BACKBONE:-pretrained/digits_uvit_tiny_backbone.safetensors}
 WORKDIR=${WORKDIR:-workdir/main_job}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 # 800 fine-tuning steps: at 500 the heads exit later (threshold 0.9 ran 0.87-0.88 of the blocks at
-# 10-15 UniPC steps, against 0.67-0.68 after 800), so fewer steps do not hold the quality.
+# 8-15 UniPC steps, against 0.68-0.69 after 800), so fewer steps do not hold the quality.
 STEPS=${STEPS:-800}
 ALGORITHM=${ALGORITHM:-unipc}
 EXIT_POLICIES=${EXIT_POLICIES:-0.9}
