@@ -21,7 +21,9 @@ train.pretrained_weight, --nnet_path -> nnet_path, --exit_policy / --exit_thresh
               val image), both fixed per image by config.seed; compile: 'none' (eager) | 'blocks'
               (compiled blocks and heads, every exit rule) | 'graphs' (whole-call graphs for static
               schedules, the rest as blocks), for evaluation and training-time grids
-              (libs/models/compile.py; compile time is reported apart from sampling time)
+              (libs/models/compile.py; compile time is reported apart from sampling time);
+              save_features: write each pair's Inception features to <output>/features/<pair>.npy
+              (float32, one row per image in image order; tools/fid.py reads them)
 """
 import ml_collections
 
@@ -53,7 +55,7 @@ def base_config():
     config.lr_scheduler = d(name="customized", warmup_steps=2500)
     config.sample = d(algorithm="euler_maruyama_sde", sample_steps=STEP_COUNTS(1000), n_samples=50000, mini_batch_size=500,
                       scale=0.0, exit_policy="full", calib_samples=64, path="", grid_size=64, fid_stat="",
-                      conditions="balanced", compile="none")
+                      conditions="balanced", compile="none", save_features=False)
     return config
 
 

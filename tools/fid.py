@@ -2,7 +2,9 @@
 
     python tools/fid.py A B [--batch_size 50] [--device cuda] [--inception PATH]
 
-prints the FID between A and B, each a folder, a statistics .npz or an image .npz.
+prints the FID between A and B, each a folder, a statistics .npz, an image .npz or a .npy of
+Inception features (N, 2048), one row per image, as an evaluation writes them with
+``--config.sample.save_features=True`` (``<output_path>/features/<pair>.npy``).
 """
 import argparse
 from typing import Optional, Sequence
@@ -11,10 +13,10 @@ from libs.evaluation.fid import add_inception_arguments, fid_between
 
 
 def main(argv: Optional[Sequence[str]] = None) -> float:
-    parser = argparse.ArgumentParser(description="FID between two folders / .npz files "
-                                                 "(statistics mu, sigma or uint8 NHWC images).")
-    parser.add_argument("a", help="folder of images, statistics .npz or image .npz")
-    parser.add_argument("b", help="folder of images, statistics .npz or image .npz")
+    parser = argparse.ArgumentParser(description="FID between two folders / .npz files (statistics mu, sigma or "
+                                                 "uint8 NHWC images) / .npy files of (N, 2048) features.")
+    parser.add_argument("a", help="folder of images, statistics .npz, image .npz or features .npy")
+    parser.add_argument("b", help="folder of images, statistics .npz, image .npz or features .npy")
     add_inception_arguments(parser)
     args = parser.parse_args(argv)
     fid = fid_between(args.a, args.b, batch_size=args.batch_size, device=args.device,

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from libs.data.base import PixelDataset
 from libs.data.imagenet import ImageNet64
 from libs.data.latents import ImageNet256Features, ImageNet512Features, MSCOCO256Features
+from libs.data.mnist5k import MNIST5k
 from libs.data.pixel import CIFAR10, CelebA64, Digits
 
 DATASETS = MappingProxyType({
@@ -26,6 +27,7 @@ DATASETS = MappingProxyType({
     "celeba64": CelebA64,
     "celeba": CelebA64,
     "digits": Digits,
+    "mnist5k": MNIST5k,
     "imagenet64": ImageNet64,
     "imagenet256_features": ImageNet256Features,
     "imagenet512_features": ImageNet512Features,

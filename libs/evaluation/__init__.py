@@ -11,6 +11,7 @@
 ``image_io``         sample grids and PNGs
 ``fid``              Frechet distance, statistics files, ``FIDAccumulator``, feature cache
 ``fid_uncertainty``  bootstrap standard error of an FID over its image set
+``paired``           paired FID differences between rows, the step-reduction match, verdicts
 ``inception``        the pytorch-fid Inception network and where its weights are found
 ===================  =======================================================================
 """

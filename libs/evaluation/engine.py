@@ -9,7 +9,11 @@ standard error) against the reference statistics, blocks per network call, layer
 GFLOPs per image, its ratio to the reference run (full depth at the largest step count),
 sampling time, images/s, speedup over the reference run, the mean exit block per sampling
 step and whether the pair is on the compute-FID frontier (written by
-``libs/evaluation/report.py``; frontier and budget: ``libs/evaluation/frontier.py``).
+``libs/evaluation/report.py``; frontier and budget: ``libs/evaluation/frontier.py``). Every
+pair keeps its images' Inception features (gathered from every process, in image order) and
+its FIDs on one set of bootstrap resamples shared by all pairs, for the paired differences
+between rows (``libs/evaluation/paired.py``); ``config.sample.save_features`` writes them to
+``features/<pair>.npy`` (float32, one row per image).
 Policies that need calibration (``profile:``, ``budget:``) are calibrated at each step count
 (``libs/evaluation/calibration.py``). With ``config.sample.compute_budget`` = R only the
 reference run and the candidate the budget picks are evaluated. What differs between pixel,
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 from libs.diffusion.registry import make_sampler, parse_step_counts  # noqa: F401 (released import path)
 from libs.evaluation.calibration import calibrate_policy, calibration_run, proxy_distance
 from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, pareto_flags
+from libs.evaluation.paired import add_paired_columns
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
@@ -93,6 +98,8 @@ class _Context:
     cache: object = None
     multi_step: bool = False  # more than one step count: slugs and labels carry it
     results: list = field(default_factory=list)
+    gathered: list = field(default_factory=list)  # image index of each row of the gathered features
+    boots: list = field(default_factory=list)  # per result: its FIDs on the shared bootstrap resamples
 
 
 def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
@@ -110,6 +117,7 @@ def evaluate(net, task, config, policies, accelerator, output_dir, logger=None,
     for s, policy in runs:
         ctx.results.append(_run(ctx, s, policy))
     _finish(ctx.results)
+    add_paired_columns(ctx.results, ctx.boots)
     if accelerator.is_main_process:
         write_report(ctx.results, ctx.output_dir, choice)
     accelerator.wait_for_everyone()
@@ -128,7 +136,8 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
     ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
                    mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
-                   multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache())
+                   multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache(),
+                   gathered=[i for r in range(world) for b, idx in enumerate(batches) if b % world == r for i in idx])
     if sc.get("path"):  # this run's PNGs only (libs/run/output_guard.py), emptied before any process writes
         if accelerator.is_main_process:
             fresh_sample_tree(sc.path, "--config.sample.path")
@@ -219,7 +228,7 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
         from accelerate.utils import gather_object
         seconds = float(acc_.reduce(torch.tensor([seconds], device=device), reduction="max")[0])
         grid = gather_object(grid)
-    fid, fid_se = _fid(ctx, fid_acc)
+    fid, fid_se = _fid(ctx, fid_acc, slug)
     summary = recorder.summary(ctx.net.flops(), n)
     res = PolicyResult(policy=policy.spec, family=policy.family, threshold=policy.effective_threshold(),
                        n_images=n, fid=fid, fid_se=fid_se, sample_steps=steps, algorithm=str(sc.algorithm),
@@ -241,19 +250,30 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
     return res
 
 
-def _fid(ctx: _Context, fid_acc):
-    """(FID, bootstrap standard error) on the main process; NaN without reference statistics."""
-    from libs.evaluation.fid import frechet_distance
-    from libs.evaluation.fid_uncertainty import fid_standard_error
+def _fid(ctx: _Context, fid_acc, slug: str):
+    """(FID, bootstrap standard error) on the main process; NaN without reference statistics.
+    Appends the pair's FIDs on the shared resamples to ``ctx.boots`` (None where there are none)."""
+    import numpy as np
 
+    from libs.evaluation.fid import frechet_distance
+    from libs.evaluation.fid_uncertainty import bootstrap_indices, resampled_fids
+
+    ctx.boots.append(None)
     if fid_acc is None:
         return float("nan"), float("nan")
     fid_acc.reduce(ctx.accelerator)
     if not ctx.accelerator.is_main_process:
         return float("nan"), float("nan")
     mu, sigma = fid_acc.compute()
+    features = np.empty_like(fid_acc.features())
+    features[ctx.gathered] = fid_acc.features()  # (N, D) in image order
+    if ctx.config.sample.get("save_features", False):
+        (ctx.output_dir / "features").mkdir(parents=True, exist_ok=True)
+        np.save(ctx.output_dir / "features" / f"{slug}.npy", features.astype(np.float32))
     resamples = int(ctx.config.sample.get("fid_bootstrap", 100))
-    se = fid_standard_error(fid_acc.features(), *ctx.ref, resamples=resamples) if resamples > 1 else float("nan")
+    if resamples > 1:  # the same resampled image indices for every pair: paired differences
+        ctx.boots[-1] = resampled_fids(features, *ctx.ref, bootstrap_indices(len(features), resamples))
+    se = float(np.std(ctx.boots[-1], ddof=1)) if resamples > 1 else float("nan")
     return frechet_distance(mu, sigma, *ctx.ref), se
 
 

@@ -2,7 +2,9 @@
 
 Statistics (mu, sigma) of Inception pool features come from a folder of images, an
 `.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images
-(`images` or `arr_0`, NHWC), or batches streamed into a `FIDAccumulator`.
+(`images` or `arr_0`, NHWC), a `.npy` of features ((N, 2048), one row per image, as an
+evaluation writes with `config.sample.save_features`), or batches streamed into a
+`FIDAccumulator`.
 
 The command lines over it are ``tools/fid.py`` (FID of two sets) and ``tools/fid_stats.py``
 (reference statistics).
@@ -373,9 +375,26 @@ def statistics_from_array(images: np.ndarray, model: nn.Module, batch_size: int 
     return acc.compute()
 
 
+def load_feature_file(path: str) -> np.ndarray:
+    """(N, 2048) Inception features from a .npy (``config.sample.save_features``), read without
+    unpickling; a one-line ``ValueError`` naming the file when it is not that."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except Exception as e:  # pickled object array, truncated file, not a .npy
+        raise ValueError(f"'{path}' is not a readable .npy array ({type(e).__name__}: {_short(e)}): write the "
+                         f"features again (config.sample.save_features=True)") from None
+    if not isinstance(features, np.ndarray) or features.ndim != 2 or features.shape[1] != FEATURE_DIM \
+            or features.shape[0] < 2 or not np.issubdtype(features.dtype, np.floating):
+        raise ValueError(f"'{path}' holds {getattr(features, 'dtype', '?')} {getattr(features, 'shape', '?')}, "
+                         f"expected float (N >= 2, {FEATURE_DIM}) Inception features, one row per image")
+    if not np.isfinite(features).all():
+        raise ValueError(f"'{path}' contains NaN or inf: write the features again")
+    return features
+
+
 def statistics_of(source: str, get_model: Callable[[], nn.Module], batch_size: int = 50,
                   num_workers: int = 0, progress: bool = True) -> Stats:
-    """Statistics of a folder, a statistics .npz or an image .npz.
+    """Statistics of a folder, a statistics .npz, an image .npz or a .npy of features.
 
     get_model is called only if images have to go through Inception.
     """
@@ -384,8 +403,10 @@ def statistics_of(source: str, get_model: Callable[[], nn.Module], batch_size: i
     if not os.path.isfile(source):
         raise FileNotFoundError(f"'{source}' does not exist; expected a folder of images or an .npz "
                                 f"(statistics: `{STATS_COMMAND.format(path=source)}`)")
+    if source.endswith(".npy"):
+        return statistics_from_features(load_feature_file(source))
     if not source.endswith(".npz"):
-        raise ValueError(f"'{source}' is neither a folder of images nor an .npz file")
+        raise ValueError(f"'{source}' is neither a folder of images, an .npz file nor a .npy of features")
     if is_statistics_file(source):
         return load_statistics(source)
     return statistics_from_array(load_image_array(source), get_model(), batch_size, progress=progress)
@@ -397,7 +418,7 @@ def default_device() -> str:
 
 def fid_between(a: str, b: str, batch_size: int = 50, device: Optional[str] = None,
                 inception: Optional[str] = None, num_workers: int = 0, progress: bool = True) -> float:
-    """FID between two sources, each a folder, a statistics .npz or an image .npz."""
+    """FID between two sources, each a folder, a statistics .npz, an image .npz or a .npy of features."""
     model = None
 
     def get_model():

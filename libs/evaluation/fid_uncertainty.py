@@ -24,19 +24,27 @@ BOOTSTRAP_RESAMPLES = 100
 BOOTSTRAP_SEED = 0
 
 
-def bootstrap_fid(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
-                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """(resamples,) FIDs of bootstrap resamples of the (N, D) ``features`` against (mu_ref, sigma_ref)."""
-    X = np.asarray(features, dtype=np.float64)
-    n = X.shape[0]
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(resamples, n) image indices drawn with replacement: the same draws for every image set
+    of n images, so that sets sampled from the same noise are resampled jointly (paired)."""
     if n < 2:
         raise ValueError(f"a bootstrap FID needs at least 2 images, got {n}")
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, n, n) for _ in range(resamples)]) if resamples else np.zeros((0, n), int)
+
+
+def resampled_fids(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
+                   indices: np.ndarray) -> np.ndarray:
+    """(R,) exact FIDs of the resamples ``features[indices[b]]`` of the (N, D) ``features``
+    against (mu_ref, sigma_ref), one per row of the (R, N) ``indices`` (module docstring)."""
+    X = np.asarray(features, dtype=np.float64)
+    n = X.shape[0]
+    if n < 2 or np.shape(indices)[1:] != (n,):
+        raise ValueError(f"need (R, {n}) resample indices for {n} images (at least 2), got {np.shape(indices)}")
     G, K = X @ np.asarray(sigma_ref, dtype=np.float64) @ X.T, X @ X.T  # (N, N) each
     tr_ref = float(np.trace(sigma_ref))
-    rng = np.random.default_rng(seed)
-    out = np.empty(resamples)
-    for b in range(resamples):
-        idx = rng.integers(0, n, n)
+    out = np.empty(len(indices))
+    for b, idx in enumerate(indices):
         diff = X[idx].mean(axis=0) - mu_ref
         Gb, Kb = G[np.ix_(idx, idx)], K[np.ix_(idx, idx)]
         Gc = Gb - Gb.mean(0, keepdims=True) - Gb.mean(1, keepdims=True) + Gb.mean()  # C G_b C
@@ -44,6 +52,12 @@ def bootstrap_fid(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarra
         eig = np.linalg.eigvalsh((Gc + Gc.T) / 2) / (n - 1)
         out[b] = float(diff @ diff) + tr_b + tr_ref - 2 * float(np.sqrt(np.clip(eig, 0, None)).sum())
     return out
+
+
+def bootstrap_fid(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
+                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(resamples,) FIDs of bootstrap resamples of the (N, D) ``features`` against (mu_ref, sigma_ref)."""
+    return resampled_fids(features, mu_ref, sigma_ref, bootstrap_indices(len(features), resamples, seed))
 
 
 def fid_standard_error(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,

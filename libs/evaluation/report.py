@@ -10,8 +10,12 @@ standard error over the image set, ``libs/evaluation/fid_uncertainty.py``), ``se
 ``pareto`` (no other row has both GFLOPs/img <= and FID <=, one of them strictly;
 ``libs/evaluation/frontier.py``), ``mean_blocks`` (blocks computed per call), ``blocks_reused``
 (mean per call taken from the reuse cache instead, ``libs/exits/reuse.py``) and
-``cache_kib_per_image`` (the cache's memory per image). report.json holds null where a value
-is missing (NaN).
+``cache_kib_per_image`` (the cache's memory per image); the paired differences
+(``libs/evaluation/paired.py``): ``vs_full`` (FID minus full depth's at the same step count)
+and ``vs_steps`` (FID minus ``step_match``'s, the cheapest full-depth row costing at least as
+much), each with its paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the
+match by more than 2 of them). report.txt prints them in a second table and ends with one
+verdict line per exit rule. report.json holds null where a value is missing (NaN).
 """
 from __future__ import annotations
 
@@ -59,6 +63,13 @@ class PolicyResult:
     blocks_reused_per_step: list = field(default_factory=list)
     precision: str = "fp32"  # the arithmetic the sampling really used (libs/run/distributed.py precision_used)
     processes: int = 1  # processes that shared the images
+    # paired differences (libs/evaluation/paired.py); NaN / '' on full-depth rows
+    vs_full: float = float("nan")
+    vs_full_se: float = float("nan")
+    step_match: str = ""
+    vs_steps: float = float("nan")
+    vs_steps_se: float = float("nan")
+    beats_steps: bool = False
 
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_per_step")}
@@ -70,7 +81,8 @@ class PolicyResult:
 
 COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
            "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "seconds", "images_per_s", "speedup",
-           "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration", "precision", "processes")
+           "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration", "precision", "processes",
+           "vs_full", "vs_full_se", "step_match", "vs_steps", "vs_steps_se", "beats_steps")
 
 
 def _json_safe(value):
@@ -100,12 +112,36 @@ def format_table(results: Sequence[PolicyResult], choice: Optional[dict] = None)
         lines += [f"  {r.sample_steps} steps, {r.policy}: {r.gflops_per_image:.4g} GFLOPs/img "
                   f"({r.compute_ratio:.3f} of the reference), FID {r.fid:.2f} +- {2 * r.fid_se:.2f}"
                   for r in frontier]
+    lines += format_paired(results)
     notes = [f"{r.label}: {r.calibration}" for r in results if r.calibration]
     if notes:
         lines += ["", "calibrated:"] + [f"  {n}" for n in notes]
     if choice:
         lines += ["", format_choice(choice)]
     return "\n".join(lines)
+
+
+def format_paired(results: Sequence[PolicyResult]) -> list:
+    """The paired differences of the exit rows and the verdicts (libs/evaluation/paired.py)."""
+    from libs.evaluation.paired import verdict_lines
+
+    rows = [r for r in results if r.family != "full"]
+    if not rows or not any(math.isfinite(r.fid) for r in rows):
+        return []
+    width = max(len("policy"), *(len(r.policy) for r in rows))
+    lines = ["", "paired FID differences (+-2se: paired bootstrap, the images resampled jointly; step reduction: the "
+             "cheapest full-depth row costing at least as much):",
+             f"{'steps':>5} {'policy':>{width}} {'vs full, same steps':>19} {'+-2se':>6}  {'step reduction':>14} "
+             f"{'costs':>6} {'vs it':>7} {'+-2se':>6}  beats it"]
+    for r in rows:
+        costs = ""
+        if r.step_match:
+            match = next(q for q in results if q.label == r.step_match)
+            costs = f"{match.gflops_per_image / r.gflops_per_image:.2f}x"
+        lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.vs_full:>+19.2f} {2 * r.vs_full_se:>6.2f}  "
+                     f"{r.step_match or 'none':>14} {costs:>6} {r.vs_steps:>+7.2f} {2 * r.vs_steps_se:>6.2f}  "
+                     f"{'yes' if r.beats_steps else ''}")
+    return lines + [""] + verdict_lines(results)
 
 
 def format_choice(choice: dict) -> str:
@@ -172,7 +208,7 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.6))
     _curves(axes[0], results, "gflops_per_image")
     front = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
     if front:
@@ -198,6 +234,27 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
     axes[2].set_title("blocks per sampling step")
     axes[2].legend(fontsize=6, ncol=2)
     axes[2].grid(alpha=0.3)
+    _paired_panel(axes[3], results)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _paired_panel(ax, results: Sequence[PolicyResult]) -> None:
+    """Each exit row's FID minus its step-reduction match's, +-2 paired standard errors."""
+    for spec in dict.fromkeys(r.policy for r in results if r.family != "full"):
+        rows = sorted((r for r in results if r.policy == spec and r.step_match), key=lambda r: r.gflops_per_image)
+        if rows:
+            color, style, _ = _STYLE.get(rows[0].family, ("C4", "x-", "-"))
+            ax.errorbar([r.gflops_per_image for r in rows], [r.vs_steps for r in rows],
+                        yerr=[2 * r.vs_steps_se for r in rows], fmt=style, color=color, capsize=3, label=spec)
+            for r in rows:
+                ax.annotate(f"{r.sample_steps} vs {r.step_match.split('@')[-1]}", (r.gflops_per_image, r.vs_steps),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel("FID minus step reduction's (+-2 paired se)")
+    ax.set_title("vs the cheapest full-depth row costing as much\n(below 0: exit beats fewer steps)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)

@@ -355,3 +355,32 @@ def test_feature_cache_computes_each_distinct_image_once():
     big = torch.zeros(2, 3, 256, 300, dtype=torch.uint8)  # sides beyond a byte
     assert cache.features(model, big, 2, "cpu").shape == (2, 8) and cache.hits == 3
     assert cache.features(model, big, 2, "cpu").shape == (2, 8) and cache.hits == 5
+
+
+# ----------------------------------------------------------------------------
+# Feature files (config.sample.save_features).
+
+def test_feature_files_are_read_back_by_the_cli(tmp_path, capsys):
+    """Two .npy of (N, 2048) float32 features (as an evaluation writes them): tools/fid.py gives
+    the FID of their statistics, and a file against itself gives 0."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((40, inc.FEATURE_DIM)).astype(np.float32)
+    b = (a[::-1] * 1.5 + 0.2).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    expected = fid_lib.frechet_distance(*fid_lib.statistics_from_features(a), *fid_lib.statistics_from_features(b))
+    assert fid_cli.main([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]) == pytest.approx(expected, rel=1e-9)
+    # against itself: 0 up to the round-off of a rank-39 covariance's square root (its trace is ~4,000)
+    assert fid_cli.main([str(tmp_path / "a.npy"), str(tmp_path / "a.npy")]) == pytest.approx(0, abs=1e-2)
+    assert "FID:" in capsys.readouterr().out
+
+
+def test_bad_feature_files_are_named(tmp_path):
+    np.save(tmp_path / "short.npy", np.zeros((5, 64), np.float32))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "nan.npy", np.full((3, inc.FEATURE_DIM), np.nan, np.float32))
+    for name, message in (("short.npy", r"expected float \(N >= 2, 2048\)"), ("objects.npy", "not a readable .npy"),
+                          ("nan.npy", "NaN or inf")):
+        with pytest.raises(ValueError, match=message) as e:
+            fid_lib.load_feature_file(str(tmp_path / name))
+        assert name in str(e.value) and "\n" not in str(e.value)
