@@ -4,12 +4,13 @@ guidance -> sampler -> images). Every policy and step count of a sweep sees the 
 and conditions for an image index, whatever the batch or process."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 
 from libs.diffusion.registry import make_sampler
-from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
+from libs.diffusion.wrappers import cfg_model_fn
 from libs.exits.recorder import ExitRecorder
 from libs.exits.sampling_run import SamplingRun
 from libs.run.seeds import Stream, mix_seed
@@ -37,12 +38,12 @@ def generate(net, task, sample_cfg, indices: Sequence[int], exit_policy, recorde
         x_T = initial_noise(task, indices, seed, device)
         cond = task.conditions(indices, device)
         recorder.start_run()
-        net_fn = with_time_scale(SamplingRun(net, exit_policy, recorder), task.time_scale)
+        run = SamplingRun(net, exit_policy, recorder, task.time_scale)
         scale = float(sample_cfg.get("scale", 0.0) or 0.0)
         if scale > 0:
-            model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(indices), device), scale)
-        else:
-            model_fn = conditional_model_fn(net_fn, cond)
+            model_fn = cfg_model_fn(run, cond, task.null_condition(len(indices), device), scale)
+        else:  # model_fn(x, t) = run(x, t, cond=cond), with no frame between the sampler and the run
+            model_fn = functools.partial(run, cond=cond)
         sample = make_sampler(sample_cfg, task.schedule, steps, sampler_generator(seed, batch_seed, device))
         x0 = sample(model_fn, x_T)
         return task.decode(x0) if decode else x0

@@ -1,5 +1,7 @@
-"""One sampling run under one exit rule: ``SamplingRun(net, policy, recorder)`` is the
-``net_fn(x, t_net, cond) -> eps`` a sampler calls.
+"""One sampling run under one exit rule: ``SamplingRun(net, policy, recorder, time_scale)`` is
+the ``net_fn(x, t, cond) -> eps`` a sampler calls; it calls the network at ``time_scale * t``
+(the sampler's continuous time in the network's units, as ``with_time_scale`` of
+``libs/diffusion/wrappers.py`` does for any net_fn, here without a frame of its own).
 
 It owns what belongs to the run: the index of the next network call and, from the rule, that
 call's ``Call`` (``policy.for_call``); the run's reuse cache (a new ``ReuseCache`` per run,
@@ -16,15 +18,16 @@ from libs.exits.forecast import make_cache
 class SamplingRun:
     """``net_fn`` of one sampling run (one batch) under one exit rule (module docstring)."""
 
-    def __init__(self, net, policy, recorder=None):
+    def __init__(self, net, policy, recorder=None, time_scale: float = 1.0):
         self.net, self.policy, self.recorder = net, as_policy(policy), recorder
+        self.time_scale = time_scale
         self.cache = make_cache(self.policy, net.num_blocks)  # a ReuseCache, a ForecastCache or None
         self.calls = 0  # network calls made so far
 
-    def __call__(self, x, t_net, cond=None):
+    def __call__(self, x, t, cond=None):
         call = self.policy.for_call(self.calls)
         self.calls += 1
-        out = self.net.forward_early_exit(x, t_net, cond, exit_policy=call, reuse_cache=self.cache)
+        out = self.net.forward_early_exit(x, self.time_scale * t, cond, exit_policy=call, reuse_cache=self.cache)
         if self.recorder is not None:
             span = call.reuse_span(self.net.num_blocks) if out.reused is not None else None
             self.recorder.record_call(out, span, self.cache.bytes_per_row() if self.cache is not None else 0)

@@ -3,7 +3,8 @@
 ================  ==========================================================================
 ``backbone``      the backbone contract (``ExitBackbone``): the hooks every exit rule runs on
 ``exit_loop``     the one early-exit loop over those hooks: any ``Call``, cached or not, any
-                  batch size (compaction; the batch of one in one place)
+                  batch size (compaction; the batch of one in one place); the backbone's
+                  ``forward_early_exit`` and ``EarlyExitOutput``
 ``compile``       compiled sampling views (``config.sample.compile``: none, blocks, graphs)
 ``uvit_core``     ``UViTBackbone``: U-ViT blocks, long skips, uncertainty heads
 ``uvit``          ``UViT``: unconditional / class-conditional

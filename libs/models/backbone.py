@@ -60,58 +60,8 @@ import torch
 import torch.nn as nn
 
 from libs.models import exit_loop
-from libs.exits.call import Call
-from libs.exits.policy import as_call
+from libs.models.exit_loop import EarlyExitOutput  # noqa: F401 (part of the contract's vocabulary)
 from libs.models.flops import NetworkFlops
-
-
-class EarlyExitOutput:
-    """Result of an early-exit forward.
-
-    sample: (B, C, H, W) noise prediction of each sample at its exit block.
-    exit_block: (B,) int64 index of the block each sample exited after (0-based;
-        ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
-    uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
-
-    reused: None (no reuse cache), or which rows took the call's reused span from the cache:
-        a (B,) bool tensor, or a Python bool for a batch of one given as Python ints.
-
-    A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
-    also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
-    become tensors on first access.
-    """
-
-    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row", "reused")
-
-    def __init__(self, sample: torch.Tensor, exit_block, uem_evals, reused=None):
-        self.sample, self.reused = sample, reused
-        one = isinstance(exit_block, int) and isinstance(uem_evals, int)
-        self._one_row = (exit_block, uem_evals) if one else None
-        self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
-
-    def _as_tensor(self, v: int) -> torch.Tensor:
-        return torch.full((1,), v, dtype=torch.long, device=self.sample.device)
-
-    @property
-    def exit_block(self) -> torch.Tensor:
-        if self._exit_block is None:
-            self._exit_block = self._as_tensor(self._one_row[0])
-        return self._exit_block
-
-    @property
-    def uem_evals(self) -> torch.Tensor:
-        if self._uem_evals is None:
-            self._uem_evals = self._as_tensor(self._one_row[1])
-        return self._uem_evals
-
-    @property
-    def one_row(self) -> Optional[Tuple[int, int]]:
-        """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
-        return self._one_row
-
-    @property
-    def blocks_run(self) -> torch.Tensor:
-        return self.exit_block + 1
 
 
 @dataclass
@@ -240,20 +190,15 @@ class ExitBackbone(nn.Module):
         per sample) or ``exit_policy`` (a ``Call`` or a rule that is the same at every call)
         make samples exit early."""
         cond = self._cond_from_args(args, kwargs)
-        call = _call_from_args(exit_threshold, exit_policy)
+        call = exit_loop.call_from_args(exit_threshold, exit_policy)
         if call.rule is None and call.reuse is None:
             return self._forward_truncated(x, timesteps, cond, call.last_block(self.num_blocks))
         return exit_loop.forward(self, x, timesteps, cond, call)[0]
 
-    def forward_early_exit(self, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
-                           reuse_cache=None, **kwargs) -> EarlyExitOutput:
-        """Early-exit forward with per-sample compute accounting (see EarlyExitOutput); with
-        ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this sampling run) it stores the
-        cache's spans and takes the span the call reuses from it."""
-        cond = self._cond_from_args(args, kwargs)
-        call = _call_from_args(exit_threshold, exit_policy)
-        cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None
-        return EarlyExitOutput(*exit_loop.forward(self, x, timesteps, cond, call, cache))
+    # defined beside the loop (libs/models/exit_loop.py), so that a sampling call goes from the
+    # sampling run into the loop's file and on to the blocks
+    forward_early_exit = exit_loop.forward_early_exit
+    _forward_truncated = exit_loop.forward_truncated
 
     def forward_all_exits(self, x, timesteps, *args, **kwargs) -> AllExitsOutput:
         """Every block's prediction (shared head) and certainty map, for training."""
@@ -266,13 +211,6 @@ class ExitBackbone(nn.Module):
             certs.append(self.certainty_map(i, h, carry))
         return AllExitsOutput(torch.stack(preds), torch.stack(certs))  # (N, B, C, H, W) each
 
-    def _forward_truncated(self, x, timesteps, cond, last: int) -> torch.Tensor:
-        """Blocks 0..last and the output head, for every row (no uncertainty head)."""
-        h, carry = self.embed(x, timesteps, cond)
-        for i in range(last + 1):
-            h = self.run_block(i, h, carry)
-        return self.output_head(h)
-
     def _cond_from_args(self, args, kwargs):
         """The conditioning, given positionally or as the keyword ``cond_name`` (y / context)."""
         if len(args) > 1:
@@ -282,8 +220,3 @@ class ExitBackbone(nn.Module):
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (conditioning is '{self.cond_name}=')")
         return cond
 
-
-def _call_from_args(exit_threshold, exit_policy) -> Call:
-    if exit_threshold is not None and exit_policy is not None:
-        raise TypeError("pass exit_threshold (a float) or exit_policy (a Call or an ExitPolicy), not both")
-    return as_call(exit_policy if exit_policy is not None else exit_threshold)

@@ -4,10 +4,12 @@ the reuse cache, for any ``Call`` (``libs/exits/call.py``) and any batch size.
 It uses only the backbone contract (``libs/models/backbone.py``): ``run_block``, ``select_rows``,
 ``mean_certainty(_one)``, ``exit_patience``, ``output_head``, ``cache_value``, ``reuse_value``.
 
-``forward(net, x, t, cond, call, cache)`` is the dispatch of one call: a plain truncated
-forward (``net._forward_truncated``) when no rule decides per sample and nothing is cached,
-else the checks of the cache and ``run``. ``run(net, h, carry, call, cache)`` runs blocks 0 ..
-``call.last_block``. After each block but
+The backbone's ``forward_early_exit`` and ``_forward_truncated`` are the functions of the same
+names here (``ExitBackbone`` binds them as its methods), so a sampling call goes from the
+sampling run straight into this file. ``forward(net, x, t, cond, call, cache)`` is the
+dispatch of one call: a plain truncated forward (``net._forward_truncated``) when no rule
+decides per sample and nothing is cached, else the checks of the cache and ``run``.
+``run(net, h, carry, call, cache)`` runs blocks 0 .. ``call.last_block``. After each block but
 the last, the call's per-sample rule (if any) decides which rows stop there; a row that stops
 takes the shared output head on that block's tokens and leaves the batch (compaction: the
 activations, the carry, the rule's state and the pending cache entries), so later blocks run
@@ -39,7 +41,85 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from libs.exits.call import float32
+from libs.exits.call import Call, float32
+from libs.exits.policy import as_call
+
+
+class EarlyExitOutput:
+    """Result of an early-exit forward.
+
+    sample: (B, C, H, W) noise prediction of each sample at its exit block.
+    exit_block: (B,) int64 index of the block each sample exited after (0-based;
+        ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
+    uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
+
+    reused: None (no reuse cache), or which rows took the call's reused span from the cache:
+        a (B,) bool tensor, or a Python bool for a batch of one given as Python ints.
+
+    A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
+    also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
+    become tensors on first access.
+    """
+
+    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row", "reused")
+
+    def __init__(self, sample: torch.Tensor, exit_block, uem_evals, reused=None):
+        self.sample, self.reused = sample, reused
+        one = isinstance(exit_block, int) and isinstance(uem_evals, int)
+        self._one_row = (exit_block, uem_evals) if one else None
+        self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
+
+    def _as_tensor(self, v: int) -> torch.Tensor:
+        return torch.full((1,), v, dtype=torch.long, device=self.sample.device)
+
+    @property
+    def exit_block(self) -> torch.Tensor:
+        if self._exit_block is None:
+            self._exit_block = self._as_tensor(self._one_row[0])
+        return self._exit_block
+
+    @property
+    def uem_evals(self) -> torch.Tensor:
+        if self._uem_evals is None:
+            self._uem_evals = self._as_tensor(self._one_row[1])
+        return self._uem_evals
+
+    @property
+    def one_row(self) -> Optional[Tuple[int, int]]:
+        """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
+        return self._one_row
+
+    @property
+    def blocks_run(self) -> torch.Tensor:
+        return self.exit_block + 1
+
+
+def call_from_args(exit_threshold, exit_policy) -> Call:
+    """The ``Call`` of a forward's ``exit_threshold`` (a float) or ``exit_policy`` (a ``Call``
+    or a rule that is the same at every call)."""
+    if exit_threshold is not None and exit_policy is not None:
+        raise TypeError("pass exit_threshold (a float) or exit_policy (a Call or an ExitPolicy), not both")
+    return as_call(exit_policy if exit_policy is not None else exit_threshold)
+
+
+def forward_early_exit(net, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
+                       reuse_cache=None, **kwargs) -> EarlyExitOutput:
+    """``ExitBackbone.forward_early_exit``: early-exit forward with per-sample compute accounting
+    (see EarlyExitOutput); with ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this
+    sampling run) it stores the cache's spans and takes the span the call reuses from it."""
+    cond = net._cond_from_args(args, kwargs)
+    call = call_from_args(exit_threshold, exit_policy)
+    cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None
+    return EarlyExitOutput(*forward(net, x, timesteps, cond, call, cache))
+
+
+def forward_truncated(net, x, timesteps, cond, last: int) -> torch.Tensor:
+    """``ExitBackbone._forward_truncated``: blocks 0..last and the output head, for every row
+    (no uncertainty head)."""
+    h, carry = net.embed(x, timesteps, cond)
+    for i in range(last + 1):
+        h = net.run_block(i, h, carry)
+    return net.output_head(h)
 
 
 def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
