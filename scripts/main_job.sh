@@ -28,7 +28,9 @@ FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_digits8_train.npz}
 STEPS=${STEPS:-800}
 ALGORITHM=${ALGORITHM:-unipc}
 EXIT_POLICIES=${EXIT_POLICIES:-0.9}
-SAMPLE_STEPS=${SAMPLE_STEPS:-8,10,12,15}
+# 8, 10 and 12 steps: where exit and step reduction cross on this model (at 15 steps threshold
+# 0.9 beats 12 full steps by 0.36 +- 0.63 only; SAMPLE_STEPS=8,10,12,15 adds it, about 40 s more).
+SAMPLE_STEPS=${SAMPLE_STEPS:-8,10,12}
 N_SAMPLES=${N_SAMPLES:-250}
 EVAL_ARGS=${EVAL_ARGS:-}
 COMPUTE_BUDGET=${COMPUTE_BUDGET:-}
