@@ -61,8 +61,9 @@ def _evaluate_into(out, lock, config, policies, accelerator, make_task, allow_co
     logger.info("evaluating %s under exit policies %s, %d samples, %d process(es), precision %s", config.nnet_path,
                 ", ".join(p.spec for p in policies), config.sample.n_samples, accelerator.num_processes,
                 precision_used(accelerator))
-    if precision_note(accelerator):
-        logger.warning("%s", precision_note(accelerator))
+    note = precision_note(accelerator)
+    if note:
+        logger.warning("%s", note)
     try:
         results = evaluate(net, task, config, policies, accelerator, staging, logger)
         if is_main:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from libs.diffusers_exit.adapter import attach_exits
-from libs.diffusers_exit.sweep import fid_function, format_table, parse_methods, run_sweep, write_report
+from libs.diffusers_exit.sweep import fid_function, parse_methods, run_sweep, write_report
 from libs.diffusers_exit.features import default_device
 from libs.diffusers_exit.task import DiffusersTask, load_transformer
 from libs.diffusion.registry import parse_step_counts
@@ -97,8 +97,7 @@ def stage_sweep(config, model_folder: Path, heads: Path, workdir: Path, methods:
     steps = list(parse_step_counts(c.sample.sample_steps))
     fid = fid_function(fid_stat, device) if fid_stat else None
     rows = run_sweep(net, task, c, parse_methods(methods, type(transformer).__name__), steps, fid=fid)
-    write_report(rows, workdir / "sweep", extra=dict(methods=methods, n_samples=int(c.sample.n_samples)))
-    return format_table(rows)
+    return write_report(rows, workdir / "sweep", extra=dict(methods=methods, n_samples=int(c.sample.n_samples)))
 
 
 def main(argv=None) -> None:
@@ -120,7 +119,6 @@ def main(argv=None) -> None:
     workdir, stages = Path(args.workdir), [s for s in args.stages.split(",") if s]
     model = Path(args.model) if args.model else workdir / "model" / "transformer"
     heads = Path(args.heads) if args.heads else workdir / "heads.safetensors"
-    torch.set_num_threads(torch.get_num_threads())
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "train":

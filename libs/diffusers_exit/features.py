@@ -27,6 +27,7 @@ from libs.diffusers_exit.adapter import attach_exits
 from libs.evaluation.sampling import generate
 from libs.exits.policy import FULL
 from libs.exits.recorder import ExitRecorder
+from libs.run.atomic import atomic_write
 
 
 def default_device() -> torch.device:
@@ -60,7 +61,7 @@ class SelfSamples(Dataset):
     @classmethod
     def load_or_make(cls, task, config) -> "SelfSamples":
         from safetensors import safe_open
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(config.distill.get("feature_file") or Path(config.workdir) / "self_samples.safetensors")
         recipe = _recipe(task, config)
@@ -70,9 +71,8 @@ class SelfSamples(Dataset):
                     return cls(f.get_tensor("x0"), f.get_tensor("y"))
         x0, y = make_samples(task, config)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file({"x0": x0.contiguous(), "y": y.contiguous()}, str(tmp), metadata=recipe)
-        tmp.replace(path)  # atomic; every process writes the same numbers
+        data = save({"x0": x0.contiguous(), "y": y.contiguous()}, metadata=recipe)
+        atomic_write(path, lambda f: f.write(data))  # every process writes the same numbers
         return cls(x0, y)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from libs.models.uvit_core import UncertaintyHead
+from libs.run.atomic import atomic_write
 from libs.run.errors import UserError
 
 SIGNATURE_KEYS = ("model", "depth", "width", "patch_size", "in_channels")
@@ -31,14 +32,12 @@ def describe(signature: Dict[str, str]) -> str:
 
 
 def save_heads(heads: nn.ModuleList, signature: Dict[str, str], path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(tmp),
-              metadata=dict(signature))
-    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
+    data = save({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, metadata=dict(signature))
+    atomic_write(path, lambda f: f.write(data))  # a reader sees the old file or the whole new one
 
 
 def load_heads(heads: nn.ModuleList, signature: Dict[str, str], path) -> None:

@@ -29,6 +29,7 @@ from libs.evaluation.image_io import images_to_uint8
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator
 from libs.exits.policy import FULL, parse_policies
 from libs.exits.recorder import ExitRecorder
+from libs.run.atomic import atomic_write_text
 
 
 @dataclass
@@ -72,11 +73,10 @@ def _sample_rule(net, task, config, policy, steps, device):
 def _cached_batch(net, task, sc, idx, steps, seed, b, device):
     tf = net.transformer
     caches.reset(tf)  # a new sampling run: no state from the previous batch
-    call, n = caches.cached_call(tf, net.cond_name), net.eps_channels
+    call = caches.cached_call(tf, net.cond_name)
 
-    def net_fn(x, t_net, cond):
-        out = call(x, t_net + net.time_shift if net.time_shift else t_net, cond)
-        return out if n is None else out[:, :n]
+    def net_fn(x, t_net, cond):  # the adapter's time shift and noise channels, as its forward takes them
+        return net.noise_prediction(call(x, net._network_time(t_net, x), cond))
 
     net_fn = with_time_scale(net_fn, task.time_scale)
     x_T, cond = initial_noise(task, idx, seed, device), task.conditions(idx, device)
@@ -100,9 +100,9 @@ def _sample_cache(net, task, config, rule, steps, device):
         finally:
             counter.remove()
     n = int(sc.n_samples)
-    gflops = counter.gflops_per_image(net.block_pieces(), fl.embed, fl.output_head, n)
-    layer_ratio = counter.rows.get("rest", 0) / max(counter.calls_rows * net.num_blocks, 1) \
-        if net.block_pieces().get("rest") else counter.rows["attn"] / max(counter.calls_rows * net.num_blocks, 1)
+    pieces = net.block_pieces()
+    gflops = counter.gflops_per_image(pieces, fl.embed, fl.output_head, n)
+    layer_ratio = counter.rows.get("rest" if pieces.get("rest") else "attn", 0) / max(counter.calls_rows * net.num_blocks, 1)
     return torch.cat(images), gflops, layer_ratio, seconds
 
 
@@ -158,9 +158,10 @@ def format_table(rows: List[SweepRow]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: List[SweepRow], folder, extra: Optional[dict] = None) -> Path:
-    folder = Path(folder)
+def write_report(rows: List[SweepRow], folder, extra: Optional[dict] = None) -> str:
+    """Writes ``sweep.json`` and ``sweep.txt`` (atomically) into ``folder``; returns the table."""
+    folder, table = Path(folder), format_table(rows)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.json").write_text(json.dumps(dict(rows=[asdict(r) for r in rows], **(extra or {})), indent=1))
-    (folder / "sweep.txt").write_text(format_table(rows) + "\n")
-    return folder / "sweep.txt"
+    atomic_write_text(folder / "sweep.json", json.dumps(dict(rows=[asdict(r) for r in rows], **(extra or {})), indent=1))
+    atomic_write_text(folder / "sweep.txt", table + "\n")
+    return table

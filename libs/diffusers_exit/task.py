@@ -140,13 +140,12 @@ class DiffusersTask(PixelTask):
         """What the 'distill' objective needs beyond config.loss: the teacher's noise prediction."""
         if self.teacher is None:
             return {}
-        teacher, n = self.teacher, self.teacher.eps_channels
+        teacher = self.teacher
 
         def target(x, t, cond):
             if next(teacher.parameters()).device != x.device:  # the engine moved the student; follow it
                 teacher.to(x.device)
-            out = teacher(x, t, cond)
-            return out if n is None else out[:, :n]
+            return teacher.noise_prediction(teacher(x, t, cond))
 
         return {"teacher": target}
 

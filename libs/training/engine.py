@@ -223,8 +223,9 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
         hooks.prepare_workdir(config, lock, resuming, logger)
     logger.info("workdir %s, %d process(es) on %s, precision %s", workdir, world, device,
                 precision_used(accelerator))
-    if precision_note(accelerator):
-        logger.warning("%s", precision_note(accelerator))
+    note = precision_note(accelerator)
+    if note:
+        logger.warning("%s", note)
     loss_kwargs = {k: config.loss[k] for k in ("uem_coef", "layer_coef", "layer_weight") if k in config.loss} \
         if config.loss.objective in HEAD_OBJECTIVES else {}
     loss_kwargs.update(getattr(task, "objective_kwargs", {}))  # a task's own (the distill teacher)
