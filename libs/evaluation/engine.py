@@ -265,8 +265,9 @@ def _fid(ctx: _Context, fid_acc, slug: str):
     if not ctx.accelerator.is_main_process:
         return float("nan"), float("nan")
     mu, sigma = fid_acc.compute()
-    features = np.empty_like(fid_acc.features())
-    features[ctx.gathered] = fid_acc.features()  # (N, D) in image order
+    kept = fid_acc.features()  # (N, D) in process-then-batch order (one concatenation)
+    features = np.empty_like(kept)
+    features[ctx.gathered] = kept  # (N, D) in image order
     if ctx.config.sample.get("save_features", False):
         (ctx.output_dir / "features").mkdir(parents=True, exist_ok=True)
         np.save(ctx.output_dir / "features" / f"{slug}.npy", features.astype(np.float32))

@@ -94,7 +94,12 @@ class ForecastCache(ReuseCache):
             hist = value.new_zeros((H, self.batch, *value.shape[1:]))
             times = torch.zeros(self.batch, H, dtype=torch.float64, device=value.device)
             count = torch.zeros(self.batch, dtype=torch.long, device=value.device)
-        idx = torch.arange(self.batch, device=value.device) if rows is None else rows
+        if rows is None:  # every row of the run: the shifted history is the whole new one (no gather, no scatter)
+            self._hist[span] = torch.cat([hist[1:], value.to(hist.dtype)[None]], 0)
+            self._times[span] = torch.cat([times[:, 1:], self._now.to(value.device)[:, None]], 1)
+            self._count[span] = (count + 1).clamp(max=H)
+            return
+        idx = rows
         now = self._now.to(value.device)[idx]
         # Shift the rows' histories one slot older and put the new value last (out of place).
         new_hist = torch.cat([hist[1:, idx], value.to(hist.dtype)[None]], 0)  # (H, b, ...)
