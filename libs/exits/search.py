@@ -23,11 +23,13 @@ class PlanSearch(ExitPolicy):
     per_call = True
 
     def __init__(self, ratio: float, plan: Optional[ExitPolicy] = None, proxy: Optional[float] = None,
-                 achieved: Optional[float] = None, calls: Optional[int] = None, tried: int = 0, scored=()):
+                 achieved: Optional[float] = None, calls: Optional[int] = None, tried: int = 0, scored=(),
+                 skipped: int = 0):
         ratio = float(ratio)
         self.refuse(ratio)
         self.ratio, self.plan, self.proxy, self.achieved, self.calls = ratio, plan, proxy, achieved, calls
         self.tried = tried  # plans scored
+        self.skipped = skipped  # plans of the family not run: over R by their least compute
         self.scored = tuple(scored)  # (spec, compute ratio, proxy) of every plan scored, in order
         # Before calibration: the search runs threshold rules and reuses, so it needs heads and a cache.
         self.uses_heads = plan is None or plan.uses_heads
@@ -53,8 +55,8 @@ class PlanSearch(ExitPolicy):
     def calibration(self) -> str:
         if self.plan is None:
             return ""
-        return (f"{self.plan.spec} (compute ratio {self.achieved:.3f}, proxy {self.proxy:.4g}, best of {self.tried}); "
-                f"per call: " + " ".join(self.actions()))
+        return (f"{self.plan.spec} (compute ratio {self.achieved:.3f}, proxy {self.proxy:.4g}, best of {self.tried} run, "
+                f"{self.skipped} over R unrun); per call: " + " ".join(self.actions()))
 
     def check(self, num_blocks, has_heads=True):
         if self.plan is not None:
