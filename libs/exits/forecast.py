@@ -130,6 +130,21 @@ class ForecastCache(ReuseCache):
     def bytes_per_row(self) -> int:
         return sum(v[:, 0].numel() * v.element_size() for v in self._hist.values())
 
+    def extrapolates(self, span: Span) -> Optional[torch.Tensor]:
+        """(B,) bool: the rows whose ``fetch`` of ``span`` now is a forecast (order >= 1 and two
+        or more values held), not a copy; None when none can be (order 0, nothing stored)."""
+        count = self._count.get(span)
+        return None if self.order == 0 or count is None else count > 1
+
+
+def forecast_rows(cache: Optional[ReuseCache], span: Optional[Span]) -> Optional[torch.Tensor]:
+    """After a call that reused ``span``: (B,) bool, the rows whose value for it was a forecast
+    (a reusing row stores nothing in the span it reused, so its history is what it fetched
+    from); None for a copying cache or no span (what ``ExitRecorder.record_call`` takes)."""
+    if span is None or not isinstance(cache, ForecastCache):
+        return None
+    return cache.extrapolates(span)
+
 
 def make_cache(policy, num_blocks: int) -> Optional[ReuseCache]:
     """The reuse cache of one sampling run of ``policy``: None when it never reuses, a

@@ -12,7 +12,7 @@ slicing (``net.noise_prediction``: the noise channels of a wider output, DiT's l
 from __future__ import annotations
 
 from libs.exits.policy import as_policy
-from libs.exits.forecast import make_cache
+from libs.exits.forecast import forecast_rows, make_cache
 
 
 class SamplingRun:
@@ -30,5 +30,6 @@ class SamplingRun:
         out = self.net.forward_early_exit(x, self.time_scale * t, cond, exit_policy=call, reuse_cache=self.cache)
         if self.recorder is not None:
             span = call.reuse_span(self.net.num_blocks) if out.reused is not None else None
-            self.recorder.record_call(out, span, self.cache.bytes_per_row() if self.cache is not None else 0)
+            self.recorder.record_call(out, span, self.cache.bytes_per_row() if self.cache is not None else 0,
+                                      forecast_rows(self.cache, span))
         return self.net.noise_prediction(out.sample)

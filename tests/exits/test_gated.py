@@ -53,12 +53,15 @@ def test_gate_1_recomputes_every_row():
 def test_a_batch_decides_as_each_row_alone_with_exits_reuse_forecasts_and_gates_mixed():
     net, (x, y) = tiny(num_classes=5, sharp=True), _inputs()
     policy = PhaseSplit(0.3, ThresholdExit(0.5), GatedReuse(0.5, Forecast(2, 1, 2)), switch=2, calls=len(TIMES))
-    rec = ExitRecorder(net.num_blocks)
+    rec, each = ExitRecorder(net.num_blocks), ExitRecorder(net.num_blocks)
     got = run_calls(net, policy, x, y, rec)
     for r in range(6):
-        alone = run_calls(net, policy, x[r:r + 1], y[r:r + 1])
+        each.start_run()
+        alone = run_calls(net, policy, x[r:r + 1], y[r:r + 1], each)
         for c in range(len(TIMES)):
             torch.testing.assert_close(got[c][r:r + 1], alone[c], atol=1e-6, rtol=1e-6)
+    assert torch.equal(rec.reused, each.reused) and torch.equal(rec.forecast, each.forecast)  # counted as alone
+    assert 0 < int(rec.forecast.sum()) < int(rec.reused.sum())  # some reusing rows forecast, some copied
     reused = rec.reused
     assert 0 < int(reused[:, 1].sum()) < 6 * 2  # the gate let some rows reuse and sent others to compute
     assert 0 < int(rec.counts[:2, :-1].sum())  # rows exited early in the threshold phase

@@ -153,3 +153,60 @@ def test_wrap_is_a_sampling_run_recording_here():
     assert isinstance(run, SamplingRun) and run.recorder is rec and run.cache.spans == ((1, 4),)
     assert rec.wrap(net, DeepCache(2, 1)).cache is not run.cache  # a new cache per run
     assert SamplingRun(net, FULL).cache is None
+
+
+def test_forecast_blocks_are_counted_as_part_of_the_reused():
+    """Of the reused rows, those whose cached value was a forecast: the one-row host path and
+    the tensor path count the same, rows that did not reuse are never counted."""
+    mixed, tensors = ExitRecorder(num_blocks=5), ExitRecorder(num_blocks=5)
+    calls = [([4, 4], [True, False], (1, 4), [True, True]), ([4, 4], [True, True], (1, 4), None),
+             ([4], [True], (2, 3), [True]), ([4], [False], (2, 3), [True])]
+    for exits, reused, span, forecast in calls:
+        f = None if forecast is None else torch.tensor(forecast)
+        tensors.record(torch.tensor(exits), torch.tensor([0] * len(exits)), torch.tensor(reused), span, f)
+        if len(exits) == 1:
+            mixed.record_one(exits[0], 0, reused[0], span, forecast=reused[0] and forecast[0])
+        else:
+            mixed.record(torch.tensor(exits), torch.tensor([0] * len(exits)), torch.tensor(reused), span, f)
+    assert torch.equal(mixed.forecast, tensors.forecast) and torch.equal(mixed.reused, tensors.reused)
+    assert tensors.forecast.tolist() == [[0, 1, 1, 1, 0], [0] * 5, [0, 0, 1, 0, 0], [0] * 5]
+    s = tensors.summary(FLOPS_5, num_images=2)
+    assert s["blocks_forecast"] == pytest.approx(4 / 6) and s["blocks_reused"] == pytest.approx(10 / 6)
+    assert s["blocks_forecast_per_step"] == pytest.approx([1.5, 0, 1, 0])
+    assert mixed.summary(FLOPS_5, 2) == s
+
+
+def test_per_call_gflops_add_up_to_the_run_without_heads():
+    rec = ExitRecorder(num_blocks=5)
+    rec.record(torch.tensor([4, 1]), torch.tensor([0, 2]))
+    rec.record(torch.tensor([4, 4]), torch.tensor([0, 0]), torch.tensor([True, False]), (1, 4))
+    s = rec.summary(FLOPS_5, num_images=2)
+    # a row through block 4: 1 + 15 + 2 = 18, through block 1: 1 + 3 + 2 = 6
+    # call 0: 18 + 6 = 24; call 1: 18 + 18 - (2 + 3 + 4) = 27; the heads (2 x 0.25) only in the total
+    assert [g * 2e9 for g in s["gflops_per_step"]] == pytest.approx([24, 27])
+    assert s["gflops_per_image"] * 2e9 == pytest.approx(24 + 27 + 0.5)
+    assert s["gflops_pieces"]["embed_output"] * 1e9 == pytest.approx(3) and \
+        [b * 1e9 for b in s["gflops_pieces"]["blocks"]] == pytest.approx([1, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_a_forecast_run_counts_its_forecasts_per_call(B):
+    """forecast:2:1:1 on a 5-block net: call 1 reuses the span (1, 4) from one value (a copy),
+    calls 3 and 5 from two (forecasts); forecast:2:1:0 and deepcache copy throughout."""
+    from libs.exits.forecast import Forecast
+    from libs.exits.reuse import DeepCache
+
+    net, x, y = tiny(num_classes=5), torch.randn(B, 3, 8, 8), torch.randint(0, 5, (B,))
+    got = {}
+    for policy in (Forecast(2, 1, 1), Forecast(2, 1, 0), DeepCache(2, 1)):
+        rec = ExitRecorder(net.num_blocks)
+        run = rec.wrap(net, policy)
+        with torch.no_grad():
+            for c in range(6):
+                run(x, torch.full((B,), 900.0 - 120 * c), y)
+        got[policy.spec] = rec.summary(None, B)
+    s = got["forecast:2:1:1"]
+    assert s["blocks_reused_per_step"] == [0, 3, 0, 3, 0, 3] and s["blocks_forecast_per_step"] == [0, 0, 0, 3, 0, 3]
+    assert s["blocks_forecast"] == pytest.approx(1.0) and s["blocks_reused"] == pytest.approx(1.5)
+    for spec in ("forecast:2:1:0", "deepcache:2:1"):
+        assert got[spec]["blocks_reused_per_step"] == [0, 3, 0, 3, 0, 3] and got[spec]["blocks_forecast"] == 0
