@@ -240,6 +240,8 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
                        cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
                        blocks_computed_per_step=summary["blocks_computed_per_step"],
                        blocks_reused_per_step=summary["blocks_reused_per_step"],
+                       blocks_forecast=summary["blocks_forecast"],
+                       blocks_forecast_per_step=summary["blocks_forecast_per_step"],
                        compile_seconds=compile_s, **run_record(acc_))
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")

@@ -1,6 +1,6 @@
 """The evaluation report: one row per (step count, exit policy) of a sweep, written as
-report.txt/.csv/.json, exit_block_per_step.csv, budget.json (with a compute budget) and
-tradeoff.png (FID against GFLOPs/img with one curve per policy across step counts, full
+report.txt/.csv/.json, exit_block_per_step.csv, blocks_per_step.csv, budget.json (with a compute
+budget) and tradeoff.png (FID against GFLOPs/img with one curve per policy across step counts, full
 depth included, and the frontier through the Pareto points; FID against time; each row's
 blocks computed, and reused from the cache, per sampling step).
 
@@ -9,8 +9,12 @@ reference run: full depth at the largest step count), ``fid`` and ``fid_se`` (bo
 standard error over the image set, ``libs/evaluation/fid_uncertainty.py``), ``seconds``,
 ``pareto`` (no other row has both GFLOPs/img <= and FID <=, one of them strictly;
 ``libs/evaluation/frontier.py``), ``mean_blocks`` (blocks computed per call), ``blocks_reused``
-(mean per call taken from the reuse cache instead, ``libs/exits/reuse.py``) and
-``cache_kib_per_image`` (the cache's memory per image); the paired differences
+(mean per call taken from the reuse cache instead, ``libs/exits/reuse.py``), ``blocks_forecast`` (of those, the
+mean per call whose cached value was a forecast, extrapolated from two or more cached values,
+``libs/exits/forecast.py``; the rest were copies) and ``cache_kib_per_image`` (the cache's
+memory per image, the largest a run held); report.txt prints the last three as ``reused``,
+``forecast`` and ``cacheKiB``, and blocks_per_step.csv the blocks computed, reused and forecast
+per sampling step of each row (columns ``<row> computed``, ``<row> reused``, ``<row> forecast``); the paired differences
 (``libs/evaluation/paired.py``): ``vs_full`` (FID minus full depth's at the same step count)
 and ``vs_steps`` (FID minus ``step_match``'s, the cheapest full-depth row costing at least as
 much), each with its paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the
@@ -61,6 +65,8 @@ class PolicyResult:
     cache_kib_per_image: float = 0.0
     blocks_computed_per_step: list = field(default_factory=list)
     blocks_reused_per_step: list = field(default_factory=list)
+    blocks_forecast: float = 0.0  # of blocks_reused, per call: forecast rather than copied
+    blocks_forecast_per_step: list = field(default_factory=list)
     precision: str = "fp32"  # the arithmetic the sampling really used (libs/run/distributed.py precision_used)
     processes: int = 1  # processes that shared the images
     # paired differences (libs/evaluation/paired.py); NaN / '' on full-depth rows
@@ -80,7 +86,7 @@ class PolicyResult:
 
 
 COLUMNS = ("sample_steps", "policy", "family", "threshold", "gflops_per_image", "compute_ratio", "fid", "fid_se",
-           "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "seconds", "images_per_s", "speedup",
+           "pareto", "layer_ratio", "mean_blocks", "blocks_reused", "blocks_forecast", "seconds", "images_per_s", "speedup",
            "compile_seconds", "n_images", "cache_kib_per_image", "algorithm", "calibration", "precision", "processes",
            "vs_full", "vs_full_se", "step_match", "vs_steps", "vs_steps_se", "beats_steps")
 
@@ -99,13 +105,16 @@ def _json_safe(value):
 def format_table(results: Sequence[PolicyResult], choice: Optional[dict] = None) -> str:
     width = max([len("policy")] + [len(r.policy) for r in results])
     head = (f"{'steps':>5} {'policy':>{width}} {'GFLOPs/img':>10} {'ratio':>6} {'FID':>8} {'+-2se':>6} "
-            f"{'layers':>6} {'reused':>6} {'time(s)':>7} {'speedup':>7} {'compile(s)':>10}  pareto")
+            f"{'layers':>6} {'reused':>6} {'forecast':>8} {'cacheKiB':>8} {'time(s)':>7} {'speedup':>7} {'compile(s)':>10}  pareto")
     lines = [head]
     for r in results:
         lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.gflops_per_image:>10.4g} {r.compute_ratio:>6.3f} "
                      f"{r.fid:>8.3f} {2 * r.fid_se:>6.2f} {r.layer_ratio:>6.3f} {r.blocks_reused:>6.2f} "
+                     f"{r.blocks_forecast:>8.2f} {r.cache_kib_per_image:>8.1f} "
                      f"{r.seconds:>7.1f} {r.speedup:>7.2f} {r.compile_seconds:>10.1f}  {'*' if r.pareto else ''}")
-    lines += ["", "FID +-2se: bootstrap standard error over the evaluated images' Inception features"]
+    lines += ["", "FID +-2se: bootstrap standard error over the evaluated images' Inception features; layers: blocks "
+              "computed per call over all blocks; reused: blocks per call taken from the reuse cache, forecast: of those, "
+              "extrapolated (the rest copied); cacheKiB: the reuse cache per image"]
     frontier = sorted((r for r in results if r.pareto), key=lambda r: r.gflops_per_image)
     if frontier:
         lines += ["", "frontier (* above; no other row has both fewer or equal GFLOPs/img and lower or equal FID):"]
@@ -158,7 +167,8 @@ def format_choice(choice: dict) -> str:
 
 
 def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[dict] = None) -> None:
-    """report.csv, report.json, report.txt, exit_block_per_step.csv, budget.json and tradeoff.png."""
+    """report.csv, report.json, report.txt, exit_block_per_step.csv, blocks_per_step.csv, budget.json and
+    tradeoff.png."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "report.csv", "w", newline="") as f:
@@ -173,15 +183,23 @@ def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[d
     (output_dir / "report.txt").write_text(format_table(results, choice) + "\n")
     np.savetxt(output_dir / "exit_block_per_step.csv", _per_step_table(results), delimiter=",",
                header=",".join(r.label for r in results), comments="")
+    blocks = {f"{r.label} {kind}": getattr(r, f"blocks_{kind}_per_step") for r in results
+              for kind in ("computed", "reused", "forecast")}
+    np.savetxt(output_dir / "blocks_per_step.csv", _padded(list(blocks.values())), delimiter=",",
+               header=",".join(blocks), comments="")
     plot_report(results, output_dir / "tradeoff.png")
 
 
 def _per_step_table(results: Sequence[PolicyResult]) -> np.ndarray:
     """(max steps, rows), NaN-padded: rows of different step counts have different lengths."""
-    longest = max(len(r.exit_block_per_step) for r in results)
-    table = np.full((longest, len(results)), np.nan)
-    for j, r in enumerate(results):
-        table[:len(r.exit_block_per_step), j] = r.exit_block_per_step
+    return _padded([r.exit_block_per_step for r in results])
+
+
+def _padded(columns: Sequence[list]) -> np.ndarray:
+    """(longest, len(columns)): the columns side by side, NaN below the shorter ones."""
+    table = np.full((max([len(c) for c in columns] + [0]), len(columns)), np.nan)
+    for j, c in enumerate(columns):
+        table[:len(c), j] = c
     return table
 
 
@@ -229,8 +247,11 @@ def plot_report(results: Sequence[PolicyResult], path: Path) -> None:
         if any(r.blocks_reused_per_step):
             axes[2].plot(range(1, len(computed) + 1), r.blocks_reused_per_step, ":", color=drawn[0].get_color(),
                          alpha=0.9, lw=1.2, label=f"{r.label} (reused)")
+        if any(r.blocks_forecast_per_step):
+            axes[2].plot(range(1, len(computed) + 1), r.blocks_forecast_per_step, "-.", color=drawn[0].get_color(),
+                         alpha=0.9, lw=1.0, label=f"{r.label} (forecast)")
     axes[2].set_xlabel("sampling step (network call; 1 = noisiest)")
-    axes[2].set_ylabel("mean blocks computed (dotted: reused)")
+    axes[2].set_ylabel("mean blocks computed (dotted: reused, dash-dot: forecast)")
     axes[2].set_title("blocks per sampling step")
     axes[2].legend(fontsize=6, ncol=2)
     axes[2].grid(alpha=0.3)

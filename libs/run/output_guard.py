@@ -40,7 +40,7 @@ CHECKPOINT_MARKERS = ("manifest.json", "nnet.pth", "nnet_ema.pth", "optimizer.pt
 WORKDIR_MARKERS = ("ckpts", "stats.jsonl")
 RUN_FOLDERS = ("ckpts", "samples")  # folders of a workdir that the training writes into
 REPORT_FILES = ("config.json", "report.txt", "report.csv", "report.json", "exit_block_per_step.csv", "tradeoff.png",
-                "grid_*.png", "log.txt", "run.lock")
+                "grid_*.png", "log.txt", "run.lock", "blocks_per_step.csv")
 _CKPT_NAME = re.compile(r"^\d+\.ckpt$")
 _SAMPLE_PNG = re.compile(r"^\d+\.png$")
 
