@@ -20,23 +20,38 @@ a gate at 0.7; gates at 0.3 and 0.5 never fire on the digits model). Plans whose
 call are the same as an earlier plan's (two fractions rounding to one switch call) run once.
 
 Each plan runs once on the calibration images (their own indices and noise, not the evaluated
-images'). Its score is the proxy: the mean squared distance of its images (decoded, clipped to
-[0, 1]: what FID sees) to full depth's images at the same step count from the same noise; its
-cost, the GFLOPs/img of that run over full depth's. The plan chosen has the smallest proxy
-among those whose cost is at most R (ties: the cheaper, then the earlier).
+images'). Its cost is the GFLOPs/img of that run over full depth's; its score, of its images
+(decoded, clipped to [0, 1]: what FID sees) against full depth's at the same step count from
+the same noise:
+
+    score = mean (x - x_full)^2 + 64 (sd(x) - sd(x_full))^2
+
+the compute budget's proxy (``proxy_distance``: per image, paired) plus the squared change of
+the images' pixel standard deviation (``contrast_gap``: the whole set's contrast). Why the
+second term: a copied span lowers every image's contrast a little, which FID (a distance
+between distributions) weighs far more than the squared distance does, and which the squared
+distance ranked below larger per-image errors that FID forgives (deepcache:2:1 against the
+searched plans). On the digits model's 12 measured reuse rows (UniPC, 10, 12 and 15 steps,
+500 images; ``docs/reuse_forecast.md``) Spearman with the paired FID difference to full depth
+is +0.53 for the squared distance alone and +0.94 for the score; the weight 64 was chosen on
+those rows, where every weight from 32 to 256 gives +0.90 to +0.95. The plan chosen has the
+smallest score among those whose cost is at most R (ties: the cheaper, then the earlier).
 
 A plan that cannot fit R is not run (``least_gflops``): its calls that repeat, from the first
 call on, the actions of a run already made cost what they cost there (same images, noise and
 actions: the same trajectory), every other call at least its embedding, output head and the
 blocks it must compute (a reusing call: the blocks outside the span; a call with an exit rule:
 block 0); heads are left out, so this never exceeds the plan's cost. The family holds 129
-plans at 10 or more calls (about 150 with the gated round); at R = 0.5 on the digits model
-most are over R by this bound before they run.
+plans at 10 or more calls (93 at 8), and the gated round up to 24 more; ``search:0.5`` on the
+digits model at 10, 12 and 15 UniPC steps ran 25, 27 and 30 of its 141 plans (about a minute
+on one CPU thread for the three) and skipped the others.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable, List, Sequence, Tuple
+
+import torch
 
 from libs.exits.call import ExitPolicyError, fmt
 from libs.exits.forecast import Forecast
@@ -50,6 +65,7 @@ FRACTIONS = (0.2, 0.3, 0.4)
 EVERY, DEPTHS, ORDERS = (2, 3, 4), (1, 2), (0, 1, 2)
 THRESHOLDS = (0.8, 0.85, 0.9)
 GATES, GATED_BEST, ROOM = (0.6, 0.7, 0.8), 4, 0.85
+CONTRAST_WEIGHT = 64.0  # the score's weight of contrast_gap (module docstring)
 
 
 def family(num_blocks: int, calls: int) -> List[ExitPolicy]:
@@ -115,14 +131,21 @@ def least_gflops(plan: ExitPolicy, calls: int, seen: dict, pieces: dict) -> floa
     return total
 
 
+def contrast_gap(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """(sd - sd_ref)^2: the squared change of the images' pixel standard deviation (their
+    contrast) from the reference's, over all images and elements."""
+    return (float(samples.double().std()) - float(reference.double().std())) ** 2
+
+
 def search_plan(ratio: float, run: Callable[..., tuple], proxy: Callable) -> PlanSearch:
-    """``search:ratio`` calibrated: the plan of the family with the smallest ``proxy`` whose
-    compute ratio is at most ``ratio``. ``run(policy, keep=True, images=True) -> (summary,
-    images in [0, 1])`` samples the calibration images; ``proxy(images, reference)``."""
+    """``search:ratio`` calibrated: the plan of the family with the smallest score (``proxy``
+    plus ``CONTRAST_WEIGHT`` x ``contrast_gap``) whose compute ratio is at most ``ratio``.
+    ``run(policy, keep=True, images=True) -> (summary, images in [0, 1])`` samples the
+    calibration images; ``proxy(images, reference)``."""
     ref_summary, reference = run(FULL, keep=True, images=True)
     full_g, N = ref_summary["gflops_per_image"], ref_summary["num_blocks"]
     calls, pieces = len(ref_summary["exit_block_per_step"]), ref_summary["gflops_pieces"]
-    scored: List[Tuple[float, float, int, ExitPolicy]] = []  # (proxy, compute ratio, order, plan)
+    scored: List[Tuple[float, float, int, ExitPolicy]] = []  # (score, compute ratio, order, plan)
     seen, skipped = {}, []  # seen: least_gflops's record of the runs made; skipped: plans over R unrun
 
     def score(plans: Sequence[ExitPolicy]) -> None:
@@ -131,7 +154,8 @@ def search_plan(ratio: float, run: Callable[..., tuple], proxy: Callable) -> Pla
                 skipped.append(p.spec)
                 continue
             summary, images = run(p, keep=True, images=True)
-            scored.append((proxy(images, reference), summary["gflops_per_image"] / full_g, len(scored), p))
+            value = proxy(images, reference) + CONTRAST_WEIGHT * contrast_gap(images, reference)
+            scored.append((value, summary["gflops_per_image"] / full_g, len(scored), p))
             remember(p, summary["gflops_per_step"])
 
     def remember(p: ExitPolicy, per_step: Sequence[float]) -> None:

@@ -1,5 +1,5 @@
-"""``search:R``: a calibrated plan found by searching a structured family of whole plans with the
-compute budget's proxy (``libs/evaluation/plan_search.py`` searches; this is the rule).
+"""``search:R``: a calibrated plan found by searching a structured family of whole plans with a
+score of the calibration images (``libs/evaluation/plan_search.py`` searches; this is the rule).
 
 Once calibrated it runs the plan found (a ``phase:``, ``forecast:``, ``gate:`` or threshold rule)
 and names it, with its action per network call, in the report's ``calibration`` column.
@@ -16,7 +16,7 @@ from libs.exits.reuse import ComputePlan
 @register
 class PlanSearch(ExitPolicy):
     """``search:R``: the plan of the searched family that keeps the calibration images closest
-    to full depth's under the compute ratio R (module docstring)."""
+    to full depth's (the search's score) under the compute ratio R (module docstring)."""
 
     family = "search"
     spelling = "search:R      the best plan of a searched family (phase, reuse, forecast, gate) under the ratio R"
@@ -28,9 +28,9 @@ class PlanSearch(ExitPolicy):
         ratio = float(ratio)
         self.refuse(ratio)
         self.ratio, self.plan, self.proxy, self.achieved, self.calls = ratio, plan, proxy, achieved, calls
-        self.tried = tried  # plans scored
+        self.tried = tried  # plans run and scored (proxy: the chosen plan's score)
         self.skipped = skipped  # plans of the family not run: over R by their least compute
-        self.scored = tuple(scored)  # (spec, compute ratio, proxy) of every plan scored, in order
+        self.scored = tuple(scored)  # (spec, compute ratio, score) of every plan run, in order
         # Before calibration: the search runs threshold rules and reuses, so it needs heads and a cache.
         self.uses_heads = plan is None or plan.uses_heads
         self.reuses = plan is None or plan.reuses
@@ -55,7 +55,7 @@ class PlanSearch(ExitPolicy):
     def calibration(self) -> str:
         if self.plan is None:
             return ""
-        return (f"{self.plan.spec} (compute ratio {self.achieved:.3f}, proxy {self.proxy:.4g}, best of {self.tried} run, "
+        return (f"{self.plan.spec} (compute ratio {self.achieved:.3f}, score {self.proxy:.4g}, best of {self.tried} run, "
                 f"{self.skipped} over R unrun); per call: " + " ".join(self.actions()))
 
     def check(self, num_blocks, has_heads=True):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from libs.evaluation.calibration import proxy_distance
-from libs.evaluation.plan_search import GATES, family, gated, least_gflops, plan_key, prefixes, search_plan
+from libs.evaluation.plan_search import (CONTRAST_WEIGHT, GATES, contrast_gap, family, gated, least_gflops, plan_key,
+                                         prefixes, search_plan)
 from libs.exits.call import ExitPolicyError
 from libs.exits.forecast import Forecast
 from libs.exits.gated import GatedReuse
@@ -86,7 +87,7 @@ def test_the_search_picks_the_closest_plan_under_the_ratio_and_reports_it():
     assert 0 < len(skipped) <= plan.skipped
     for p in skipped:  # a plan skipped really is over the ratio
         assert run(p, keep=True, images=True)[0]["gflops_per_image"] > 0.6 * 70
-    assert plan.calibration().startswith(f"gate:0.7:forecast:4:1:1 (compute ratio 0.500, proxy 0.3, best of "
+    assert plan.calibration().startswith(f"gate:0.7:forecast:4:1:1 (compute ratio 0.500, score 0.3, best of "
                                          f"{plan.tried} run, {plan.skipped} over R unrun)")
     assert plan.actions()[:5] == ["full"] + ["reuse:1+gate:0.7"] * 3 + ["full"]
     assert plan.for_call(1).gate == 0.7 and plan.forecast_order == 1 and plan.reuses
@@ -139,6 +140,27 @@ def test_least_compute_is_below_the_measured_on_a_trained_model(trained_digits):
         measured = got if p is phase else run(p)
         assert least_gflops(p, calls, seen, pieces) <= measured["gflops_per_image"] * (1 + 1e-9), p.spec
         assert least_gflops(p, calls, {}, pieces) <= measured["gflops_per_image"] * (1 + 1e-9), p.spec
+
+
+def test_the_score_adds_the_loss_of_contrast_to_the_squared_distance():
+    """Two plans under the ratio: forecast:4:1:1's images move less from full depth's (squared
+    distance) but lose contrast (scaled by 0.9); forecast:4:1:2's move more without losing any.
+    The search's score (squared distance + 64 x contrast gap) picks the second."""
+    ref = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    shifted = ref + 0.06 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    shifted = (shifted - shifted.mean()) / shifted.std() * ref.std() + ref.mean()  # the reference's contrast
+    scaled = (ref - ref.mean()) * 0.9 + ref.mean()
+    assert contrast_gap(shifted, ref) < 1e-12 and contrast_gap(scaled, ref) == pytest.approx(0.01 * ref.std() ** 2)
+    assert proxy_distance(scaled, ref) < proxy_distance(shifted, ref)
+    made = {"forecast:4:1:1": scaled, "forecast:4:1:2": shifted, "full": ref}
+    costs, _ = fake_run(lambda p: 0.0)
+
+    def run(policy, keep=True, images=True):
+        return costs(policy, keep, images)[0], made.get(policy.spec, ref + 1.0)  # every other plan: far away
+
+    plan = search_plan(0.55, run, proxy_distance)
+    assert plan.plan.spec == "forecast:4:1:2"
+    assert plan.proxy == pytest.approx(proxy_distance(shifted, ref) + CONTRAST_WEIGHT * contrast_gap(shifted, ref))
 
 
 def test_a_ratio_no_plan_reaches_says_so():
