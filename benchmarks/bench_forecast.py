@@ -86,6 +86,12 @@ def measured(report_paths):
     return report
 
 
+def weight_sweep(exits, weights=(16, 32, 64, 128, 256)):
+    """Spearman of squared distance + w x contrast gap with the paired FID differences, per w."""
+    return ", ".join(f"{w}: {spearman([r['proxy'] + w * r.get('contrast_gap', 0.0) for r, _ in exits], [m['vs_full'] for _, m in exits]):+.3f}"
+                     for w in weights)
+
+
 def compare(rows, report_paths, budgets):
     """Spearman of each proxy (``PROXIES``) with the measured FIDs of the same (steps, rule)
     points of a full evaluation (``measured``), and per budget (a ratio of full depth's
@@ -96,6 +102,7 @@ def compare(rows, report_paths, budgets):
             if (r["sample_steps"], r["policy"]) in report]
     exits = [(r, m) for r, m in both if r["policy"] != "full"]
     counts = sorted({r["sample_steps"] for r, _ in both})
+    print(f"squared distance + w x contrast gap, Spearman with FID - full's per w: {weight_sweep(exits)}")
     for name, proxy in PROXIES.items():
         per_steps = [spearman(*zip(*[(proxy(r), m["fid"]) for r, m in exits if r["sample_steps"] == s])) for s in counts]
         print(f"\n{name}: Spearman with FID {spearman([proxy(r) for r, _ in both], [m['fid'] for _, m in both]):+.3f} "

@@ -185,7 +185,7 @@ def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[d
                header=",".join(r.label for r in results), comments="")
     blocks = {f"{r.label} {kind}": getattr(r, f"blocks_{kind}_per_step") for r in results
               for kind in ("computed", "reused", "forecast")}
-    np.savetxt(output_dir / "blocks_per_step.csv", _padded(list(blocks.values())), delimiter=",",
+    np.savetxt(output_dir / "blocks_per_step.csv", _padded(list(blocks.values())), fmt="%.6g", delimiter=",",
                header=",".join(blocks), comments="")
     plot_report(results, output_dir / "tradeoff.png")
 
