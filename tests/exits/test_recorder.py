@@ -189,14 +189,22 @@ def test_per_call_gflops_add_up_to_the_run_without_heads():
         [b * 1e9 for b in s["gflops_pieces"]["blocks"]] == pytest.approx([1, 2, 3, 4, 5])
 
 
+def _tiny_dit():
+    from tests.models.test_dit import randomise, tiny as tiny_dit
+
+    return randomise(tiny_dit(learn_sigma=False))
+
+
 @pytest.mark.parametrize("B", [1, 3])
-def test_a_forecast_run_counts_its_forecasts_per_call(B):
-    """forecast:2:1:1 on a 5-block net: call 1 reuses the span (1, 4) from one value (a copy),
-    calls 3 and 5 from two (forecasts); forecast:2:1:0 and deepcache copy throughout."""
+@pytest.mark.parametrize("backbone", ["uvit", "dit"])
+def test_a_forecast_run_counts_its_forecasts_per_call(B, backbone):
+    """forecast:2:1:1: call 1 reuses the span (1, N-1) from one value (a copy), calls 3 and 5
+    from two (forecasts); forecast:2:1:0 and deepcache copy throughout. U-ViT and DiT."""
     from libs.exits.forecast import Forecast
     from libs.exits.reuse import DeepCache
 
-    net, x, y = tiny(num_classes=5), torch.randn(B, 3, 8, 8), torch.randint(0, 5, (B,))
+    net = tiny(num_classes=5) if backbone == "uvit" else _tiny_dit()
+    x, y = torch.randn(B, 3, 8, 8), torch.randint(0, 5, (B,))
     got = {}
     for policy in (Forecast(2, 1, 1), Forecast(2, 1, 0), DeepCache(2, 1)):
         rec = ExitRecorder(net.num_blocks)
@@ -205,8 +213,10 @@ def test_a_forecast_run_counts_its_forecasts_per_call(B):
             for c in range(6):
                 run(x, torch.full((B,), 900.0 - 120 * c), y)
         got[policy.spec] = rec.summary(None, B)
+    span = net.num_blocks - 2
     s = got["forecast:2:1:1"]
-    assert s["blocks_reused_per_step"] == [0, 3, 0, 3, 0, 3] and s["blocks_forecast_per_step"] == [0, 0, 0, 3, 0, 3]
-    assert s["blocks_forecast"] == pytest.approx(1.0) and s["blocks_reused"] == pytest.approx(1.5)
+    assert s["blocks_reused_per_step"] == [0, span, 0, span, 0, span]
+    assert s["blocks_forecast_per_step"] == [0, 0, 0, span, 0, span]
+    assert s["blocks_forecast"] == pytest.approx(span / 3) and s["blocks_reused"] == pytest.approx(span / 2)
     for spec in ("forecast:2:1:0", "deepcache:2:1"):
-        assert got[spec]["blocks_reused_per_step"] == [0, 3, 0, 3, 0, 3] and got[spec]["blocks_forecast"] == 0
+        assert got[spec]["blocks_reused_per_step"] == [0, span, 0, span, 0, span] and got[spec]["blocks_forecast"] == 0
