@@ -1,5 +1,5 @@
 """The search behind ``search:R`` (``libs/exits/search.py``): whole plans of a structured family,
-scored on the calibration images with the compute budget's proxy.
+scored on the calibration images (the compute budget's proxy plus the images' loss of contrast).
 
 Why a family and not per-call greed: ``plan:R`` (``greedy_plan``) measures each (call, action)
 change alone and adds the changes up, but stale reuse compounds (a multistep solver feeds
