@@ -21,12 +21,10 @@ from typing import List, Optional
 import torch
 
 from libs.diffusers_exit import caches
-from libs.diffusion.registry import make_sampler
-from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
 from libs.evaluation.calibration import calibrate_policy, proxy_distance
 from libs.evaluation.frontier import pareto_flags
 from libs.evaluation.image_io import images_to_uint8
-from libs.evaluation.sampling import generate, initial_noise, sampler_generator
+from libs.evaluation.sampling import generate, sample_batch
 from libs.exits.policy import FULL, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.run.atomic import atomic_write_text
@@ -69,22 +67,16 @@ def _sample_rule(net, task, config, policy, steps, device):
     return torch.cat(images), s["gflops_per_image"], s["layer_ratio"], seconds
 
 
-@torch.inference_mode()
 def _cached_batch(net, task, sc, idx, steps, seed, b, device):
     tf = net.transformer
     caches.reset(tf)  # a new sampling run: no state from the previous batch
     call = caches.cached_call(tf, net.cond_name)
 
-    def net_fn(x, t_net, cond):  # the adapter's time shift and noise channels, as its forward takes them
+    def net_fn(x, t, cond):  # the adapter's time shift and noise channels, as its forward takes them
+        t_net = task.time_scale * t
         return net.noise_prediction(call(x, net._network_time(t_net, x), cond))
 
-    net_fn = with_time_scale(net_fn, task.time_scale)
-    x_T, cond = initial_noise(task, idx, seed, device), task.conditions(idx, device)
-    scale = float(sc.get("scale", 0.0) or 0.0)
-    model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(idx), device), scale) if scale > 0 \
-        else conditional_model_fn(net_fn, cond)
-    x0 = make_sampler(sc, task.schedule, steps, sampler_generator(seed, b, device))(model_fn, x_T)
-    return task.decode(x0).float().cpu()
+    return sample_batch(net_fn, task, sc, idx, seed, b, device, steps=steps).float().cpu()
 
 
 def _sample_cache(net, task, config, rule, steps, device):

@@ -172,8 +172,8 @@ def _choose(ctx: _Context, runs, budget: float):
     for s, policy in runs:  # runs[0] is the reference: full depth at the largest step count
         policy = _calibrated(ctx, s, policy)
         calibrated.append((s, policy))
-        summary, x0 = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s, keep=True)
-        images = ctx.task.decode(x0.to(acc.device)).clamp(0, 1).cpu()  # what FID sees, (N, C, H, W) in [0, 1]
+        summary, images = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s,
+                                          keep=True, images=True)  # what FID sees, (N, C, H, W) in [0, 1]
         ref_samples = images if ref_samples is None else ref_samples
         candidates.append(dict(sample_steps=s, policy=policy.spec, gflops_per_image=summary["gflops_per_image"],
                                proxy=proxy_distance(images, ref_samples)))

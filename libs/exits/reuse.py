@@ -45,6 +45,7 @@ class ReuseCache:
         self.batch: Optional[int] = None
         self._values: Dict[Span, torch.Tensor] = {}
         self._valid: Dict[Span, object] = {}  # span -> True (every row) or a (B,) bool tensor
+        self.checked_for = None  # the network whose reuse_problem passed every span (exit loop)
 
     def bind(self, batch: int) -> None:
         """The batch size of the run (the first call's); a later call with another is refused."""

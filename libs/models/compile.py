@@ -42,6 +42,7 @@ model outputs across calls.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -202,13 +203,19 @@ def _per_sample_rule(rule, num_blocks: int) -> Optional[str]:
 
 def _note_fallbacks(view, stats: CompileStats, logger) -> None:
     """``view.forward_early_exit`` noting, once per rule, calls that run the ``blocks`` path."""
-    eager = view.forward_early_exit
+    eager, specs = view.forward_early_exit, {}  # rule -> _per_sample_rule(rule), read once per rule
 
     def forward_early_exit(x, timesteps, *args, exit_threshold=None, exit_policy=None, **kwargs):
-        spec = _per_sample_rule(exit_policy if exit_policy is not None else exit_threshold, view.num_blocks)
-        if spec is not None:
-            stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
-                       f"(whole-call graphs need the exit block before the call)", logger)
+        rule = exit_policy if exit_policy is not None else exit_threshold
+        try:
+            spec = specs[rule]
+        except (KeyError, TypeError):  # TypeError: an unhashable rule is read at each call
+            spec = _per_sample_rule(rule, view.num_blocks)
+            if spec is not None:
+                stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
+                           f"(whole-call graphs need the exit block before the call)", logger)
+            with contextlib.suppress(TypeError):
+                specs[rule] = spec
         return eager(x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
 
     view.forward_early_exit = forward_early_exit

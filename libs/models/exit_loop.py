@@ -142,14 +142,17 @@ def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
 
 
 def _check_cache(net, call, cache) -> None:
+    """The cache's spans are checked against ``net`` once per run; the call's reused span must be one of them."""
     span = call.reuse_span(net.num_blocks)
-    for sp in cache.spans + ((span,) if span is not None else ()):
+    missing = span is not None and span not in cache.spans
+    for sp in (() if cache.checked_for is net else cache.spans) + ((span,) if missing else ()):
         problem = net.reuse_problem(sp)
         if problem:
             raise ValueError(f"exit policy {call.spec}: {problem}")
-    if span is not None and span not in cache.spans:
+    if missing:
         raise ValueError(f"exit policy {call.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
                          f"cache does not keep (it keeps {list(cache.spans)})")
+    cache.checked_for = net
 
 
 def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] = None) -> tuple:

@@ -32,19 +32,21 @@ def _os_error_behind(exc: BaseException, kind=OSError) -> Optional[BaseException
     return None
 
 
-def open_own(path: Union[str, os.PathLike], mode: str = "a"):
-    """``open(path, mode)`` (text, "a" or "w") that refuses a symbolic link in ``path``'s place
-    (``OSError`` ELOOP naming it), where a plain open would write into the link's target."""
-    def opener(name, flags):
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-
+def own_fd(path: Union[str, os.PathLike], flags: int) -> int:
+    """``os.open(path, flags)`` that refuses a symbolic link in ``path``'s place (``OSError``
+    ELOOP naming it), where a plain open would write into the link's target."""
     try:
-        return open(path, mode, opener=opener)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP or os.path.islink(path):
             raise OSError(errno.ELOOP, f"{path} is a symbolic link (to {os.path.realpath(path)}) where this run "
                           f"writes its own file", str(path)) from None
         raise
+
+
+def open_own(path: Union[str, os.PathLike], mode: str = "a"):
+    """``open(path, mode)`` (text, "a" or "w") through ``own_fd``."""
+    return open(path, mode, opener=own_fd)
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from libs.run.atomic import own_fd
 from libs.run.errors import UserError
 
 LOCK_NAME = "run.lock"
@@ -136,9 +137,9 @@ class RunLock:
     def _open(self) -> int:
         """The lock file, never through a link (a link's target would get the lock's JSON)."""
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            return own_fd(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
-            if e.errno != errno.ELOOP and not self.path.is_symlink():
+            if e.errno != errno.ELOOP:
                 raise
             raise UserError(f"{self.path} is a symbolic link (to {os.path.realpath(self.path)}), not a lock this "
                             f"run made: a run never writes through a link; remove the link or choose another "
