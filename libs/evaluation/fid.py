@@ -1,14 +1,7 @@
-"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol).
-
-Statistics (mu, sigma) of Inception pool features come from a folder of images, an
-`.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images
-(`images` or `arr_0`, NHWC), a `.npy` of features ((N, 2048), one row per image, as an
-evaluation writes with `config.sample.save_features`), or batches streamed into a
-`FIDAccumulator`.
-
-The command lines over it are ``tools/fid.py`` (FID of two sets) and ``tools/fid_stats.py``
-(reference statistics).
-"""
+"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol). Statistics
+(mu, sigma) come from a folder of images, an ``.npz`` of statistics (``mu`` (2048,),
+``sigma`` (2048, 2048)) or of uint8 NHWC images (``images`` / ``arr_0``), a ``.npy`` of
+features (N, 2048), or batches streamed into a ``FIDAccumulator``."""
 
 import argparse
 import hashlib
@@ -46,13 +39,9 @@ def statistics_from_features(features) -> Stats:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) (Heusel et al. 2017, eq. 6).
 
-    Tr sqrtm(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2, which are
-    those of the symmetric positive semi-definite A S2 A with A = sqrtm(S1) (similar
-    matrices). Two symmetric eigendecompositions replace the general matrix square root that
-    pytorch-fid takes with scipy: about 8x faster at 2048 dimensions (1.7 s against 14 s on a
-    2-core CPU), the same value to ~1e-9 relative, and no complex or singular special cases
-    (eigenvalues below 0 from round-off are clipped).
-    """
+    Tr sqrtm(S1 S2) = sum of sqrt(eigenvalues of A S2 A), A = sqrtm(S1) (similar, symmetric
+    PSD): two symmetric eigendecompositions instead of scipy's general sqrtm, about 8x faster at
+    2048 dimensions and equal to ~1e-9 relative; round-off eigenvalues below 0 are clipped."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
@@ -76,11 +65,9 @@ PSD_TOL = 1e-4  # sigma + PSD_TOL * max(diag sigma) * I must be positive definit
 
 def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "statistics") -> Stats:
     """Validate FID statistics and return them as float64: shapes (D,), (D, D) (D = dims unless
-    None), every value finite, and sigma a covariance: symmetric to ``SYMMETRY_TOL`` (relative
-    to its largest entry) and positive semi-definite to ``PSD_TOL``, i.e. no eigenvalue below
-    ``-PSD_TOL * max(diag sigma)`` (tested with a Cholesky factorisation of the shifted matrix,
-    not an eigendecomposition: 0.2 s at 2048 dimensions). Float32 round-off of a rank-deficient
-    covariance (fewer images than dimensions) stays well inside these tolerances."""
+    None), finite, sigma symmetric to ``SYMMETRY_TOL`` (relative to its largest entry) and PSD to
+    ``PSD_TOL`` (no eigenvalue below ``-PSD_TOL * max(diag sigma)``, tested by a Cholesky of the
+    shifted matrix)."""
     try:
         mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -180,17 +167,11 @@ def is_statistics_file(path: str) -> bool:
 # Streaming accumulator.
 
 class FIDAccumulator:
-    """Running Inception statistics of image batches fed incrementally.
-
-    update() takes (B, C, H, W) images, C in {1, 3}, as uint8 or float in [0, 1] (torch or
-    numpy). Floats are quantized as the PNG writer does (x * 255 + 0.5, clamped, to uint8)
-    unless quantize=False, so streamed samples give the statistics of their saved PNGs.
-    Features are summed in float64 (sum and sum of outer products), so memory is
-    O(D^2) whatever the number of images; ``keep_features=True`` also keeps every image's
-    features (for a bootstrap of the FID, ``libs/evaluation/fid_uncertainty.py``).
-    Across processes, ``reduce(accelerator)`` adds up every process's sums (and gathers the
-    kept features) so that the main process holds the statistics of all images.
-    """
+    """Running Inception statistics of image batches. ``update`` takes (B, C, H, W), C in {1, 3},
+    uint8 or float in [0, 1]; floats are quantized as the PNG writer does (x * 255 + 0.5, clamped)
+    unless quantize=False. Sums in float64 (O(D^2) memory); ``keep_features=True`` also keeps
+    every image's features (for the bootstrap). ``reduce(accelerator)`` adds every process's sums
+    (and gathers kept features) on the main process."""
 
     def __init__(self, model: nn.Module, batch_size: int = 50, quantize: bool = True,
                  dims: int = FEATURE_DIM, cache: Optional["FeatureCache"] = None, keep_features: bool = False):
@@ -267,12 +248,8 @@ class FIDAccumulator:
 
 
 class FeatureCache:
-    """Inception features of uint8 images by content, shared by the accumulators of one sweep.
-
-    Exit policies often produce byte-identical images (a timestep profile and its threshold
-    exit after the same blocks at every step, for instance): their features are computed once.
-    Holds at most ``max_images`` features (8 KiB each); past that, new images are computed
-    but not kept."""
+    """Inception features of uint8 images by content, shared by one sweep's accumulators (rules
+    often give byte-identical images). Keeps at most ``max_images`` features (8 KiB each)."""
 
     def __init__(self, max_images: int = 20000):
         self.max_images = max_images
@@ -394,10 +371,8 @@ def load_feature_file(path: str) -> np.ndarray:
 
 def statistics_of(source: str, get_model: Callable[[], nn.Module], batch_size: int = 50,
                   num_workers: int = 0, progress: bool = True) -> Stats:
-    """Statistics of a folder, a statistics .npz, an image .npz or a .npy of features.
-
-    get_model is called only if images have to go through Inception.
-    """
+    """Statistics of a folder, a statistics .npz, an image .npz or a .npy of features;
+    ``get_model`` is called only if images go through Inception."""
     if os.path.isdir(source):
         return statistics_from_folder(source, get_model(), batch_size, num_workers, progress=progress)
     if not os.path.isfile(source):

@@ -1,27 +1,15 @@
 """Frozen Stable Diffusion v1 KL-f8 autoencoder (the latent space of U-ViT's ImageNet and
-MS-COCO models, Rombach et al. 2022), built on diffusers' ``AutoencoderKL``.
+MS-COCO models), built on diffusers' ``AutoencoderKL``::
 
-Latent-space models train on *moments* (quant_conv output: mean and log-variance
-concatenated on channels) stored on disk, and draw a latent per step::
-
-    vae = load_autoencoder("assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215, device="cuda")
+    vae = load_autoencoder("assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215)
     moments = vae.encode_moments(x)      # x (B, 3, H, W) in [-1, 1] -> (B, 8, H/8, W/8)
     z = vae.sample(moments)              # scale * (mean + std * noise), (B, 4, H/8, W/8)
     x = vae.decode(z)                    # decoder(post_quant_conv(z / scale)), about [-1, 1]
 
-Weights may come in either naming:
-
-* CompVis / ldm (the released ``autoencoder_kl.pth``): ``encoder.down.0.block.0.norm1.weight``,
-  ``encoder.mid.attn_1.q.weight`` (1x1 conv), ``decoder.up.3...`` (decoder levels numbered
-  from the highest resolution, i.e. reversed w.r.t. diffusers), ``quant_conv``...
-  A full Stable Diffusion checkpoint (``first_stage_model.*`` keys) also works.
-* diffusers: a state dict of ``AutoencoderKL`` or a folder with ``config.json`` and
-  ``diffusion_pytorch_model.safetensors`` (or ``.bin``), or a pipeline folder with ``vae/``.
-
-Loading is strict: any missing, unexpected or mis-shaped key raises ``AutoencoderWeightsError``
-listing them. The only keys dropped on purpose are ``loss.*`` (the LPIPS/discriminator of
-the ldm training checkpoints, not part of the autoencoder).
-"""
+Weights in CompVis / ldm naming (the released ``autoencoder_kl.pth``, or a full SD checkpoint
+with ``first_stage_model.*``) or diffusers naming (a state dict, a model folder or a pipeline
+folder with ``vae/``). Loading is strict (``AutoencoderWeightsError`` lists the bad keys); only
+``loss.*`` (ldm's LPIPS/discriminator) is dropped on purpose."""
 from __future__ import annotations
 
 import json
@@ -92,12 +80,8 @@ class AutoencoderWeightsError(ValueError):
 
 
 def vae_config(config: Optional[Mapping] = None, **overrides) -> dict:
-    """The SD v1 VAE config with ``config`` / ``overrides`` applied.
-
-    Block type lists follow the length of ``block_out_channels`` unless given, so a tiny
-    test model only needs e.g. ``block_out_channels=[8, 16], norm_num_groups=4``.
-    Keys of a diffusers ``config.json`` that do not affect the weights are dropped.
-    """
+    """The SD v1 VAE config with ``config`` / ``overrides`` applied; block type lists follow
+    ``block_out_channels``; config.json keys that do not affect the weights are dropped."""
     given = {k: v for k, v in {**dict(config or {}), **overrides}.items() if not k.startswith("_")}
     for key, needed in _REQUIRED_CONFIG.items():
         if key in given and given.pop(key) != needed:
@@ -140,13 +124,9 @@ def sample_latent(moments: torch.Tensor, scale_factor: float, generator: Optiona
 
 
 class FrozenAutoencoderKL(nn.Module):
-    """KL autoencoder with frozen weights, always in eval mode, every method under no_grad.
-
-    The submodules are those of diffusers' ``AutoencoderKL`` (``encoder``, ``decoder``,
-    ``quant_conv``, ``post_quant_conv``), so ``state_dict()`` has diffusers key names.
-    ``scale_factor`` multiplies latents (0.18215 for ImageNet, 0.23010 for MS-COCO, as in
-    the released U-ViT configs).
-    """
+    """KL autoencoder with frozen weights, always in eval mode, every method under no_grad;
+    diffusers' submodule names. ``scale_factor`` multiplies latents (0.18215 ImageNet, 0.23010
+    MS-COCO)."""
 
     def __init__(self, config: Optional[Mapping] = None, scale_factor: float = 0.18215):
         super().__init__()
@@ -320,11 +300,8 @@ def _infer_levels(keys, pattern: str) -> int:
 
 
 def compvis_to_diffusers(sd: Mapping[str, torch.Tensor], n_levels: Optional[int] = None) -> dict:
-    """Rename a CompVis/ldm VAE state dict to diffusers ``AutoencoderKL`` names.
-
-    The attention q/k/v/proj_out 1x1 conv weights (C, C, 1, 1) become Linear weights (C, C).
-    Keys that match no rule are kept unchanged (a strict load then reports them).
-    """
+    """Rename a CompVis/ldm VAE state dict to diffusers names; attention 1x1 conv weights
+    (C, C, 1, 1) become Linear (C, C); unmatched keys are kept (a strict load reports them)."""
     if n_levels is None:
         n_levels = _infer_levels(sd, r"^(?:encoder\.down|decoder\.up)\.(\d+)\.")
     out = {}
@@ -393,11 +370,8 @@ def _to_diffusers_names(sd: Mapping[str, torch.Tensor], n_levels: int) -> tuple[
 
 
 def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.Tensor], source: str = "<state dict>") -> str:
-    """Load a CompVis- or diffusers-named state dict into ``model``, strictly.
-
-    Returns the detected naming ('compvis' or 'diffusers'); raises ``AutoencoderWeightsError``
-    listing missing (with their CompVis names), unexpected and mis-shaped keys.
-    """
+    """Load a CompVis- or diffusers-named state dict into ``model`` strictly; returns the naming
+    ('compvis' or 'diffusers')."""
     n_levels = len(model.config["block_out_channels"])
     converted, kind = _to_diffusers_names(sd, n_levels)
     missing, unexpected, mismatched = state_dict_diff(converted, model.state_dict())
@@ -444,10 +418,8 @@ def _diffusers_folder_files(folder: Path) -> tuple[Path, Optional[Path]]:
 
 
 def read_autoencoder_state_dict(path: Union[str, os.PathLike]) -> tuple[dict, Optional[dict]]:
-    """Read weights from a file (.pth/.pt/.ckpt/.bin/.safetensors) or a diffusers folder.
-
-    Returns (state dict, config dict from the folder's config.json or None).
-    """
+    """(state dict, the folder's config.json dict or None) from a .pth/.pt/.ckpt/.bin/.safetensors
+    file or a diffusers folder."""
     resolved = _resolve(path)
     if resolved is None:
         raise AutoencoderNotFoundError(f"autoencoder weights not found: {path} (looked relative to the working "
@@ -479,11 +451,8 @@ def read_autoencoder_state_dict(path: Union[str, os.PathLike]) -> tuple[dict, Op
 def load_autoencoder(path: Union[str, os.PathLike] = DEFAULT_AUTOENCODER_PATH, scale_factor: float = 0.18215,
                      device: Union[str, torch.device] = "cpu",
                      config: Union[None, Mapping, str, os.PathLike] = None) -> FrozenAutoencoderKL:
-    """Build the frozen autoencoder and load ``path`` strictly (see module docstring).
-
-    ``config``: None (the SD v1 VAE, or the folder's config.json for a diffusers folder), a
-    dict, or the path of a JSON file holding one (e.g. a tiny test model).
-    """
+    """Build the frozen autoencoder and load ``path`` strictly. ``config``: None (SD v1, or a
+    diffusers folder's config.json), a dict, or a JSON file path."""
     sd, folder_config = read_autoencoder_state_dict(path)
     if isinstance(config, (str, os.PathLike)):
         config = json.loads(Path(config).read_text())
