@@ -1,26 +1,17 @@
 """A diffusers transformer as an early-exit backbone (``libs/models/backbone.py``), its weights
-used in place: ``attach_exits(transformer)``.
+used in place: ``attach_exits(transformer)``. ``net.transformer`` is the object given (its
+state dict unchanged); the uncertainty heads are ``net.uem_heads``, saved apart
+(``libs/diffusers_exit/heads.py``). Full depth is ``transformer(...).sample``; the exit at
+block k is the model's own final layer on block k's tokens.
 
-The adapter holds the diffusers module itself (``net.transformer`` is the object given: nothing
-is copied or renamed, so ``transformer.state_dict()`` is unchanged) and one uncertainty head per
-block in ``net.uem_heads``, a module of its own (saved and loaded alone, ``libs/diffusers_exit/heads.py``).
-It runs the transformer's own modules in the transformer's own order, so full depth is
-``transformer(...).sample`` (all output channels, learned sigma too); the exit at block k is the
-model's own final layer on block k's tokens.
-
-How it implements the backbone contract:
-
-* the tokens between blocks are ``h = [c, x_1..x_L]`` (B, 1 + L, D): row 0 carries what the
-  final layer reads (DiT: the conditioning embedding ``norm1.emb(t, y)`` of block 0, as diffusers'
-  output stage computes it; PixArt: ``adaln_single``'s embedded timestep), so batch compaction
-  of ``h`` compacts it too and ``output_head(h)`` needs nothing else;
-* the carry holds what every block reads per row (DiT: timestep and labels, from which each
-  diffusers block recomputes its embedding; PixArt: the adaLN-single modulation, the projected
-  caption tokens and their attention bias); ``select_rows`` indexes it;
-* heads: Linear(D, p*p*in_channels) + sigmoid on block i's patch tokens (the noise channels);
-* reuse: any span of blocks, cached as its residual on the patch tokens;
-* ``eps_channels = in_channels`` when the model predicts a variance too (learned sigma).
-"""
+* tokens between blocks: ``h = [c, x_1..x_L]`` (B, 1 + L, D), row 0 holding what the final
+  layer reads (DiT: block 0's ``norm1.emb(t, y)``; PixArt: ``adaln_single``'s embedded
+  timestep), so compaction of ``h`` compacts it too;
+* carry: what every block reads per row (DiT: timestep and labels; PixArt: the adaLN-single
+  modulation, projected caption tokens and their attention bias);
+* heads: Linear(D, p*p*in_channels) + sigmoid on block i's patch tokens;
+* reuse: any span, cached as its residual on the patch tokens;
+* ``eps_channels = in_channels`` with learned sigma."""
 from __future__ import annotations
 
 from dataclasses import dataclass

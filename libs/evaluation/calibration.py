@@ -1,17 +1,10 @@
-"""Calibrating exit rules on images of their own, once per run, and running a rule on those
-calibration images (what calibration and the compute budget's quality proxy both need).
-
-* ``profile:T``: threshold:T's mean exit block per network call, rounded half up;
-* ``budget:R``: bisection on the threshold until the layer ratio is within 0.01 of R;
-* ``phase:F:A+B``: the calls of a run counted (one static:0 run);
-* ``plan:R``: the greedy planner (``greedy_plan``) under the compute ratio R;
-* ``search:R``: the search of whole plans (``libs/evaluation/plan_search.py``) under R;
-* ``proxy_distance``: the quality proxy of the plan search and of the compute budget
-  (``libs/evaluation/frontier.py``).
-
-``calibrate(policy, run)`` dispatches on the rule's family (``CALIBRATORS``); ``run(rule,
-keep=False)`` samples the calibration set under ``rule`` and returns ``ExitRecorder.summary``
-(with ``keep=True`` also the samples x_0)."""
+"""Calibrating exit rules once per run on calibration images of their own, and running a
+rule on them: ``profile:T`` (threshold:T's mean exit block per call, rounded half up),
+``budget:R`` (bisection on the threshold to a layer ratio within 0.01 of R), ``phase:F:A+B``
+(counts the run's calls), ``plan:R`` (``greedy_plan``), ``search:R``
+(``libs/evaluation/plan_search.py``). ``calibrate(policy, run)`` dispatches on the family
+(``CALIBRATORS``); ``run(rule, keep=False)`` returns ``ExitRecorder.summary`` (``keep=True``:
+also the samples x_0)."""
 from __future__ import annotations
 
 import contextlib
@@ -35,11 +28,10 @@ log = logging.getLogger(__name__)
 
 def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contextlib.nullcontext,
                     steps: Optional[int] = None, keep: bool = False, images: bool = False):
-    """Run ``rule`` on the first ``config.sample.calib_samples`` image indices with the
-    calibration seed stream (not the evaluated images' noise) and ``steps`` sampler steps.
-    Returns the recorder's summary (FLOPs included), and with ``keep=True`` also the (N, ...)
-    samples x_0 (float32, CPU), or with ``images=True`` too the images decoded and clipped to
-    [0, 1] (what FID sees; the proxy of the compute budget and of ``search:R`` compares these)."""
+    """Run ``rule`` on the first ``config.sample.calib_samples`` image indices (calibration seed
+    stream) at ``steps`` sampler steps. Returns the recorder's summary, and with ``keep=True``
+    also the (N, ...) samples x_0 (float32, CPU), or with ``images=True`` the decoded images
+    clipped to [0, 1] (what FID sees)."""
     sc = config.sample
     n, bs = int(sc.get("calib_samples", 64)), int(sc.mini_batch_size)
     seed = mix_seed(config.seed, Stream.CALIBRATION)
@@ -174,18 +166,14 @@ def _harms(ratio: float, run, calls: int, full_g: float, reference, N: int) -> l
 
 
 def greedy_plan(ratio: float, run: Callable[..., tuple]) -> ComputePlan:
-    """A plan under the compute ratio ``ratio``, training-free, in the spirit of Learning-to-Cache's
-    per-timestep router:
+    """A training-free plan under the compute ratio ``ratio`` (after Learning-to-Cache's router):
 
-    1. one calibration run per (call, action) with every other call at full depth gives the
-       action's harm there: the proxy distance of the samples to full depth's (``_harms``);
-    2. greedy: take (call, action) changes by harm per GFLOP saved, smallest first (a cheaper
-       action may replace a call's earlier one), until the plan's GFLOPs/img is at most
-       ``ratio`` x full depth's. A call's GFLOPs depend only on its action (the actions decide
-       nothing per sample), so the plan's cost is the sum over its calls. A reuse is taken only
-       where the call before computes its span, so every reused value is one call old, as in
-       the runs that measured its harm;
-    3. one run of the plan gives its proxy (harms are not additive) and its compute ratio.
+    1. one calibration run per (call, action), every other call at full depth, gives the action's
+       harm there (proxy distance to full depth, ``_harms``);
+    2. greedy: take (call, action) changes by harm per GFLOP saved, smallest first, until the
+       plan's GFLOPs/img is at most ``ratio`` x full depth's (a call's cost depends only on its
+       action); a reuse is taken only where the call before computes its span;
+    3. one run of the plan gives its proxy and compute ratio.
 
     ``run(policy, keep=True) -> (summary, samples x_0)`` samples the calibration images."""
     ref_summary, reference = run(FULL, keep=True)

@@ -1,19 +1,10 @@
-"""Loading and saving network weights.
-
-``load_weights(net, source)`` accepts, from a path (``.pth``/``.pt`` via
-``torch.load(weights_only=True)``, or ``.safetensors``) or an in-memory state dict:
-
-* a released U-ViT file (no uncertainty heads): the heads keep their fresh initialisation
-  and the report says so;
-* a released AdaDiff file: ``lte_classifer.{i}.lte.*`` (sic) is mapped to ``uem_heads.{i}.proj.*``;
-* this project's own files (``uem_heads.*``), also when saved from a DDP / compiled model.
-
-Anything else fails with a message listing the missing, unexpected and shape-mismatched keys.
-Weights holding NaN/inf are refused. A file inside a checkpoint directory is checked
-against that directory's ``manifest.json`` (libs/run/manifest.py) before it is read.
-``save_weights`` writes atomically (temporary file + rename) so a crash never leaves a
-truncated file behind.
-"""
+"""Loading and saving network weights. ``load_weights(net, source)`` takes a path (``.pth`` /
+``.pt`` via ``torch.load(weights_only=True)``, or ``.safetensors``) or a state dict: a released
+U-ViT file (heads keep their fresh init), a released AdaDiff file (``lte_classifer.{i}.lte.*``
+(sic) -> ``uem_heads.{i}.proj.*``) or this project's own (also from DDP / compiled models).
+Anything else fails listing missing, unexpected and mis-shaped keys; NaN/inf weights are
+refused; a file in a checkpoint directory is checked against its ``manifest.json`` first.
+``save_weights`` writes atomically."""
 from __future__ import annotations
 
 import io
@@ -68,11 +59,10 @@ class NonFiniteWeightsError(ValueError):
 
 
 def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
-    """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``;
-    with ``verify``, first check it against its folder's manifest.json when there is one.
-    The file is read into memory in one go (no memory map) and refused when it changes
-    meanwhile, so a copy still being written is a clear error, never a bus error. A link is
-    followed to the real file first: its manifest checks it, wherever the link lies."""
+    """A state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``; with
+    ``verify``, checked against its folder's manifest.json when there is one. Read into memory in
+    one go and refused if it changes meanwhile (a copy still being written is a clear error, never
+    a bus error); a link is followed to the real file first."""
     path = Path(os.path.realpath(path))
     if path.is_dir():
         hint = f" (a checkpoint folder: pass {path / 'nnet_ema.pth'})" if (path / "nnet_ema.pth").is_file() else ""
@@ -283,10 +273,9 @@ def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
 
 
 def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
-    """Every file of a training checkpoint (file name -> object), verified: against its
-    manifest (when it has one, which must list every file), readable, consistent
-    (``check_checkpoint_contents``), and with finite network and EMA weights. Raises
-    ``CorruptCheckpointError`` naming the file otherwise."""
+    """Every file of a training checkpoint (name -> object), verified against its manifest (which
+    must list every file), readable, consistent and with finite network and EMA weights; else
+    ``CorruptCheckpointError`` naming the file."""
     ckpt_dir = Path(ckpt_dir)
     present = [n for n in (*CHECKPOINT_FILES, "config.json") if (ckpt_dir / n).exists()]
     verified = verify_files(ckpt_dir, present)

@@ -1,26 +1,13 @@
-"""The training engine shared by every ``train*.py``.
-
-A run is described entirely by its config (saved as ``<workdir>/config.json``); what differs
-between pixel, latent and text-to-image training is a small ``task`` object (see
-``libs/tasks/``): the training dataset, the forward-noise process and how a data batch
-becomes ``(x0, cond)``. ``_train`` reads as one page:
+"""The training engine shared by every ``train*.py``. A run is its config (saved as
+``<workdir>/config.json``) and a ``task`` (``libs/tasks/``: dataset, noise process, batch ->
+``(x0, cond)``). ``_train`` reads as one page:
 
     set up -> resume or initialise -> [step (batch, loss, update, EMA), guards, log, sample,
     evaluate, save] * n -> choose the best checkpoint
 
-``Run`` holds what stays fixed over a run, ``TrainState`` what the steps change; the guards and
-interval hooks are named functions in ``libs/training/hooks.py``.
-
-Every random draw is a function of (seed, process rank, step), so a resumed run continues
-exactly as an uninterrupted one would (the data order too, see ``libs/training/data_order.py``).
-
-What a run guarantees (docs/guarantees.md): the config is checked before any
-work (libs/cli/config_check.py, by the entry scripts); one run per workdir (libs/run/lock.py); checkpoints are written
-atomically with a checksum manifest and resume falls back to the newest intact one
-(libs/run/checkpoint.py); diverged weights (NaN/inf or |w| > config.train.max_abs_weight) stop
-the run before they are saved (libs/run/weight_guard.py); config.json is written once the run's
-weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
-"""
+``Run`` holds what stays fixed over a run, ``TrainState`` what the steps change; guards and
+interval hooks are in ``libs/training/hooks.py``. Every random draw is a function of (seed,
+rank, step), so a resumed run continues exactly as an uninterrupted one."""
 from __future__ import annotations
 
 import copy
@@ -88,11 +75,9 @@ def warmup_lambda(warmup_steps: int):
 
 
 def train(config, task) -> Path:
-    """Run (or resume) training as configured; returns the last checkpoint directory (the
-    best by FID with ``config.train.select_best_by_fid``, see ``libs/training/best_checkpoint.py``).
-    The config must have passed ``libs.cli.config_check.check_config(config, "train")`` (the
-    entry scripts run it before building the task); the main process holds
-    ``<workdir>/run.lock`` throughout."""
+    """Run (or resume) training; returns the last checkpoint directory (the best by FID with
+    ``config.train.select_best_by_fid``). The config must have passed ``check_config(config,
+    "train")``; the main process holds ``<workdir>/run.lock`` throughout."""
     is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
     check_output_folder(config.workdir, "--workdir", workdir=True)  # not a checkpoint, nor inside one
     with RunLock(config.workdir, enabled=is_main) as lock:
