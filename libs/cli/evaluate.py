@@ -84,10 +84,9 @@ def require_weights(config) -> None:
 
 
 def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool = False):
-    """Load ``config.nnet_path`` into ``config.nnet`` (``libs.models.registry.load_nnet``), check
-    the exit policies against it and compare the config with the checkpoint's own
-    (``check_checkpoint_config``). Plain U-ViT weights (no uncertainty heads): the policies that
-    need heads are dropped with a warning. Returns (net on the CPU, policies)."""
+    """Load ``config.nnet_path`` into ``config.nnet``, check the policies against it and the config
+    against the checkpoint's; without heads, policies that need them are dropped with a warning.
+    Returns (net on the CPU, policies)."""
     require_weights(config)
     net, report = load_nnet(config.nnet, config.nnet_path, config.seed)  # tensors that do not fit: named
     for p in policies:

@@ -1,16 +1,11 @@
-"""The diffusers demo in three stages, each through the project's engines (``scripts/diffusers_demo.sh``):
+"""The diffusers demo in three stages, each through the project's engines.
 
-1. ``train``: a diffusers ``DiTTransformer2DModel`` built from the config, trained on the digits
-   through the adapter with the AdaDiff objective; its EMA transformer is saved as a diffusers
-   folder (``<workdir>/model/transformer``): from here on it is "the pretrained model" (its
-   AdaDiff heads, trained with the data, go to ``<workdir>/heads_from_data.safetensors``);
-2. ``heads``: fresh heads for that frozen model trained without the data (objective 'distill'
-   on the model's own samples); written as ``<workdir>/heads.safetensors``;
-3. ``sweep``: the model loaded back from its folder with those heads, swept over step counts x
-   (full depth, exit rules, reuse rules, diffusers' caches); ``<workdir>/sweep/sweep.txt``.
+``train``: a diffusers ``DiTTransformer2DModel`` trained on the digits through the adapter (EMA
+saved to ``<workdir>/model/transformer``); ``heads``: fresh heads for that frozen model trained
+without data (objective 'distill', ``<workdir>/heads.safetensors``); ``sweep``: step counts x
+methods (``<workdir>/sweep/sweep.txt``). Driven by ``scripts/diffusers_demo.sh``::
 
-    python -m libs.diffusers_exit.demo --config=configs/diffusers_digits.py --workdir=workdir/diffusers_demo
-"""
+    python -m libs.diffusers_exit.demo --config=configs/diffusers_digits.py --workdir=workdir/diffusers_demo"""
 from __future__ import annotations
 
 import argparse

@@ -1,15 +1,8 @@
-"""An adapted model's sweep: sampler step counts x (full depth, exit rules, this project's reuse
-rules, diffusers' own caches on the same transformer), every pair on the same noise and
-conditions (the evaluation's per-image seeds, ``libs/evaluation/sampling.py``).
-
-Each pair reports GFLOPs/img (the exit recorder's count for the project's rules, the
-``WorkCounter`` of ``libs/diffusers_exit/caches.py`` for diffusers' caches: the blocks and
-pieces they actually ran), its ratio to the reference pair (full depth at the largest step
-count), the mean squared distance of its images to the reference pair's images from the same
-noise (``proxy_distance``: 0 = the same images), FID against reference statistics when given
-(Inception features of the same decoded images), the sampling time, and whether the pair is
-on the compute-quality frontier (FID when measured, else the distance).
-"""
+"""An adapted model's sweep: step counts x (full depth, exit and reuse rules, diffusers' caches),
+every pair on the same noise and conditions. Each pair reports GFLOPs/img (the recorder's, or
+the caches' ``WorkCounter``), its ratio to the reference (full depth, most steps), the
+distance of its images to the reference's (``proxy_distance``), FID when reference statistics
+are given, the time, and whether it is on the frontier (by FID, else distance)."""
 from __future__ import annotations
 
 import json

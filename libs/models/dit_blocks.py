@@ -1,13 +1,10 @@
-"""DiT's pieces (Peebles & Xie, "Scalable Diffusion Models with Transformers", ICCV 2023):
-the fixed 2-D sin-cos positional embedding, the time and label embedders, the adaLN-Zero
-block and the final layer. Parameter names follow the released DiT (github.com/facebookresearch/DiT).
+"""DiT's pieces (Peebles & Xie, ICCV 2023), with the released parameter names:
 
     modulate(x, shift, scale) = x (1 + scale) + shift          (per row, broadcast over tokens)
     block:  s1, a1, g1, s2, a2, g2 = Linear(SiLU(c)).chunk(6)
             x <- x + g1 * Attn(modulate(LN(x), s1, a1))
             x <- x + g2 * MLP(modulate(LN(x), s2, a2))        LN: no affine, eps 1e-6; MLP: tanh GELU
-    final:  s, a = Linear(SiLU(c)).chunk(2);  out = Linear(modulate(LN(x), s, a))
-"""
+    final:  s, a = Linear(SiLU(c)).chunk(2);  out = Linear(modulate(LN(x), s, a))"""
 from __future__ import annotations
 
 import torch
