@@ -1,10 +1,6 @@
-"""The uncertainty heads of an adapted diffusers model, a module and a file of their own.
-
-One head per block (``UncertaintyHead``: Linear(D, p*p*C) + sigmoid on the block's patch
-tokens). ``save_heads`` writes them as safetensors with what they were made for (the model
-class, depth, width, patch size, input channels) in the file's metadata; ``load_heads`` refuses
-a file made for another model in one line naming both.
-"""
+"""The uncertainty heads of an adapted diffusers model as their own safetensors file, with the
+model they were made for (class, depth, width, patch size, channels) in its metadata;
+``load_heads`` refuses a file made for another model in one line naming both."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,24 +1,13 @@
 """The evaluation engine shared by every ``eval*.py`` and by training's periodic evaluation.
 
-A sweep is every pair of a step count (``config.sample.sample_steps``: one count or a
-comma-separated list) and an exit policy (``libs/exits/policy.py``; full depth always
-included, at every step count: the step-reduction baseline). Each pair samples the same
-``n_samples`` images (per-image seeds: every pair sees the same noise and the same
-labels/prompts, whatever the number of processes), and measures FID (with a bootstrap
-standard error) against the reference statistics, blocks per network call, layer ratio,
-GFLOPs per image, its ratio to the reference run (full depth at the largest step count),
-sampling time, images/s, speedup over the reference run, the mean exit block per sampling
-step and whether the pair is on the compute-FID frontier (written by
-``libs/evaluation/report.py``; frontier and budget: ``libs/evaluation/frontier.py``). Every
-pair keeps its images' Inception features (gathered from every process, in image order) and
-its FIDs on one set of bootstrap resamples shared by all pairs, for the paired differences
-between rows (``libs/evaluation/paired.py``); ``config.sample.save_features`` writes them to
-``features/<pair>.npy`` (float32, one row per image).
-Policies that need calibration (``profile:``, ``budget:``) are calibrated at each step count
-(``libs/evaluation/calibration.py``). With ``config.sample.compute_budget`` = R only the
-reference run and the candidate the budget picks are evaluated. What differs between pixel,
-latent and text-to-image models is the ``task`` object (``libs/tasks/``).
-"""
+A sweep is every pair of a step count (``config.sample.sample_steps``) and an exit policy
+(full depth always included), each on the same ``n_samples`` images from the same noise.
+Each pair gets FID with a bootstrap standard error, blocks per call, layer ratio, GFLOPs/img,
+compute ratio and speedup against the reference (full depth, most steps), time, exit block
+per step and frontier flag (``libs/evaluation/report.py``), and its Inception features
+(``config.sample.save_features``: ``features/<pair>.npy``) for paired differences.
+Calibrated policies are calibrated at each step count; with ``config.sample.compute_budget``
+only the reference and the budget's pick are evaluated."""
 from __future__ import annotations
 
 import logging
