@@ -183,9 +183,7 @@ def config_mode(config) -> str:
 
 
 def check_script(config, script: str) -> None:
-    """The script must be the one for the config's mode and time (``SCRIPTS``): ``eval_ldm.py``
-    with a pixel config, ``train.py`` with ``config.time='discrete'``, ... are refused naming the
-    script to use."""
+    """The script must be the one for the config's mode and time (``SCRIPTS``); else refused naming the right one."""
     mode, time = config_mode(config), config.get("time", "continuous")
     scripts = SCRIPTS.get((mode, time))
     if scripts is None:

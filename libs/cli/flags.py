@@ -63,9 +63,7 @@ def parse_flags(argv):
 
 
 def flag_error_message(exc: BaseException, argv) -> str:
-    """The one-line message of an error raised while parsing flags and loading the config
-    file, or None for a bug: a bad flag, a config file with a syntax error or one that fails
-    to run (file and line), no ``get_config``, an override of a field the config lacks."""
+    """The one-line message of an error from parsing flags or loading the config file, or None for a bug."""
     config_file = next((a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")), None)
     if isinstance(exc, SyntaxError):
         return (f"config file {exc.filename}, line {exc.lineno}: {exc.msg}: fix the syntax "

@@ -36,12 +36,8 @@ class ImageDataset(Dataset):
 
 
 class PixelDataset:
-    """Base of the dataset objects returned by `get_dataset`.
-
-    Attributes: `name`, `train` (torch Dataset of (x, y)), `data_shape` (C, H, W),
-    `num_classes` (0 when unconditional), `fid_stat` (repo-relative default path of the
-    FID reference statistics).
-    """
+    """What ``get_dataset`` returns: ``name``, ``train`` (Dataset of (x, y)), ``data_shape`` (C, H, W),
+    ``num_classes`` (0: unconditional), ``fid_stat`` (default reference statistics path)."""
 
     name: str
     train: ImageDataset

@@ -116,9 +116,8 @@ class _CocoImages(Dataset):
 def extract_mscoco_features(autoencoder, clip, files: Sequence[Path], captions: Sequence[Sequence[str]],
                             out_dir: PathLike, resolution: int = 256, batch_size: int = 64, num_workers: int = 4,
                             progress: bool = True) -> int:
-    """``out_dir/{i}.npy`` moments (8, R/8, R/8) of image ``files[i]`` and ``out_dir/{i}_{k}.npy`` the
-    CLIP context (77, D) of ``captions[i][k]`` (inputs as given by ``read_coco_captions``). Images
-    whose files all exist are skipped. Returns the number of images processed."""
+    """Write ``out_dir/{i}.npy`` moments (8, R/8, R/8) of ``files[i]`` and ``out_dir/{i}_{k}.npy`` CLIP contexts
+    (77, D) of ``captions[i][k]``, skipping finished images; returns the number processed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = _existing(out_dir)

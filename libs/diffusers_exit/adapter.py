@@ -140,9 +140,8 @@ class DiTExitNet(DiffusersExitNet):
     cond_name = "y"
 
     def train(self, mode: bool = True):
-        """Label dropout is the task's (``config.loss.p_uncond``, seeded per step): the model's own
-        label embedders, which drop labels with an unseeded draw in training mode, stay in eval
-        mode, so a training step gives eval mode's numbers and a resumed run repeats them."""
+        """The model's label embedders stay in eval mode (their label dropout is unseeded); dropout is the
+        task's, so training steps match eval numerics and resume exactly."""
         from diffusers.models.embeddings import LabelEmbedding
 
         super().train(mode)
@@ -174,9 +173,8 @@ class DiTExitNet(DiffusersExitNet):
         return self._final(h[:, 1:], shift[:, None], scale[:, None], tf.proj_out_2)
 
     def block_pieces(self) -> Dict[str, float]:
-        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions): attention,
-        MLP, and the rest, the adaLN modulation with the time and label embedding that every
-        diffusers block recomputes (Linear(256, D), Linear(D, D))."""
+        """Per-image FLOPs of one block by piece: attention, MLP, and the rest (the adaLN modulation with the
+        time and label embedding every block recomputes)."""
         L, D = self._tokens(), self.hidden_size
         hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         emb = fl.linear(1, 256, D) + fl.linear(1, D, D)
@@ -261,9 +259,8 @@ class PixArtExitNet(DiffusersExitNet):
         return self._final(h[:, 1:], shift, scale, tf.proj_out)
 
     def block_pieces(self) -> Dict[str, float]:
-        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions):
-        self-attention, cross-attention on S = ``self.context_tokens`` caption tokens (queries,
-        keys and values of S tokens, scores, output), MLP; the modulation is a table lookup."""
+        """Per-image FLOPs of one block by piece: self-attention, cross-attention on ``self.context_tokens``
+        caption tokens, MLP (the modulation is a table lookup)."""
         L, D, S = self._tokens(), self.hidden_size, self.context_tokens
         hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         cross = fl.linear(L, D, D) + fl.linear(S, D, 2 * D) + 2.0 * 2 * L * S * D + fl.linear(L, D, D)

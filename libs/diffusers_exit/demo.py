@@ -63,9 +63,8 @@ def heads_config(config, model_folder: Path, workdir: Path, run: str = "heads"):
 
 
 def stage_heads(config, model_folder: Path, workdir: Path, strength: str = "heads") -> Path:
-    """Stage 2 (``strength='heads'``), or the 'exits' strength: blocks, final layer and heads
-    fine-tuned with the layer-wise loss against a frozen teacher; that model goes to
-    ``<workdir>/model_exits/transformer`` and its heads to ``heads_exits.safetensors``."""
+    """Stage 2 (``strength='heads'``) or 'exits' (blocks, final layer and heads fine-tuned against a frozen
+    teacher, saved to ``<workdir>/model_exits/transformer`` and ``heads_exits.safetensors``)."""
     c = heads_config(config, model_folder, workdir, run=strength)
     if strength == "exits":
         c.nnet.train, c.loss.layer_coef, c.optimizer.lr = "exits", 1.0, float(c.optimizer.lr) / 10

@@ -37,11 +37,9 @@ SOLVER_TYPES = ("dpmsolver", "taylor")
 
 
 def singlestep_orders(steps: int, order: int) -> List[int]:
-    """Orders of the singlestep outer steps; they sum to ``steps`` (= model calls).
-
-    order 3: K = steps//3 + 1 steps, [3]*(K-2) + [2, 1] / [3]*(K-1) + [1] / [3]*(K-1) + [2]
-    for steps % 3 = 0 / 1 / 2; order 2: [2]*(steps//2) (+ [1] if steps is odd); order 1: [1]*steps.
-    """
+    """Orders of the singlestep outer steps, summing to ``steps``: order 3, K = steps//3 + 1:
+    [3]*(K-2) + [2, 1] / [3]*(K-1) + [1] / [3]*(K-1) + [2] for steps % 3 = 0 / 1 / 2;
+    order 2: [2]*(steps//2) (+ [1] if odd); order 1: [1]*steps."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if order == 3:
@@ -63,9 +61,8 @@ def singlestep_orders(steps: int, order: int) -> List[int]:
 
 
 def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
-    """Order of each of the ``steps`` multistep updates: step i (1-based) uses min(order, i)
-    outputs (warm-up), and with ``lower_order_final`` and steps < 10 also at most
-    steps + 1 - i (the last steps lower the order again)."""
+    """Step i (1-based) uses min(order, i) outputs, and with ``lower_order_final`` and steps < 10 at
+    most steps + 1 - i."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if order not in (1, 2, 3):
@@ -78,11 +75,8 @@ def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> 
 
 
 class _Integrator:
-    """The update rules for one (model_fn, schedule, predict, solver_type); holds no samples.
-
-    Notation: a step from s to t, h = lambda_t - lambda_s; inner points s1, s2 with
-    r_i = (lambda_si - lambda_s)/h; m_s, m1, m2 the model outputs there (``model``).
-    """
+    """The update rules for one (model_fn, schedule, predict, solver_type). A step s -> t,
+    h = lambda_t - lambda_s, inner points s1, s2 at r_i = (lambda_si - lambda_s)/h."""
 
     def __init__(self, model_fn: ModelFn, schedule: VPSchedule, predict: str, solver_type: str):
         self.model_fn, self.schedule = model_fn, schedule

@@ -51,9 +51,7 @@ class VPSchedule:
         return log_alpha - 0.5 * torch.log(self._variance(log_alpha))
 
     def marginals(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t: bitwise what
-        ``marginal_alpha``, ``marginal_std`` and ``marginal_lambda`` give, in half the ops
-        (the samplers compute them at every evaluation point)."""
+        """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t, bitwise the three marginals."""
         log_alpha = self.marginal_log_mean_coeff(t)
         variance = self._variance(log_alpha)
         return torch.exp(log_alpha), torch.sqrt(variance), log_alpha - 0.5 * torch.log(variance)
@@ -71,11 +69,8 @@ class VPSchedule:
 
 @dataclass(frozen=True)
 class LinearVPSchedule(VPSchedule):
-    """Continuous linear VP-SDE: beta(t) = beta_0 + (beta_1 - beta_0) t.
-
-    log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2; with the defaults
-    alpha_t^2 = exp(-(0.1 t + 9.95 t^2)) (Song et al. 2021, score_sde's VP-SDE).
-    """
+    """Continuous linear VP-SDE, beta(t) = beta_0 + (beta_1 - beta_0) t:
+    log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2 (score_sde's VP-SDE)."""
 
     beta_0: float = 0.1
     beta_1: float = 20.0

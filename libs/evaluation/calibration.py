@@ -50,9 +50,8 @@ def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contex
 
 def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=contextlib.nullcontext,
                      logger=None, steps: Optional[int] = None) -> ExitPolicy:
-    """A runnable copy of ``policy``: ``profile:`` and ``budget:`` are calibrated on the first
-    ``config.sample.calib_samples`` image indices at ``steps`` sampler steps (default: the
-    largest of ``config.sample.sample_steps``); other policies are returned as they are."""
+    """A runnable copy of ``policy``: calibrated rules are calibrated on the calibration images at
+    ``steps`` (default: the largest of ``sample_steps``); others are returned as they are."""
     if not policy.needs_calibration:
         return policy
     n = int(config.sample.get("calib_samples", 64))
@@ -86,9 +85,8 @@ def calibrate_profile(policy: ProfileExit, run) -> ProfileExit:
 
 
 def calibrate_budget(policy: BudgetExit, run, tolerance: float = 0.01, max_iter: int = 20) -> BudgetExit:
-    """Bisection on the threshold until the calibration set's layer ratio is within
-    ``tolerance`` of the target (the ratio grows with the threshold; threshold 1 = full
-    depth = ratio 1). Returns the closest threshold found, with its measured ratio."""
+    """Bisection on the threshold until the calibration layer ratio is within ``tolerance`` of the target
+    (the ratio grows with the threshold); returns the closest threshold with its ratio."""
     floor = run(ThresholdExit(0.0))["layer_ratio"]  # every row exits as early as the rule allows
     if policy.target < floor - tolerance:
         raise ExitPolicyError(f"{policy.spec} cannot be reached: on this model the threshold rule runs a layer "
@@ -124,9 +122,8 @@ def proxy_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def plan_actions(num_blocks: int) -> List[Call]:
-    """What a plan may do at a call besides computing every block: reuse DeepCache depth k
-    (k = 1 .. (num_blocks-1)//2), or stop after block K (K = num_blocks//2 .. num_blocks-2: the
-    deep half only; stopping earlier leaves the out-blocks' long skips unused)."""
+    """A plan's actions at a call besides full depth: reuse DeepCache depth k = 1 .. (num_blocks-1)//2,
+    or stop after block K = num_blocks//2 .. num_blocks-2 (the deep half)."""
     return ([Call(reuse=k) for k in range(1, (num_blocks - 1) // 2 + 1)]
             + [Call(last=K) for K in range(num_blocks // 2, num_blocks - 1)])
 
