@@ -12,6 +12,7 @@ mscoco256_features     (moments (8, 32, 32), context (77, 768))     (4, 32, 32)
 The training task draws the latent from the moments (``FrozenAutoencoderKL.sample``)."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -31,13 +32,7 @@ _CAPTION = re.compile(r"^(\d+)_(\d+)\.npy$")
 
 
 def _missing_indices(indices: set, n: int, limit: int = 5) -> list[int]:
-    out = []
-    for i in range(n):
-        if i not in indices:
-            out.append(i)
-            if len(out) == limit:
-                break
-    return out
+    return list(itertools.islice((i for i in range(n) if i not in indices), limit))
 
 
 def _scan_numbered(folder: Path) -> tuple[int, dict[int, int]]:

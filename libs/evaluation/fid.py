@@ -4,7 +4,9 @@
 features (N, 2048), or batches streamed into a ``FIDAccumulator``."""
 
 import argparse
+import functools
 import hashlib
+import itertools
 import os
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -304,15 +306,6 @@ class ImageFiles(Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
-def _stack_by_size(images: list):
-    """Yield (B, 3, H, W) stacks of consecutive same-size images."""
-    start = 0
-    for i in range(1, len(images) + 1):
-        if i == len(images) or images[i].shape != images[start].shape:
-            yield torch.stack(images[start:i])
-            start = i
-
-
 def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
                            num_workers: int = 0, recursive: bool = True, progress: bool = True) -> Stats:
     files = list_images(folder, recursive=recursive)
@@ -322,8 +315,8 @@ def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
                         collate_fn=list)
     acc = FIDAccumulator(model, batch_size=batch_size)
     for batch in tqdm(loader, desc=f"Inception features {folder}", unit="batch", disable=not progress):
-        for images in _stack_by_size(batch):
-            acc.update(images)
+        for _, same_size in itertools.groupby(batch, key=lambda im: im.shape):
+            acc.update(torch.stack(list(same_size)))  # (B, 3, H, W)
     return acc.compute()
 
 
@@ -394,14 +387,7 @@ def default_device() -> str:
 def fid_between(a: str, b: str, batch_size: int = 50, device: Optional[str] = None,
                 inception: Optional[str] = None, num_workers: int = 0, progress: bool = True) -> float:
     """FID between two sources, each a folder, a statistics .npz, an image .npz or a .npy of features."""
-    model = None
-
-    def get_model():
-        nonlocal model
-        if model is None:
-            model = load_inception(inception, device=device or default_device())
-        return model
-
+    get_model = functools.cache(lambda: load_inception(inception, device=device or default_device()))
     stats_a = statistics_of(a, get_model, batch_size, num_workers, progress)
     stats_b = statistics_of(b, get_model, batch_size, num_workers, progress)
     return frechet_distance(*stats_a, *stats_b)
