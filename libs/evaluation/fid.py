@@ -104,9 +104,8 @@ def save_statistics(path: str, mu, sigma) -> None:
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
-    """Read and validate an .npz of FID statistics (keys mu, sigma; ``check_statistics``),
-    without unpickling: every failure is a one-line ``ValueError`` / ``FileNotFoundError``
-    naming the file."""
+    """Read and validate an .npz of FID statistics (keys mu, sigma) without unpickling; failures are
+    one-line ``ValueError`` / ``FileNotFoundError`` naming the file."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"FID statistics file '{path}' is a folder, expected an .npz with 'mu' and 'sigma': "
@@ -218,9 +217,7 @@ class FIDAccumulator:
             self.kept.append(features.cpu().numpy())
 
     def reduce(self, accelerator) -> None:
-        """Add up the statistics of every process (call on all of them; a no-op with one).
-        ``accelerator``: anything with ``num_processes``, ``device`` and accelerate's
-        ``reduce(tensor, reduction='sum')``; kept features are gathered with ``gather_object``."""
+        """Add up every process's statistics (call on all; a no-op with one); kept features are gathered."""
         if accelerator.num_processes <= 1:
             return
         device = accelerator.device

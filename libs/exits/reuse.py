@@ -137,9 +137,8 @@ class DeepCache(ExitPolicy):
 
 @register
 class PhaseSplit(ExitPolicy):
-    """``phase:F:A+B``: rule A on the first ``switch`` = round(F x calls) calls of a run, B after
-    (B's call indices restart at the switch); A and B need no calibration. Calibration counts
-    the calls of a run."""
+    """``phase:F:A+B``: rule A on the first round(F x calls) calls of a run, B after (its call indices
+    restart at the switch); A and B need no calibration."""
 
     family = "phase"
     spelling = "phase:F:A+B   rule A on the first round(F x calls) calls of a run, rule B after"

@@ -64,9 +64,8 @@ class NetworkConfigError(ValueError):
 
 
 def constructor_defaults(cls) -> Dict[str, Any]:
-    """Keyword arguments of ``cls``'s constructor and their defaults, also those a subclass
-    passes through to its parent with ``**kwargs`` (walking the MRO until a constructor that
-    takes no ``**kwargs``)."""
+    """Keyword arguments of ``cls``'s constructor with their defaults, including those passed through to
+    parents with ``**kwargs`` (along the MRO)."""
     out: Dict[str, Any] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass in (nn.Module, object):

@@ -143,10 +143,6 @@ class DiT(ExitBackbone):
     def mean_certainty_one(self, i, h, carry):
         return self.uem_heads[i].mean_certainty_one(h, 1, h[:, 0])
 
-    def exit_patience(self, i):
-        """1 everywhere: a row may exit after any block whose certainty passes."""
-        return 1
-
     # Reuse: any run of blocks (no skips, no carry); the cache keeps the span's residual on the
     # patch tokens, added to the reusing call's fresh input (row 0, c, stays the call's own).
     def cache_value(self, span, h_in, h_out):

@@ -76,9 +76,8 @@ def call_from_args(exit_threshold, exit_policy) -> Call:
 
 def forward_early_exit(net, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
                        reuse_cache=None, **kwargs) -> EarlyExitOutput:
-    """``ExitBackbone.forward_early_exit``: early-exit forward with per-sample compute accounting
-    (see EarlyExitOutput); with ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this
-    sampling run) it stores the cache's spans and takes the span the call reuses from it."""
+    """``ExitBackbone.forward_early_exit``: the early-exit forward with per-sample accounting; with
+    ``reuse_cache`` (the sampling run's) it stores and reuses the cache's spans."""
     cond = net._cond_from_args(args, kwargs)
     call = call_from_args(exit_threshold, exit_policy)
     cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None

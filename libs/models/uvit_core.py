@@ -159,9 +159,8 @@ class UncertaintyHead(nn.Module):
 
     def mean_certainty_one(self, tokens: torch.Tensor, num_extras: int,
                            time_emb: Optional[torch.Tensor] = None) -> float:
-        """``mean_certainty`` of a batch of one, as a Python float (the one host read). The mean
-        is the float32 sum divided by the count, as torch's mean computes it, with the quotient
-        rounded to float32 on the host (exact: double rounding is innocuous for a division)."""
+        """``mean_certainty`` of a batch of one as a Python float: the float32 sum / count, as torch's mean,
+        rounded to float32 on the host (exact)."""
         c = self._patch_certainty(tokens, num_extras, time_emb)
         return float32(c.sum().item() / c.numel())
 
@@ -188,10 +187,8 @@ class UViTCarry:
 
 
 class UViTBackbone(ExitBackbone):
-    """Shared U-ViT body. Subclasses add the conditioning embedding and define
-    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order; a
-    subclass constructor takes its own arguments and passes the backbone's through
-    (``**backbone_kw``), after raising ``check_args`` of all of them."""
+    """Shared U-ViT body. Subclasses add the conditioning embedding, ``num_extras`` and
+    ``_extra_tokens(time_token, cond) -> (B, extras, D)``, and pass the backbone's arguments through."""
 
     #: number of in-block passes a sample needs before it may exit in the in-blocks
     in_block_patience: int = 2

@@ -59,10 +59,8 @@ class NonFiniteWeightsError(ValueError):
 
 
 def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
-    """A state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``; with
-    ``verify``, checked against its folder's manifest.json when there is one. Read into memory in
-    one go and refused if it changes meanwhile (a copy still being written is a clear error, never
-    a bus error); a link is followed to the real file first."""
+    """A state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``, verified against its
+    folder's manifest.json (``verify``), read in one go and refused if it changes meanwhile."""
     path = Path(os.path.realpath(path))
     if path.is_dir():
         hint = f" (a checkpoint folder: pass {path / 'nnet_ema.pth'})" if (path / "nnet_ema.pth").is_file() else ""
@@ -142,9 +140,8 @@ def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, to
 
 
 def state_dict_diff(given: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> tuple[list, list, list]:
-    """How a state dict ``given`` differs from a model's ``own``: (missing, unexpected,
-    mismatched) = (keys of own not in given, keys of given not in own, (key, given shape,
-    own shape) for the shared keys whose shapes differ), each in its dict's key order."""
+    """(missing, unexpected, mismatched) of ``given`` against a model's ``own``: keys only in own, keys only
+    in given, (key, given shape, own shape) for shared keys whose shapes differ."""
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     mismatched = [(k, tuple(given[k].shape), tuple(own[k].shape)) for k in own
@@ -251,9 +248,8 @@ def latest_checkpoint(root: Union[str, os.PathLike]):
 
 
 def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
-    """Remove the ``.<step>.ckpt.*.tmp`` / ``.old`` directories a killed save left behind in
-    ``root`` (a ``.old`` one whose step has no checkpoint any more is renamed back into place
-    first); returns what was done, one line each. Call it only while holding the run's lock."""
+    """Remove the ``.<step>.ckpt.*.tmp`` / ``.old`` directories a killed save left in ``root`` (an orphaned ``.old``
+    is renamed back first); returns one line per action. Only while holding the run's lock."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -305,9 +301,8 @@ def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
 
 
 def check_checkpoint_contents(ckpt_dir: Path, out: Mapping) -> None:
-    """The files of a checkpoint fit together: ``step.pth`` an int equal to the folder's step,
-    ``optimizer.pth`` a torch optimizer state (``state``, ``param_groups``), ``lr_scheduler.pth``
-    a dict, the network and its EMA with the same tensor names and shapes."""
+    """The files of a checkpoint fit together: ``step.pth`` the folder's step, ``optimizer.pth`` an optimizer
+    state, ``lr_scheduler.pth`` a dict, network and EMA with the same tensor names and shapes."""
     def bad(name, why):
         return CorruptCheckpointError(f"{ckpt_dir / name} is inconsistent: {why}")
 
@@ -331,9 +326,8 @@ def check_checkpoint_contents(ckpt_dir: Path, out: Mapping) -> None:
 
 
 def newest_intact_checkpoint(root: Union[str, os.PathLike]):
-    """(directory, contents) of the newest checkpoint that ``read_checkpoint`` accepts, with a
-    warning for each newer one skipped; (None, None) when there is no checkpoint. Raises
-    ``CorruptCheckpointError`` when there are checkpoints but none is intact."""
+    """(directory, contents) of the newest checkpoint ``read_checkpoint`` accepts (warning for each newer one
+    skipped); (None, None) without checkpoints; ``CorruptCheckpointError`` when none is intact."""
     found = list_checkpoints(root)
     skipped = []
     for ckpt in reversed(found):

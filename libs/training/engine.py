@@ -44,9 +44,8 @@ OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_
 HEAD_OBJECTIVES = ("adadiff", "distill")  # objectives that train on every block's exit and certainty
 
 class TrainForward(nn.Module):
-    """What the optimiser differentiates (and DDP wraps): the network's full-depth output
-    (plain U-ViT objective) or every block's prediction and certainty (AdaDiff objective);
-    of a wider output (DiT's learned sigma) only the noise channels (``net.noise_prediction``)."""
+    """What the optimiser differentiates (and DDP wraps): the full-depth output or every block's prediction
+    and certainty, of the noise channels only (``net.noise_prediction``)."""
 
     def __init__(self, net: nn.Module, all_exits: bool):
         super().__init__()
@@ -86,9 +85,8 @@ def train(config, task) -> Path:
 
 @dataclass
 class Run:
-    """What stays fixed over one run: its config and task, the processes, the log and stats
-    files, the policies sampled at intervals and the per-step random generator (re-seeded from
-    (seed, stream, rank, step) before every use)."""
+    """What stays fixed over one run: config, task, processes, log and stats files, the policies sampled at
+    intervals and the per-step generator (re-seeded from (seed, stream, rank, step) before every use)."""
     config: Any
     task: Any
     accelerator: Accelerator
@@ -242,9 +240,8 @@ def _build(run: Run) -> TrainState:
 
 
 def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
-    """Resume from the newest intact checkpoint (the config's hyper-parameters win, see
-    ``hooks.override_hyperparameters``), else load config.train.pretrained_weight, else start
-    from scratch; then record config.json (main process)."""
+    """Resume from the newest intact checkpoint (the config's hyper-parameters win), else load
+    config.train.pretrained_weight, else start fresh; then record config.json (main process)."""
     config = run.config
     resume_from, saved = newest_intact_checkpoint(run.ckpt_root) if resuming else (None, None)
     if resume_from is not None:
