@@ -55,10 +55,8 @@ def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
 
 
 def verify_files(folder: Union[str, os.PathLike], names: Optional[Iterable[str]] = None) -> bool:
-    """Check ``names`` (default: every file the manifest lists) against the manifest.
-    Returns False when there is no manifest (nothing to check); raises
-    ``CorruptCheckpointError`` on a missing, resized or changed file, on a name the manifest
-    does not list (it cannot be verified), and on an unreadable manifest."""
+    """Check ``names`` (default: all listed) against the manifest; False when there is none. Raises
+    ``CorruptCheckpointError`` on a missing, resized, changed or unlisted file or an unreadable manifest."""
     folder = Path(folder)
     files = read_manifest(folder)
     if files is None:
