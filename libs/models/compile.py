@@ -20,7 +20,6 @@ samplers keep earlier outputs.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import logging
@@ -176,19 +175,19 @@ def _per_sample_rule(rule, num_blocks: int) -> Optional[str]:
 
 def _note_fallbacks(view, stats: CompileStats, logger) -> None:
     """``view.forward_early_exit`` noting, once per rule, calls that run the ``blocks`` path."""
-    eager, specs = view.forward_early_exit, {}  # rule -> _per_sample_rule(rule), read once per rule
+    from libs.exits.call import Call
+
+    eager, seen = view.forward_early_exit, set()  # the Calls read so far (a sampling run passes Calls)
 
     def forward_early_exit(x, timesteps, *args, exit_threshold=None, exit_policy=None, **kwargs):
         rule = exit_policy if exit_policy is not None else exit_threshold
-        try:
-            spec = specs[rule]
-        except (KeyError, TypeError):  # TypeError: an unhashable rule is read at each call
+        if not (isinstance(rule, Call) and rule in seen):  # other rules: their spelling hides their calibration
             spec = _per_sample_rule(rule, view.num_blocks)
             if spec is not None:
                 stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
                            f"(whole-call graphs need the exit block before the call)", logger)
-            with contextlib.suppress(TypeError):
-                specs[rule] = spec
+            if isinstance(rule, Call):
+                seen.add(rule)
         return eager(x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
 
     view.forward_early_exit = forward_early_exit
