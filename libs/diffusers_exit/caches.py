@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -167,10 +167,3 @@ class WorkCounter:
     def gflops_per_image(self, pieces: Dict[str, float], embed: float, head: float, num_images: int) -> float:
         total = self.calls_rows * (embed + head) + sum(self.rows[k] * pieces.get(k, 0.0) for k in self.rows)
         return total / max(num_images, 1) / 1e9
-
-
-def refuse_unsupported(model_class: str) -> Optional[str]:
-    """None when this class has caches here, else the one-line reason."""
-    if model_class in SUPPORTED:
-        return None
-    return f"no diffusers cache is run on {model_class} here; supported classes: {', '.join(SUPPORTED)}"

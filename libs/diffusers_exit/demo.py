@@ -14,7 +14,6 @@ import importlib.util
 import time
 from pathlib import Path
 
-import torch
 
 from libs.diffusers_exit.adapter import attach_exits
 from libs.diffusers_exit.sweep import fid_function, parse_methods, run_sweep, write_report

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
-import torch
 import torch.nn as nn
 
 from libs.models.uvit_core import UncertaintyHead

@@ -12,7 +12,6 @@ import pickle
 from pathlib import Path
 from typing import Union
 
-import numpy as np
 from numpy.lib import format as npy_format
 
 PathLike = Union[str, os.PathLike]
