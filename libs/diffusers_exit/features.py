@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.diffusers_exit.adapter import attach_exits
-from libs.evaluation.sampling import generate
+from libs.evaluation.sampling import generate, index_batches
 from libs.exits.policy import FULL
 from libs.exits.recorder import ExitRecorder
 from libs.run.atomic import atomic_write
@@ -79,8 +79,7 @@ def make_samples(task, config):
     n, bs = int(dc.n_images), int(dc.get("mini_batch_size", 250))
     xs, ys = [], []
     recorder = ExitRecorder(net.num_blocks, device)
-    for b, start in enumerate(range(0, n, bs)):
-        idx = list(range(start, min(start + bs, n)))
+    for b, idx in enumerate(index_batches(n, bs)):
         xs.append(generate(net, task, sample_cfg, idx, FULL, recorder, config.seed, b, device, decode=False,
                            steps=steps).float().cpu())
         y = task.labels(idx, device)  # the labels (PixArt: prompt rows) the evaluation gives these images

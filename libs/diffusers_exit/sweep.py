@@ -17,7 +17,7 @@ from libs.diffusers_exit import caches
 from libs.evaluation.calibration import calibrate_policy, proxy_distance
 from libs.evaluation.frontier import pareto_flags
 from libs.evaluation.image_io import images_to_uint8
-from libs.evaluation.sampling import generate, sample_batch
+from libs.evaluation.sampling import generate, index_batches, sample_batch
 from libs.exits.policy import FULL, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.run.atomic import atomic_write_text
@@ -45,14 +45,10 @@ def parse_methods(spec: str, model_class: str) -> list:
     return [FULL] + [p for p in rules if not p.is_full] + [caches.parse_cache(s, model_class) for s in cache_items]
 
 
-def _batches(n: int, bs: int):
-    return [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
-
-
 def _sample_rule(net, task, config, policy, steps, device):
     sc, recorder, images, seconds = config.sample, ExitRecorder(net.num_blocks, device), [], 0.0
     policy = calibrate_policy(policy, net, task, config, device, steps=steps)
-    for b, idx in enumerate(_batches(int(sc.n_samples), int(sc.mini_batch_size))):
+    for b, idx in enumerate(index_batches(int(sc.n_samples), int(sc.mini_batch_size))):
         t0 = time.perf_counter()
         images.append(generate(net, task, sc, idx, policy, recorder, config.seed, b, device, steps=steps).float().cpu())
         seconds += time.perf_counter() - t0
@@ -78,7 +74,7 @@ def _sample_cache(net, task, config, rule, steps, device):
     with caches.applied(net.transformer, rule):
         counter = caches.WorkCounter(net.transformer)
         try:
-            for b, idx in enumerate(_batches(int(sc.n_samples), int(sc.mini_batch_size))):
+            for b, idx in enumerate(index_batches(int(sc.n_samples), int(sc.mini_batch_size))):
                 t0 = time.perf_counter()
                 images.append(_cached_batch(net, task, sc, idx, steps, config.seed, b, device))
                 seconds += time.perf_counter() - t0

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 import torch
 
 from libs.evaluation.plan_search import search_plan
-from libs.evaluation.sampling import generate
+from libs.evaluation.sampling import generate, index_batches
 from libs.exits.call import Call, ExitPolicyError, fmt
 from libs.exits.policy import FULL, BudgetExit, ExitPolicy, ProfileExit, StaticExit, ThresholdExit
 from libs.exits.recorder import ExitRecorder
@@ -38,10 +38,9 @@ def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contex
     recorder = ExitRecorder(net.num_blocks, device)
     samples = []
     with torch.no_grad():
-        for b, s in enumerate(range(0, n, bs)):
+        for b, idx in enumerate(index_batches(n, bs)):
             with autocast():
-                x0 = generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b, device,
-                              decode=False, steps=steps)
+                x0 = generate(net, task, sc, idx, rule, recorder, seed, b, device, decode=False, steps=steps)
             if keep:
                 samples.append((task.decode(x0).clamp(0, 1) if images else x0).float().cpu())
     summary = recorder.summary(net.flops() if keep else None, n)

@@ -25,6 +25,7 @@ from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, 
 from libs.evaluation.paired import add_paired_columns
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
+from libs.evaluation.sampling import index_batches
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
@@ -46,10 +47,8 @@ def sample_grid(net, task, config, path, exit_policy="full", device=None) -> Non
     n, bs = int(sc.get("grid_size", 64)), int(sc.mini_batch_size)
     recorder = ExitRecorder(net.num_blocks, device)
     images = []
-    for s in range(0, n, bs):
-        idx = list(range(s, min(s + bs, n)))
-        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, s // bs,
-                                                device)).cpu())
+    for b, idx in enumerate(index_batches(n, bs)):
+        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, b, device)).cpu())
     save_grid(images, Path(path))
 
 
@@ -122,7 +121,7 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     if n < 1 or bs < 1:
         raise ValueError(f"config.sample.n_samples ({n}) and mini_batch_size ({bs}) must be positive")
     world, rank = accelerator.num_processes, accelerator.process_index
-    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    batches = index_batches(n, bs)
     ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
                    mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
                    multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache(),

@@ -5,7 +5,7 @@ and conditions for an image index, whatever the batch or process."""
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -14,6 +14,11 @@ from libs.diffusion.wrappers import cfg_model_fn
 from libs.exits.recorder import ExitRecorder
 from libs.exits.sampling_run import SamplingRun
 from libs.run.seeds import Stream, mix_seed
+
+
+def index_batches(n: int, batch_size: int) -> List[List[int]]:
+    """Image indices 0..n-1 in batches of ``batch_size`` (the last may be shorter)."""
+    return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
 
 
 def initial_noise(task, indices: Sequence[int], seed: int, device) -> torch.Tensor:
