@@ -15,22 +15,16 @@ from libs.models.uvit_core import Attention, timestep_embedding, timestep_freque
 FREQUENCY_DIM = 256  # width of the sinusoidal time embedding the time MLP reads
 
 
-def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
-    """(M,) positions -> (M, dim) = [sin(pos w_k), cos(pos w_k)], w_k = 10000^(-k / (dim/2))."""
-    omega = 1.0 / 10000.0 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    angles = pos.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
 def sincos_2d(dim: int, grid: int) -> torch.Tensor:
     """The fixed positional embedding of a grid x grid token map, (grid*grid, dim) float32, tokens
-    row-major: the first dim/2 features encode the column, the last dim/2 the row."""
+    row-major: [sin, cos] of positions x 10000^(-k / (dim/4)), the first dim/2 features for the
+    column, the last dim/2 for the row (diffusers' ``get_2d_sincos_pos_embed``, bitwise DiT's)."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos position embedding needs a width divisible by 4, got {dim}: "
                          f"choose config.nnet.embed_dim as a multiple of 4")
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    emb = torch.cat([sincos_1d(dim // 2, cols.reshape(-1)), sincos_1d(dim // 2, rows.reshape(-1))], dim=1)
-    return emb.float()
+    return get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt").float()  # base_size: no rescaling
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
