@@ -16,7 +16,6 @@ import math
 from numbers import Real
 from typing import List, Optional, Sequence
 
-import numpy as np
 
 
 class BudgetError(ValueError):
@@ -65,16 +64,7 @@ def choose_under_budget(candidates: Sequence[dict], budget: float) -> int:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for v in np.unique(x):  # average ranks of ties
-            r[x == v] = r[x == v].mean()
-        return r
+    """Spearman's rank correlation (average ranks for ties), ``scipy.stats.spearmanr``'s."""
+    from scipy.stats import spearmanr
 
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / math.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float(spearmanr(a, b).statistic)
