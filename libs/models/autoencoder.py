@@ -29,21 +29,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AUTOENCODER_PATH = "assets/stable-diffusion/autoencoder_kl.pth"
 
-__all__ = [
-    "SD_VAE_CONFIG",
-    "DEFAULT_AUTOENCODER_PATH",
-    "AutoencoderNotFoundError",
-    "AutoencoderWeightsError",
-    "FrozenAutoencoderKL",
-    "vae_config",
-    "build_autoencoder",
-    "load_autoencoder",
-    "load_autoencoder_weights",
-    "read_autoencoder_state_dict",
-    "compvis_to_diffusers",
-    "diffusers_to_compvis",
-    "detect_key_format",
-]
+__all__ = ["SD_VAE_CONFIG", "DEFAULT_AUTOENCODER_PATH", "AutoencoderNotFoundError", "AutoencoderWeightsError",
+           "FrozenAutoencoderKL", "vae_config", "build_autoencoder", "load_autoencoder", "load_autoencoder_weights",
+           "read_autoencoder_state_dict", "compvis_to_diffusers", "diffusers_to_compvis", "detect_key_format"]
 
 # Stable Diffusion v1 KL-f8 (ldm ddconfig: ch 128, ch_mult [1, 2, 4, 4], num_res_blocks 2,
 # z_channels 4, attention only in the mid blocks, embed_dim 4).
