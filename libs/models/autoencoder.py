@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -217,32 +217,20 @@ _PREFIXES = (
 _LEAVES = (("nin_shortcut.", "conv_shortcut."),)  # (CompVis, diffusers) start of the rest of a key
 
 
-class _Field(NamedTuple):
-    """A field of a prefix: its regex on each side and its value mapped across, given n_levels."""
-
-    compvis: str
-    diffusers: str
-    to_diffusers: Callable[[str, int], str]
-    to_compvis: Callable[[str, int], str]
+# A prefix field's regex on the CompVis and the diffusers side.
+_FIELDS = {"part": ("encoder|decoder",) * 2, "i": (r"\d+",) * 2, "j": (r"\d+",) * 2, "up": (r"\d+",) * 2,
+           "mid": ("[12]", "[01]"), "attn": tuple("|".join(map(re.escape, t)) for t in (_ATTN_C2D, _ATTN_D2C))}
 
 
-def _same(value: str, n_levels: int) -> str:
+def _across(name: str, value: str, n_levels: int, src: int) -> str:
+    """A field's value on side ``src`` (0 CompVis, 1 diffusers) as the other side spells it."""
+    if name == "up":
+        return str(n_levels - 1 - int(value))  # decoder levels run the other way: an involution
+    if name == "mid":
+        return str(int(value) - 1 if src == 0 else int(value) + 1)  # mid.block_1, _2 <-> resnets.0, .1
+    if name == "attn":
+        return (_ATTN_C2D if src == 0 else _ATTN_D2C)[value]
     return value
-
-
-def _reversed_level(value: str, n_levels: int) -> str:
-    return str(n_levels - 1 - int(value))  # an involution: the same map both ways
-
-
-_FIELDS = {
-    "part": _Field(r"encoder|decoder", r"encoder|decoder", _same, _same),
-    "i": _Field(r"\d+", r"\d+", _same, _same),
-    "j": _Field(r"\d+", r"\d+", _same, _same),
-    "up": _Field(r"\d+", r"\d+", _reversed_level, _reversed_level),
-    "mid": _Field(r"[12]", r"[01]", lambda v, n: str(int(v) - 1), lambda v, n: str(int(v) + 1)),
-    "attn": _Field("|".join(map(re.escape, _ATTN_C2D)), "|".join(map(re.escape, _ATTN_D2C)),
-                   lambda v, n: _ATTN_C2D[v], lambda v, n: _ATTN_D2C[v]),
-}
 
 
 def _prefix_regex(template: str, side: int) -> re.Pattern:
@@ -262,8 +250,7 @@ def _rename(key: str, n_levels: int, src: int) -> str:
     for templates, regexes in zip(_PREFIXES, _PREFIX_REGEXES):
         m = regexes[src].match(key)
         if m:
-            across = (lambda f: f.to_diffusers) if src == 0 else (lambda f: f.to_compvis)
-            values = {name: across(_FIELDS[name])(v, n_levels) for name, v in m.groupdict().items()}
+            values = {name: _across(name, v, n_levels, src) for name, v in m.groupdict().items()}
             rest = key[m.end():]
             for leaf in _LEAVES:
                 if rest.startswith(leaf[src]):
