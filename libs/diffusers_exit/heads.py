@@ -46,6 +46,7 @@ def load_heads(heads: nn.ModuleList, signature: Dict[str, str], path) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if any(made_for.get(k) != signature[k] for k in SIGNATURE_KEYS):
         raise UserError(f"head file {path} was made for {describe(made_for)}, not for this model, "
-                        f"{describe(signature)}: train heads for this model (config.loss.objective='distill', libs/diffusers_exit/task.py)")
+                        f"{describe(signature)}: train heads for this model (config.loss.objective='distill', "
+                        f"libs/diffusers_exit/task.py)")
     p = next(heads.parameters())
     heads.load_state_dict({k: v.to(device=p.device, dtype=p.dtype) for k, v in tensors.items()})
