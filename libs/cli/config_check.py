@@ -1,19 +1,9 @@
-"""Validate a config once, before any work: names against their valid choices, numbers against
-their ranges. ``check_config(config, "train" | "eval")`` raises ``ConfigError`` listing every
-problem found, each as ``config.<field>=<value>: <what is allowed>``.
-
-Fields a config does not have are skipped (each task's config carries what it needs). Values
-whose rules live with the code that uses them are checked by that code's validator, not
-re-implemented here: ``config.nnet`` by the network class's ``check_args``
-(``libs.models.registry.check_nnet``), ``config.sample.exit_policy`` by ``parse_policies``, the
-optimizer name against ``libs.training.engine.OPTIMIZERS``, the other names against their
-registries (samplers, objectives, layer weights, conditions, time modes). Counts the code
-allocates or loops over are bounded (``COUNT_LIMITS``).
-
-Beside it: ``check_script`` (the script must be the one for the config's mode and time,
-``SCRIPTS``) and ``check_fid_inputs`` (sample counts that feed an FID, the reference
-statistics).
-"""
+"""Validate a config once, before any work. ``check_config(config, "train" | "eval")`` raises
+``ConfigError`` listing every problem as ``config.<field>=<value>: <what is allowed>``. Absent
+fields are skipped; ``config.nnet`` is checked by the network's ``check_args``, exit rules by
+``parse_policies``, names against their registries, counts by ``COUNT_LIMITS``.
+``check_script``: the script matches the config (``SCRIPTS``); ``check_fid_inputs``: the
+sample counts and reference statistics that feed an FID."""
 from __future__ import annotations
 
 import math
@@ -193,9 +183,7 @@ def config_mode(config) -> str:
 
 
 def check_script(config, script: str) -> None:
-    """The script must be the one for the config's mode and time (``SCRIPTS``): ``eval_ldm.py``
-    with a pixel config, ``train.py`` with ``config.time='discrete'``, ... are refused naming the
-    script to use."""
+    """The script must be the one for the config's mode and time (``SCRIPTS``); else refused naming the right one."""
     mode, time = config_mode(config), config.get("time", "continuous")
     scripts = SCRIPTS.get((mode, time))
     if scripts is None:
@@ -211,10 +199,8 @@ def check_script(config, script: str) -> None:
 
 
 def check_fid_inputs(config, kind: str, statistics: bool = True) -> None:
-    """Before any work: every sample count that feeds an FID is at least 2 (a covariance needs
-    two images) and, with ``statistics``, the FID reference statistics a run will use are
-    readable and valid (``libs.evaluation.fid.load_statistics``; an evaluation leaves that to
-    ``evaluate``, which loads them once, before it samples)."""
+    """Every sample count feeding an FID is at least 2 and, with ``statistics``, the reference
+    statistics are readable and valid."""
     sc, tc = config.sample, config.train
     if not sc.get("fid_stat"):
         return

@@ -24,9 +24,8 @@ from libs.run.output_guard import check_report_folder, check_sample_tree, folder
 
 
 def eval_main(flags_obj, make_task, script: str):
-    """Evaluate the sweep the flags and config describe. The report folder may not be a
-    checkpoint or a training workdir, holds ``run.lock`` while the evaluation runs, and ends
-    with the files of this run only."""
+    """Evaluate the sweep the flags and config describe, into a report folder that is no checkpoint or
+    workdir, locked while it runs and holding only this run's files."""
     config = resolve_eval_config(flags_obj)
     check_script(config, script)
     check_config(config, "eval")
@@ -84,10 +83,8 @@ def require_weights(config) -> None:
 
 
 def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool = False):
-    """Load ``config.nnet_path`` into ``config.nnet`` (``libs.models.registry.load_nnet``), check
-    the exit policies against it and compare the config with the checkpoint's own
-    (``check_checkpoint_config``). Plain U-ViT weights (no uncertainty heads): the policies that
-    need heads are dropped with a warning. Returns (net on the CPU, policies)."""
+    """Load ``config.nnet_path``; check policies and config against it (policies needing heads are dropped
+    with a warning when it has none). Returns (net on the CPU, policies)."""
     require_weights(config)
     net, report = load_nnet(config.nnet, config.nnet_path, config.seed)  # tensors that do not fit: named
     for p in policies:
@@ -104,9 +101,8 @@ def load_net_for_sampling(config, policies, logger, allow_config_mismatch: bool 
 
 @torch.no_grad()
 def probe_outputs(net, task, config, device) -> None:
-    """One call on the first image's noise at mid time before any sampling: every block's
-    prediction and certainty must be finite. Weights that overflow (NaN certainties would make
-    a threshold rule never exit, without a word) are refused here, naming the blocks."""
+    """One call at mid time on the first image's noise: every block's prediction and certainty must be
+    finite (NaN certainties would silently never exit); else refused naming the blocks."""
     x = initial_noise(task, [0], config.seed, device)  # (1, C, H, W)
     t = torch.full((1,), 0.5 * task.time_scale, device=device)
     out = net.forward_all_exits(x, t, task.conditions([0], device))  # (N, 1, ...) each
@@ -124,9 +120,8 @@ class ConfigMismatchError(ValueError):
 
 
 def check_checkpoint_config(config, logger, allow: bool = False) -> None:
-    """Weights from a checkpoint folder with a ``config.json``: that config is the reference. A
-    ``config.nnet`` that differs from it is refused naming every differing field, or with
-    ``allow`` (--allow_config_mismatch) run with a warning."""
+    """A ``config.nnet`` differing from the checkpoint folder's ``config.json`` is refused naming every
+    field, or with ``allow`` (--allow_config_mismatch) run with a warning."""
     folder = Path(config.nnet_path).parent
     saved_path = folder / "config.json"
     if not saved_path.is_file() or folder_kind(folder) != "checkpoint":

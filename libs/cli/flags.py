@@ -1,20 +1,9 @@
-"""The flags of the top-level scripts (each mirrors one config field), their one-line errors,
-and ``run``: how every script starts and ends.
+"""The flags of the top-level scripts (each sets one config field), their one-line errors, and
+``run(main)``, how every script starts and ends (``libs/run/errors.py``).
 
-    train*.py:  --config, --workdir (config.workdir), --pretrained_weight (config.train.pretrained_weight)
-    eval*.py:   --config, --nnet_path (config.nnet_path), --exit_policy (config.sample.exit_policy),
-                --exit_threshold (the same field, thresholds only, as the released flag),
-                --output_path (config.output_path), --workdir (config.workdir),
-                --compute_budget (config.sample.compute_budget),
-                --allow_config_mismatch (run weights whose checkpoint config.json differs from
-                config.nnet, with a warning, instead of refusing)
-
-Every script ends with ``run(main)``: a user error (bad flag or config value, unreadable
-file, unwritable folder, full disk, ...) prints one line with the problem and the fix and
-exits with status 2; Ctrl-C, SIGTERM and SIGHUP stop with one line and status 128 + signal
-(staged outputs removed, locks released); ``ADADIFF_DEBUG=1`` shows the traceback (see
-libs/run/errors.py).
-"""
+    train*.py:  --config, --workdir, --pretrained_weight
+    eval*.py:   --config, --nnet_path, --exit_policy, --exit_threshold (thresholds only),
+                --output_path, --workdir, --compute_budget, --allow_config_mismatch"""
 from __future__ import annotations
 
 import os
@@ -74,9 +63,7 @@ def parse_flags(argv):
 
 
 def flag_error_message(exc: BaseException, argv) -> str:
-    """The one-line message of an error raised while parsing flags and loading the config
-    file, or None for a bug: a bad flag, a config file with a syntax error or one that fails
-    to run (file and line), no ``get_config``, an override of a field the config lacks."""
+    """The one-line message of an error from parsing flags or loading the config file, or None for a bug."""
     config_file = next((a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")), None)
     if isinstance(exc, SyntaxError):
         return (f"config file {exc.filename}, line {exc.lineno}: {exc.msg}: fix the syntax "

@@ -14,6 +14,7 @@ from libs.cli.evaluate import load_net_for_sampling, probe_outputs
 from libs.cli.flags import resolve_eval_config
 from libs.evaluation.engine import calibrate_policy, check_finite_images, generate
 from libs.evaluation.image_io import images_to_uint8, save_png
+from libs.evaluation.sampling import index_batches
 from libs.exits.policy import parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.models.clip import FrozenCLIPEmbedder
@@ -71,8 +72,7 @@ def sample(config, policies, prompts, out: Path, allow_config_mismatch: bool = F
     recorder = ExitRecorder(net.num_blocks, device)
     bs = int(config.sample.mini_batch_size)
     with torch.no_grad():
-        for b, s in enumerate(range(0, len(prompts), bs)):
-            idx = list(range(s, min(s + bs, len(prompts))))
+        for b, idx in enumerate(index_batches(len(prompts), bs)):
             images = generate(net, task, config.sample, idx, policy, recorder, config.seed, b, device)
             check_finite_images(images, f"{policy.spec}, prompts {idx[0]}..{idx[-1]}", config.sample)  # never saved
             for i, im in zip(idx, images_to_uint8(images)):

@@ -1,12 +1,6 @@
-"""The two base classes of the pixel and latent datasets.
-
-* ``ImageDataset``: a torch ``Dataset`` of (x, y) items with x float32 (C, H, W) in [-1, 1]
-  and an optional random horizontal flip. Each one exposes ``image_uint8(i)`` (the
-  preprocessed image before any random augmentation, (H, W, C) uint8) so that FID reference
-  statistics use exactly the images training sees, minus the flips.
-* ``PixelDataset``: what ``get_dataset`` (``libs/data/registry.py``) returns: the training
-  split plus what a config needs to know about it.
-"""
+"""The base classes of the datasets: ``ImageDataset``, (x, y) items with x float32 (C, H, W)
+in [-1, 1], optional random flip, and ``image_uint8(i)`` (the image before augmentation, for
+FID reference statistics); ``PixelDataset``, what ``get_dataset`` returns."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,12 +36,8 @@ class ImageDataset(Dataset):
 
 
 class PixelDataset:
-    """Base of the dataset objects returned by `get_dataset`.
-
-    Attributes: `name`, `train` (torch Dataset of (x, y)), `data_shape` (C, H, W),
-    `num_classes` (0 when unconditional), `fid_stat` (repo-relative default path of the
-    FID reference statistics).
-    """
+    """What ``get_dataset`` returns: ``name``, ``train`` (Dataset of (x, y)), ``data_shape`` (C, H, W),
+    ``num_classes`` (0: unconditional), ``fid_stat`` (default reference statistics path)."""
 
     name: str
     train: ImageDataset

@@ -9,11 +9,8 @@ from PIL import Image
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
-    """ADM / guided-diffusion center crop: uint8 (image_size, image_size, 3).
-
-    Halve with BOX filtering while the short side is >= 2 * image_size, resize BICUBIC so the
-    short side is image_size (rounding the long side), then crop the centre.
-    """
+    """ADM center crop -> uint8 (image_size, image_size, 3): BOX-halve while the short side >= 2 *
+    image_size, BICUBIC-resize the short side to image_size, crop the centre."""
     while min(*pil_image.size) >= 2 * image_size:
         pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
     scale = image_size / min(*pil_image.size)

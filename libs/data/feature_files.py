@@ -1,18 +1,7 @@
-"""File formats of the latent features (those of the released U-ViT / AdaDiff features):
-
-* ``{i}.npy`` pickled pair: a 1-D object array ``[moments float32, label int]`` (ImageNet)
-  or ``[prompt str, context float32 (77, 768)]`` (``run_vis/``); read with ``load_pair``;
-* ``{i}.npy`` / ``{i}_{k}.npy`` plain float32 arrays (MS-COCO moments / caption contexts),
-  read with ``load_array``.
-
-Nothing is unpickled with ``pickle.load``: a pair's pickle goes through the restricted
-unpickler of ``libs/run/safe_load.py`` (numpy arrays, scalars, str, int only), so a crafted
-file is refused, naming itself, before any of its code runs; a plain array is read with
-``allow_pickle=False`` and an object array in its place is refused.
-
-Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted extraction never leaves a truncated file, and a rerun skips what exists.
-"""
+"""File formats of the latent features (the released U-ViT / AdaDiff ones): ``{i}.npy`` pickled
+pairs ``[moments float32, label int]`` or ``[prompt str, context float32 (77, 768)]``
+(``load_pair``, through the restricted unpickler of ``libs/run/safe_load.py``), or plain
+float32 arrays (``load_array``, ``allow_pickle=False``). Files are written atomically."""
 from __future__ import annotations
 
 import numpy as np

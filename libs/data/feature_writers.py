@@ -27,12 +27,9 @@ def _existing(folder: Path) -> set[str]:
 
 
 def imagenet_feature_indices(start: int, length: int, n: int, layout: str = "global") -> tuple[list[int], list[int]]:
-    """File indices of the originals and of the flips of images start..start+length-1 of n.
-
-    'global': originals are 0..n-1 and flips n..2n-1 (independent of the batch size).
-    'per_batch': the released script's order: each batch writes its originals then its flips,
-    so image start+j -> 2*start + j and its flip -> 2*start + length + j (depends on the batch size).
-    """
+    """File indices of the originals and flips of images start..start+length-1 of n: 'global'
+    (originals 0..n-1, flips n..2n-1) or 'per_batch' (the released order: image start+j ->
+    2*start + j, its flip -> 2*start + length + j)."""
     if layout == "global":
         return list(range(start, start + length)), list(range(n + start, n + start + length))
     if layout == "per_batch":
@@ -43,12 +40,9 @@ def imagenet_feature_indices(start: int, length: int, n: int, layout: str = "glo
 
 def extract_imagenet_features(autoencoder, dataset: Dataset, out_dir: PathLike, batch_size: int = 256,
                               num_workers: int = 8, layout: str = "global", progress: bool = True) -> int:
-    """Moments of the images of ``dataset`` (items (x in [-1, 1], label)) and of their flips.
-
-    Writes ``out_dir/{idx}.npy`` = pickled (moments float32 (8, R/8, R/8), label), indices by
-    ``imagenet_feature_indices``. Batches whose files all exist are skipped. Returns the
-    number of files written.
-    """
+    """Write ``out_dir/{idx}.npy`` = pickled (moments float32 (8, R/8, R/8), label) for the images
+    (x in [-1, 1], label) of ``dataset`` and their flips, skipping batches already written;
+    returns the number of files written."""
     n = len(dataset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,9 +116,8 @@ class _CocoImages(Dataset):
 def extract_mscoco_features(autoencoder, clip, files: Sequence[Path], captions: Sequence[Sequence[str]],
                             out_dir: PathLike, resolution: int = 256, batch_size: int = 64, num_workers: int = 4,
                             progress: bool = True) -> int:
-    """``out_dir/{i}.npy`` moments (8, R/8, R/8) of image ``files[i]`` and ``out_dir/{i}_{k}.npy`` the
-    CLIP context (77, D) of ``captions[i][k]`` (inputs as given by ``read_coco_captions``). Images
-    whose files all exist are skipped. Returns the number of images processed."""
+    """Write ``out_dir/{i}.npy`` moments (8, R/8, R/8) of ``files[i]`` and ``out_dir/{i}_{k}.npy`` CLIP contexts
+    (77, D) of ``captions[i][k]``, skipping finished images; returns the number processed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = _existing(out_dir)

@@ -31,10 +31,7 @@ _IMAGENET_HOWTO = """\
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Images under ``root/<class>/`` (searched recursively), sorted by class then path.
-
-    Returns (files, labels, class names); label = index of the class folder in sorted order.
-    """
+    """(files, labels, class names) of the images under ``root/<class>/``, sorted by class then path."""
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     files, labels = [], []
     for label, name in enumerate(classes):

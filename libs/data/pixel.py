@@ -215,10 +215,8 @@ class CelebA64(PixelDataset):
 
 
 class Digits(PixelDataset):
-    """scikit-learn's handwritten digits: 1,797 gray 8x8 images, 10 classes, no download.
-
-    The 17 gray levels 0..16 map linearly to [-1, 1]; `resolution` != 8 resizes bilinearly.
-    """
+    """scikit-learn's digits: 1,797 gray 8x8 images, 10 classes; levels 0..16 map to [-1, 1];
+    ``resolution`` != 8 resizes bilinearly."""
 
     def __init__(self, resolution: int = 8, class_cond: bool = True):
         from sklearn.datasets import load_digits  # ships inside the package

@@ -26,12 +26,8 @@ def _stack(batch: list[np.ndarray]) -> np.ndarray:
 
 def reference_images(dataset: PixelDataset | ImageDataset, limit: int | None = None,
                      batch_size: int = 250, num_workers: int = 0) -> Iterator[np.ndarray]:
-    """Yield the training images in index order, without flips, as uint8 (B, H, W, C).
-
-    `limit` takes the first `limit` images (e.g. 50,000 for CelebA's reference set).
-    C is the dataset's channel count (1 for digits); converting gray to RGB for
-    Inception is the consumer's business. `num_workers` parallelises JPEG decoding.
-    """
+    """The training images in index order, unflipped, as uint8 (B, H, W, C) (C of the dataset), the first
+    ``limit`` only when given; ``num_workers`` decode in parallel."""
     base = dataset.train if isinstance(dataset, PixelDataset) else dataset
     n = len(base) if limit is None else min(limit, len(base))
     loader = DataLoader(_ReferenceView(base, n), batch_size=batch_size, shuffle=False,

@@ -3,15 +3,9 @@
     dataset = get_dataset(**config.dataset)      # e.g. name='cifar10', path='assets/datasets/cifar10'
     x, y = dataset.train[0]                      # x float32 (C, H, W) in [-1, 1]; y int class label
 
-``y`` is always present so that one training loop serves conditional and unconditional
-models: unconditional datasets return y = 0 and have ``has_labels == False``,
-``num_classes == 0``. Latent datasets return (moments, label) or (moments, context) items
-(``libs/data/latents.py``).
-
-Datasets read the files directly (no torchvision download or md5 machinery), so nothing
-here ever touches the network. A missing dataset raises ``DatasetNotFoundError``, whose
-message shows the expected directory tree, the paths looked at and how to get the data.
-"""
+Unconditional datasets return y = 0 (``has_labels == False``, ``num_classes == 0``). Files are
+read directly (nothing downloads); a missing dataset raises ``DatasetNotFoundError`` showing
+the expected tree and how to get the data."""
 from __future__ import annotations
 
 from types import MappingProxyType

@@ -7,10 +7,7 @@ import torch
 
 
 def uint8_to_model(img: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1].
-
-    Same arithmetic as torchvision's ToTensor() followed by Normalize(0.5, 0.5).
-    """
+    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1] (ToTensor() then Normalize(0.5, 0.5))."""
     img = np.ascontiguousarray(img)
     if not img.flags.writeable:  # e.g. np.asarray of a PIL image
         img = img.copy()

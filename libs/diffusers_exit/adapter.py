@@ -1,26 +1,17 @@
 """A diffusers transformer as an early-exit backbone (``libs/models/backbone.py``), its weights
-used in place: ``attach_exits(transformer)``.
+used in place: ``attach_exits(transformer)``. ``net.transformer`` is the object given (its
+state dict unchanged); the uncertainty heads are ``net.uem_heads``, saved apart
+(``libs/diffusers_exit/heads.py``). Full depth is ``transformer(...).sample``; the exit at
+block k is the model's own final layer on block k's tokens.
 
-The adapter holds the diffusers module itself (``net.transformer`` is the object given: nothing
-is copied or renamed, so ``transformer.state_dict()`` is unchanged) and one uncertainty head per
-block in ``net.uem_heads``, a module of its own (saved and loaded alone, ``libs/diffusers_exit/heads.py``).
-It runs the transformer's own modules in the transformer's own order, so full depth is
-``transformer(...).sample`` (all output channels, learned sigma too); the exit at block k is the
-model's own final layer on block k's tokens.
-
-How it implements the backbone contract:
-
-* the tokens between blocks are ``h = [c, x_1..x_L]`` (B, 1 + L, D): row 0 carries what the
-  final layer reads (DiT: the conditioning embedding ``norm1.emb(t, y)`` of block 0, as diffusers'
-  output stage computes it; PixArt: ``adaln_single``'s embedded timestep), so batch compaction
-  of ``h`` compacts it too and ``output_head(h)`` needs nothing else;
-* the carry holds what every block reads per row (DiT: timestep and labels, from which each
-  diffusers block recomputes its embedding; PixArt: the adaLN-single modulation, the projected
-  caption tokens and their attention bias); ``select_rows`` indexes it;
-* heads: Linear(D, p*p*in_channels) + sigmoid on block i's patch tokens (the noise channels);
-* reuse: any span of blocks, cached as its residual on the patch tokens;
-* ``eps_channels = in_channels`` when the model predicts a variance too (learned sigma).
-"""
+* tokens between blocks: ``h = [c, x_1..x_L]`` (B, 1 + L, D), row 0 holding what the final
+  layer reads (DiT: block 0's ``norm1.emb(t, y)``; PixArt: ``adaln_single``'s embedded
+  timestep), so compaction of ``h`` compacts it too;
+* carry: what every block reads per row (DiT: timestep and labels; PixArt: the adaLN-single
+  modulation, projected caption tokens and their attention bias);
+* heads: Linear(D, p*p*in_channels) + sigmoid on block i's patch tokens;
+* reuse: any span, cached as its residual on the patch tokens;
+* ``eps_channels = in_channels`` with learned sigma."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -149,9 +140,8 @@ class DiTExitNet(DiffusersExitNet):
     cond_name = "y"
 
     def train(self, mode: bool = True):
-        """Label dropout is the task's (``config.loss.p_uncond``, seeded per step): the model's own
-        label embedders, which drop labels with an unseeded draw in training mode, stay in eval
-        mode, so a training step gives eval mode's numbers and a resumed run repeats them."""
+        """The model's label embedders stay in eval mode (their label dropout is unseeded); dropout is the
+        task's, so training steps match eval numerics and resume exactly."""
         from diffusers.models.embeddings import LabelEmbedding
 
         super().train(mode)
@@ -183,9 +173,8 @@ class DiTExitNet(DiffusersExitNet):
         return self._final(h[:, 1:], shift[:, None], scale[:, None], tf.proj_out_2)
 
     def block_pieces(self) -> Dict[str, float]:
-        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions): attention,
-        MLP, and the rest, the adaLN modulation with the time and label embedding that every
-        diffusers block recomputes (Linear(256, D), Linear(D, D))."""
+        """Per-image FLOPs of one block by piece: attention, MLP, and the rest (the adaLN modulation with the
+        time and label embedding every block recomputes)."""
         L, D = self._tokens(), self.hidden_size
         hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         emb = fl.linear(1, 256, D) + fl.linear(1, D, D)
@@ -270,9 +259,8 @@ class PixArtExitNet(DiffusersExitNet):
         return self._final(h[:, 1:], shift, scale, tf.proj_out)
 
     def block_pieces(self) -> Dict[str, float]:
-        """Per-image FLOPs of one block by piece (``libs/models/flops.py`` conventions):
-        self-attention, cross-attention on S = ``self.context_tokens`` caption tokens (queries,
-        keys and values of S tokens, scores, output), MLP; the modulation is a table lookup."""
+        """Per-image FLOPs of one block by piece: self-attention, cross-attention on ``self.context_tokens``
+        caption tokens, MLP (the modulation is a table lookup)."""
         L, D, S = self._tokens(), self.hidden_size, self.context_tokens
         hidden = self.transformer.transformer_blocks[0].ff.net[-1].in_features
         cross = fl.linear(L, D, D) + fl.linear(S, D, 2 * D) + 2.0 * 2 * L * S * D + fl.linear(L, D, D)

@@ -1,43 +1,29 @@
 """diffusers' own caches on an adapted transformer, spelled like the exit rules of a sweep, and
 the count of the work they actually do.
 
-Spellings (``parse_cache``):
-
-    fbc:T           ``apply_first_block_cache(FirstBlockCacheConfig(threshold=T))``: block 0 always
-                    runs; when its output residual changed by less than T (relative mean absolute
-                    change against the previous call, over the whole batch) the remaining blocks
-                    are skipped and their cached residual added
+    fbc:T           ``apply_first_block_cache(FirstBlockCacheConfig(threshold=T))``: block 0 runs;
+                    when its residual changed by less than T (relative mean absolute change over
+                    the batch) the other blocks are skipped and their cached residual added
     taylorseer:N    ``apply_taylorseer_cache(TaylorSeerCacheConfig(cache_interval=N,
-                    disable_cache_before_step=3, max_order=1, float32 factors))`` on every block's
-                    attention and feed-forward modules (``cache_identifiers``): after 3 full calls,
-                    one call in N computes them, the others predict their outputs by a first-order
-                    Taylor expansion over calls
+                    disable_cache_before_step=3, max_order=1))`` on every block's attention and
+                    feed-forward (explicit ``cache_identifiers``: the default patterns match no
+                    module of DiT or PixArt): after 3 full calls, one call in N computes them, the
+                    others predict them by a first-order Taylor expansion
 
-Which caches work on which class: both spellings on ``DiTTransformer2DModel`` and
-``PixArtTransformer2DModel`` (their blocks are diffusers' ``BasicTransformerBlock``, which the
-first-block cache's block registry knows). TaylorSeer's default patterns (module names ending in
-``attn``) match no module of either class, and its lite mode predicts ``proj_out``, which DiT
-lacks (it has ``proj_out_1``/``proj_out_2``): hence the explicit ``cache_identifiers`` (the
-TaylorSeer paper's choice, attention and MLP outputs). MagCache needs per-model calibrated
-magnitude ratios; FasterCache and PyramidAttentionBroadcast need a pipeline's timestep callback;
-they and the rest are refused in one line (``refuse``).
+Both work on ``DiTTransformer2DModel`` and ``PixArtTransformer2DModel``; the other diffusers
+caches (which need calibration or a pipeline's timestep callback) are refused in one line.
+The cache context is set per call as diffusers' pipelines set it (``CacheContext('cond')``)
+and the hooks' state is reset before each sampling run.
 
-The cache context is set as diffusers' pipelines set it (``CacheContext('cond')`` on every hook
-state manager of the transformer, ``diffusers.hooks.hooks._set_cache_context``, the function
-behind ``CacheMixin.cache_context``, which these two classes do not inherit) for each call, and
-the hooks' state is reset before each sampling run (one batch).
-
-GFLOPs/img of a cached run (``WorkCounter``): forward hooks on the modules inside each block
-that run only when the work is done (attention: its ``to_q``; cross-attention: ``attn2.to_q``;
-feed-forward: its last Linear; the adaLN modulation: ``norm1``) count the rows that went
-through each piece; each row of a piece costs the piece's per-image FLOPs of the adapter's
-count (``libs/models/flops.py`` conventions), plus embedding and final layer per call.
-"""
+``WorkCounter``: forward hooks on modules that run only when the work is done (``to_q``,
+``attn2.to_q``, the feed-forward's last Linear, ``norm1``) count the rows through each piece;
+GFLOPs/img = rows x the piece's per-image FLOPs (``libs/models/flops.py``) + embedding and
+final layer per call."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -181,10 +167,3 @@ class WorkCounter:
     def gflops_per_image(self, pieces: Dict[str, float], embed: float, head: float, num_images: int) -> float:
         total = self.calls_rows * (embed + head) + sum(self.rows[k] * pieces.get(k, 0.0) for k in self.rows)
         return total / max(num_images, 1) / 1e9
-
-
-def refuse_unsupported(model_class: str) -> Optional[str]:
-    """None when this class has caches here, else the one-line reason."""
-    if model_class in SUPPORTED:
-        return None
-    return f"no diffusers cache is run on {model_class} here; supported classes: {', '.join(SUPPORTED)}"

@@ -1,16 +1,11 @@
-"""The diffusers demo in three stages, each through the project's engines (``scripts/diffusers_demo.sh``):
+"""The diffusers demo in three stages, each through the project's engines.
 
-1. ``train``: a diffusers ``DiTTransformer2DModel`` built from the config, trained on the digits
-   through the adapter with the AdaDiff objective; its EMA transformer is saved as a diffusers
-   folder (``<workdir>/model/transformer``): from here on it is "the pretrained model" (its
-   AdaDiff heads, trained with the data, go to ``<workdir>/heads_from_data.safetensors``);
-2. ``heads``: fresh heads for that frozen model trained without the data (objective 'distill'
-   on the model's own samples); written as ``<workdir>/heads.safetensors``;
-3. ``sweep``: the model loaded back from its folder with those heads, swept over step counts x
-   (full depth, exit rules, reuse rules, diffusers' caches); ``<workdir>/sweep/sweep.txt``.
+``train``: a diffusers ``DiTTransformer2DModel`` trained on the digits through the adapter (EMA
+saved to ``<workdir>/model/transformer``); ``heads``: fresh heads for that frozen model trained
+without data (objective 'distill', ``<workdir>/heads.safetensors``); ``sweep``: step counts x
+methods (``<workdir>/sweep/sweep.txt``). Driven by ``scripts/diffusers_demo.sh``::
 
-    python -m libs.diffusers_exit.demo --config=configs/diffusers_digits.py --workdir=workdir/diffusers_demo
-"""
+    python -m libs.diffusers_exit.demo --config=configs/diffusers_digits.py --workdir=workdir/diffusers_demo"""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +14,6 @@ import importlib.util
 import time
 from pathlib import Path
 
-import torch
 
 from libs.diffusers_exit.adapter import attach_exits
 from libs.diffusers_exit.sweep import fid_function, parse_methods, run_sweep, write_report
@@ -68,9 +62,8 @@ def heads_config(config, model_folder: Path, workdir: Path, run: str = "heads"):
 
 
 def stage_heads(config, model_folder: Path, workdir: Path, strength: str = "heads") -> Path:
-    """Stage 2 (``strength='heads'``), or the 'exits' strength: blocks, final layer and heads
-    fine-tuned with the layer-wise loss against a frozen teacher; that model goes to
-    ``<workdir>/model_exits/transformer`` and its heads to ``heads_exits.safetensors``."""
+    """Stage 2 (``strength='heads'``) or 'exits' (blocks, final layer and heads fine-tuned against a frozen
+    teacher, saved to ``<workdir>/model_exits/transformer`` and ``heads_exits.safetensors``)."""
     c = heads_config(config, model_folder, workdir, run=strength)
     if strength == "exits":
         c.nnet.train, c.loss.layer_coef, c.optimizer.lr = "exits", 1.0, float(c.optimizer.lr) / 10

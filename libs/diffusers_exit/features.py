@@ -1,20 +1,7 @@
 """The data-free training set: the frozen model's own samples, made once by a cheap sampler and
-cached as a feature file.
-
-``config.distill``:
-
-    n_images        how many samples (conditions: image i gets label i mod K, as the evaluation)
-    algorithm       the sampler (``libs/diffusion/registry.py``; 'dpm_solver' by default)
-    steps           its step count (few: the samples only need to lie where the model's own
-                    trajectories go, not to be its best images)
-    scale           classifier-free guidance scale of those samples (0 = conditional)
-    mini_batch_size sampling batch
-    feature_file    where the set is cached ('' = <workdir>/self_samples.safetensors)
-
-The file keeps the samples ``x0`` (N, C, H, W) float32, the labels ``y`` (N,) and, in its
-metadata, what made it; a file made otherwise (another model class or size, count, sampler,
-steps, scale, seed) is remade, never silently reused.
-"""
+cached. ``config.distill``: n_images (image i gets label i mod K), algorithm, steps, scale,
+mini_batch_size, feature_file ('' = <workdir>/self_samples.safetensors). The file keeps
+``x0`` (N, C, H, W) float32, ``y`` (N,) and what made it; a file made otherwise is remade."""
 from __future__ import annotations
 
 import os
@@ -24,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.diffusers_exit.adapter import attach_exits
-from libs.evaluation.sampling import generate
+from libs.evaluation.sampling import generate, index_batches
 from libs.exits.policy import FULL
 from libs.exits.recorder import ExitRecorder
 from libs.run.atomic import atomic_write
@@ -92,8 +79,7 @@ def make_samples(task, config):
     n, bs = int(dc.n_images), int(dc.get("mini_batch_size", 250))
     xs, ys = [], []
     recorder = ExitRecorder(net.num_blocks, device)
-    for b, start in enumerate(range(0, n, bs)):
-        idx = list(range(start, min(start + bs, n)))
+    for b, idx in enumerate(index_batches(n, bs)):
         xs.append(generate(net, task, sample_cfg, idx, FULL, recorder, config.seed, b, device, decode=False,
                            steps=steps).float().cpu())
         y = task.labels(idx, device)  # the labels (PixArt: prompt rows) the evaluation gives these images

@@ -1,16 +1,11 @@
-"""The uncertainty heads of an adapted diffusers model, a module and a file of their own.
-
-One head per block (``UncertaintyHead``: Linear(D, p*p*C) + sigmoid on the block's patch
-tokens). ``save_heads`` writes them as safetensors with what they were made for (the model
-class, depth, width, patch size, input channels) in the file's metadata; ``load_heads`` refuses
-a file made for another model in one line naming both.
-"""
+"""The uncertainty heads of an adapted diffusers model as their own safetensors file, with the
+model they were made for (class, depth, width, patch size, channels) in its metadata;
+``load_heads`` refuses a file made for another model in one line naming both."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict
 
-import torch
 import torch.nn as nn
 
 from libs.models.uvit_core import UncertaintyHead
@@ -51,6 +46,7 @@ def load_heads(heads: nn.ModuleList, signature: Dict[str, str], path) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if any(made_for.get(k) != signature[k] for k in SIGNATURE_KEYS):
         raise UserError(f"head file {path} was made for {describe(made_for)}, not for this model, "
-                        f"{describe(signature)}: train heads for this model (libs/diffusers_exit/distill.py)")
+                        f"{describe(signature)}: train heads for this model (config.loss.objective='distill', "
+                        f"libs/diffusers_exit/task.py)")
     p = next(heads.parameters())
     heads.load_state_dict({k: v.to(device=p.device, dtype=p.dtype) for k, v in tensors.items()})

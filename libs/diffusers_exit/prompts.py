@@ -1,12 +1,7 @@
-"""Prompt conditions of a text-to-image diffusers model (PixArt) without its data set: a prompt
-file encoded once by the pipeline's own text encoder, kept as a table of contexts.
-
-``encode_prompt_file(pipeline, prompt_file, out)`` writes ``context`` (P + 1, S, C) and ``mask``
-(P + 1, S) as safetensors: the P prompts of the file (one per line) and, last, the empty prompt,
-the null condition of classifier-free guidance. A task then treats prompt i as label i (image j
-gets prompt j mod P, as labels; label dropout picks the empty prompt), and ``PromptTable`` turns
-labels into ``PixArtCondition``s.
-"""
+"""Prompt conditions of a PixArt model without its data set: ``encode_prompt_file`` writes
+``context`` (P + 1, S, C) and ``mask`` (P + 1, S) of the file's P prompts and, last, the empty
+(null) prompt; prompt i is then label i, and ``PromptTable`` turns labels into
+``PixArtCondition``s."""
 from __future__ import annotations
 
 from pathlib import Path

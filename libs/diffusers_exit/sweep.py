@@ -1,15 +1,8 @@
-"""An adapted model's sweep: sampler step counts x (full depth, exit rules, this project's reuse
-rules, diffusers' own caches on the same transformer), every pair on the same noise and
-conditions (the evaluation's per-image seeds, ``libs/evaluation/sampling.py``).
-
-Each pair reports GFLOPs/img (the exit recorder's count for the project's rules, the
-``WorkCounter`` of ``libs/diffusers_exit/caches.py`` for diffusers' caches: the blocks and
-pieces they actually ran), its ratio to the reference pair (full depth at the largest step
-count), the mean squared distance of its images to the reference pair's images from the same
-noise (``proxy_distance``: 0 = the same images), FID against reference statistics when given
-(Inception features of the same decoded images), the sampling time, and whether the pair is
-on the compute-quality frontier (FID when measured, else the distance).
-"""
+"""An adapted model's sweep: step counts x (full depth, exit and reuse rules, diffusers' caches),
+every pair on the same noise and conditions. Each pair reports GFLOPs/img (the recorder's, or
+the caches' ``WorkCounter``), its ratio to the reference (full depth, most steps), the
+distance of its images to the reference's (``proxy_distance``), FID when reference statistics
+are given, the time, and whether it is on the frontier (by FID, else distance)."""
 from __future__ import annotations
 
 import json
@@ -21,12 +14,10 @@ from typing import List, Optional
 import torch
 
 from libs.diffusers_exit import caches
-from libs.diffusion.registry import make_sampler
-from libs.diffusion.wrappers import cfg_model_fn, conditional_model_fn, with_time_scale
 from libs.evaluation.calibration import calibrate_policy, proxy_distance
 from libs.evaluation.frontier import pareto_flags
 from libs.evaluation.image_io import images_to_uint8
-from libs.evaluation.sampling import generate, initial_noise, sampler_generator
+from libs.evaluation.sampling import generate, index_batches, sample_batch
 from libs.exits.policy import FULL, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.run.atomic import atomic_write_text
@@ -54,14 +45,10 @@ def parse_methods(spec: str, model_class: str) -> list:
     return [FULL] + [p for p in rules if not p.is_full] + [caches.parse_cache(s, model_class) for s in cache_items]
 
 
-def _batches(n: int, bs: int):
-    return [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
-
-
 def _sample_rule(net, task, config, policy, steps, device):
     sc, recorder, images, seconds = config.sample, ExitRecorder(net.num_blocks, device), [], 0.0
     policy = calibrate_policy(policy, net, task, config, device, steps=steps)
-    for b, idx in enumerate(_batches(int(sc.n_samples), int(sc.mini_batch_size))):
+    for b, idx in enumerate(index_batches(int(sc.n_samples), int(sc.mini_batch_size))):
         t0 = time.perf_counter()
         images.append(generate(net, task, sc, idx, policy, recorder, config.seed, b, device, steps=steps).float().cpu())
         seconds += time.perf_counter() - t0
@@ -69,22 +56,16 @@ def _sample_rule(net, task, config, policy, steps, device):
     return torch.cat(images), s["gflops_per_image"], s["layer_ratio"], seconds
 
 
-@torch.inference_mode()
 def _cached_batch(net, task, sc, idx, steps, seed, b, device):
     tf = net.transformer
     caches.reset(tf)  # a new sampling run: no state from the previous batch
     call = caches.cached_call(tf, net.cond_name)
 
-    def net_fn(x, t_net, cond):  # the adapter's time shift and noise channels, as its forward takes them
+    def net_fn(x, t, cond):  # the adapter's time shift and noise channels, as its forward takes them
+        t_net = task.time_scale * t
         return net.noise_prediction(call(x, net._network_time(t_net, x), cond))
 
-    net_fn = with_time_scale(net_fn, task.time_scale)
-    x_T, cond = initial_noise(task, idx, seed, device), task.conditions(idx, device)
-    scale = float(sc.get("scale", 0.0) or 0.0)
-    model_fn = cfg_model_fn(net_fn, cond, task.null_condition(len(idx), device), scale) if scale > 0 \
-        else conditional_model_fn(net_fn, cond)
-    x0 = make_sampler(sc, task.schedule, steps, sampler_generator(seed, b, device))(model_fn, x_T)
-    return task.decode(x0).float().cpu()
+    return sample_batch(net_fn, task, sc, idx, seed, b, device, steps=steps).float().cpu()
 
 
 def _sample_cache(net, task, config, rule, steps, device):
@@ -93,7 +74,7 @@ def _sample_cache(net, task, config, rule, steps, device):
     with caches.applied(net.transformer, rule):
         counter = caches.WorkCounter(net.transformer)
         try:
-            for b, idx in enumerate(_batches(int(sc.n_samples), int(sc.mini_batch_size))):
+            for b, idx in enumerate(index_batches(int(sc.n_samples), int(sc.mini_batch_size))):
                 t0 = time.perf_counter()
                 images.append(_cached_batch(net, task, sc, idx, steps, config.seed, b, device))
                 seconds += time.perf_counter() - t0

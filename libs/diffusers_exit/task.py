@@ -1,28 +1,21 @@
-"""Training a diffusers transformer's exits through the project's engine (``libs/training/engine.py``):
-the task that loads the model, builds the adapted network and gives the engine its data.
-
-``config.nnet`` (``name='diffusers'``):
+"""Training a diffusers transformer's exits through the project's engine: the task that loads
+the model, builds the adapted network and gives the engine its data. ``config.nnet``
+(``name='diffusers'``):
 
     cls             'DiTTransformer2DModel' | 'PixArtTransformer2DModel'
-    pretrained      a diffusers folder (``save_pretrained``'s, or a snapshot in the Hugging Face
-                    cache), read with ``local_files_only=True``: nothing is downloaded; '' = build
-                    from ``model_config`` (seeded by ``config.seed``)
-    subfolder       the transformer's folder inside ``pretrained`` ('transformer' for a pipeline)
-    model_config    the class's constructor arguments, when there is no ``pretrained``
-    train           'all' (every weight and the heads: training from a data set, as AdaDiff does),
-                    'heads' (the heads only, the model frozen), 'exits' (the blocks, final layer and
-                    heads; the frozen teacher is a copy of the model as loaded)
+    pretrained      a diffusers folder (read with ``local_files_only=True``); '' = build from
+                    ``model_config`` (seeded by ``config.seed``)
+    subfolder       the transformer's folder inside ``pretrained``
+    model_config    the class's constructor arguments, without ``pretrained``
+    train           'all' | 'heads' (model frozen) | 'exits' (blocks, final layer, heads)
     heads           a head file to start from ('' = fresh heads)
-    time_shift      added to the network time (0; -1 for weights trained on 0-based DDPM indices)
-    prompts         PixArt: the prompt contexts file (``libs/diffusers_exit/prompts.py``); prompt i
-                    is label i and ``num_classes`` = prompts + 1 (the empty prompt, the null one)
-    vae             a latent model's autoencoder folder (a pipeline's ``vae``, read with
-                    ``local_files_only=True``): samples are decoded through it; '' = pixels
-    img_size, in_chans, num_classes   the sample shape and label count, as in every config here
+    time_shift      added to the network time (-1 for weights trained on 0-based indices)
+    prompts         PixArt: prompt contexts file; prompt i is label i, plus the empty prompt
+    vae             a latent model's autoencoder folder; '' = pixels
+    img_size, in_chans, num_classes   the sample shape and label count
 
-Data: with ``config.loss.objective='distill'`` the training set is the model's own samples
-(``libs/diffusers_exit/features.py``, made once and cached); otherwise ``config.dataset``.
-"""
+With ``config.loss.objective='distill'`` the training set is the model's own samples
+(``libs/diffusers_exit/features.py``); otherwise ``config.dataset``."""
 from __future__ import annotations
 
 import copy

@@ -1,44 +1,23 @@
-"""DPM-Solver (noise prediction) and DPM-Solver++ (data prediction) for VP schedules.
+"""DPM-Solver (noise prediction) and DPM-Solver++ (data prediction) for VP schedules (Lu et
+al., arXiv 2206.00927 and 2211.01095). ``dpm_solver_sample(model_fn, x, schedule, ...)``
+integrates the probability-flow ODE from ``t_start`` (default T) to ``t_end`` (default
+``schedule.default_t_end``) with exactly ``steps`` model calls.
 
-References: Lu et al., "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model
-Sampling in Around 10 Steps" (NeurIPS 2022, arXiv 2206.00927) and "DPM-Solver++: Fast
-Solver for Guided Sampling of Diffusion Probabilistic Models" (arXiv 2211.01095).
-
-Entry point ``dpm_solver_sample(model_fn, x, schedule, ...)``: ``model_fn(x, t) -> eps_hat``
-(``libs/diffusion/wrappers.py:ModelFn``) takes (B, ...) samples and a (B,) tensor of schedule
-time t in (0, 1]. It integrates the probability-flow ODE from ``t_start`` (default T = 1)
-down to ``t_end`` (default ``schedule.default_t_end``) and returns x at ``t_end``.
-
-Exponential integrator (``libs/diffusion/solver_toolkit.py``: grid, model output, step
-coefficients). Expanding the model output m (eps_hat or x0_hat) to second order in lambda
-about s, with h = lambda_t - lambda_s, d1 ~ h dm/dlambda and d2 ~ h^2 d^2m/dlambda^2, every
-update here is ``_Integrator.step``:
+Expanding the model output m (eps_hat or x0_hat) in lambda about s, h = lambda_t - lambda_s,
+d1 ~ h dm/dlambda, d2 ~ h^2 d^2m/dlambda^2, every update is ``_Integrator.step``:
 
     x_t = lin x_s + c (phi1 m + phi2 d1 + phi3 d2),   (lin, c, phi1) of the toolkit's ``Step``,
     noise: phi2 = phi1/h - 1,  phi3 = phi2/h - 1/2;     data: phi2 = 1 - phi1/h,  phi3 = 1/2 - phi2/h.
 
-Order 1 (d1 = d2 = 0) is DDIM. The derivatives come from extra model calls inside the step
-(singlestep) or from the previous steps' outputs (multistep); ``solver_type='dpmsolver'``
-uses the paper's algorithms (DPM-Solver-2 weights d1 by phi1/2, DPM-Solver-3's last stage
-uses one difference), ``'taylor'`` the full Taylor weights (diffusers' ``solver_type='heun'``).
-The update formulas are in ``_Integrator``'s methods.
+Order 1 is DDIM. ``solver_type='dpmsolver'``: the paper's algorithms (DPM-Solver-2 weights d1
+by phi1/2); ``'taylor'``: full Taylor weights (diffusers' ``'heun'``). Methods:
 
-Methods (each calls ``model_fn`` exactly ``steps`` times):
-
-* ``'singlestep_fast'`` (``_singlestep_fast``; ``config.sample.algorithm='dpm_solver'``):
-  outer steps of orders ``singlestep_orders(steps, order)`` (50 steps, order 3: 16 x 3rd +
-  1 x 2nd) between K + 1 points of a ``skip_type`` grid; an order-k step's inner calls split
-  its lambda interval into k equal parts (r = 1/3, 2/3; r = 1/2).
-* ``'singlestep'`` (``_singlestep``; ``config.sample.algorithm='dpm_solver_pp'``): the same
-  orders, but all calls on one (steps + 1)-point grid: outer step j runs from grid point i
-  to i + k_j (i = sum of the earlier orders), its inner calls at the grid points between.
-  For 'logSNR' and equal orders it equals 'singlestep_fast'; for 'time_uniform' it does
-  not (the inner points are not at 1/3, 2/3 of the lambda interval).
-* ``'multistep'`` (``_multistep``; DPM-Solver(++)(2M), (3M)): ``steps`` steps on the grid,
-  each from the last ``multistep_orders`` outputs, one call per grid point but the last.
-
-Skip types (``solver_toolkit.SKIP_TYPES``): ``'logSNR'``, ``'time_uniform'``, ``'time_quadratic'``.
-"""
+* ``'singlestep_fast'`` (``algorithm='dpm_solver'``): outer steps of ``singlestep_orders`` on
+  a ``skip_type`` grid, an order-k step's inner calls splitting its lambda interval equally;
+* ``'singlestep'`` (``algorithm='dpm_solver_pp'``): the same orders, every call on one
+  (steps + 1)-point grid (equal to 'singlestep_fast' only for 'logSNR' and equal orders);
+* ``'multistep'`` (DPM-Solver(++)(2M), (3M)): each step from the last ``multistep_orders``
+  outputs, one call per grid point but the last."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -58,11 +37,9 @@ SOLVER_TYPES = ("dpmsolver", "taylor")
 
 
 def singlestep_orders(steps: int, order: int) -> List[int]:
-    """Orders of the singlestep outer steps; they sum to ``steps`` (= model calls).
-
-    order 3: K = steps//3 + 1 steps, [3]*(K-2) + [2, 1] / [3]*(K-1) + [1] / [3]*(K-1) + [2]
-    for steps % 3 = 0 / 1 / 2; order 2: [2]*(steps//2) (+ [1] if steps is odd); order 1: [1]*steps.
-    """
+    """Orders of the singlestep outer steps, summing to ``steps``: order 3, K = steps//3 + 1:
+    [3]*(K-2) + [2, 1] / [3]*(K-1) + [1] / [3]*(K-1) + [2] for steps % 3 = 0 / 1 / 2;
+    order 2: [2]*(steps//2) (+ [1] if odd); order 1: [1]*steps."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if order == 3:
@@ -84,9 +61,8 @@ def singlestep_orders(steps: int, order: int) -> List[int]:
 
 
 def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
-    """Order of each of the ``steps`` multistep updates: step i (1-based) uses min(order, i)
-    outputs (warm-up), and with ``lower_order_final`` and steps < 10 also at most
-    steps + 1 - i (the last steps lower the order again)."""
+    """Step i (1-based) uses min(order, i) outputs, and with ``lower_order_final`` and steps < 10 at
+    most steps + 1 - i."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if order not in (1, 2, 3):
@@ -99,11 +75,8 @@ def multistep_orders(steps: int, order: int, lower_order_final: bool = True) -> 
 
 
 class _Integrator:
-    """The update rules for one (model_fn, schedule, predict, solver_type); holds no samples.
-
-    Notation: a step from s to t, h = lambda_t - lambda_s; inner points s1, s2 with
-    r_i = (lambda_si - lambda_s)/h; m_s, m1, m2 the model outputs there (``model``).
-    """
+    """The update rules for one (model_fn, schedule, predict, solver_type). A step s -> t,
+    h = lambda_t - lambda_s, inner points s1, s2 at r_i = (lambda_si - lambda_s)/h."""
 
     def __init__(self, model_fn: ModelFn, schedule: VPSchedule, predict: str, solver_type: str):
         self.model_fn, self.schedule = model_fn, schedule
@@ -252,35 +225,11 @@ def dpm_solver_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, 
                       t_start: Optional[float] = None, t_end: Optional[float] = None,
                       solver_type: str = "dpmsolver", lower_order_final: bool = True,
                       timesteps: Optional[Sequence[float]] = None) -> torch.Tensor:
-    """Sample with DPM-Solver (predict='noise') or DPM-Solver++ (predict='data').
-
-    Args:
-        model_fn: ``model_fn(x, t) -> eps_hat``, t a (B,) tensor of schedule time.
-        x: (B, ...) sample at t_start, usually N(0, I), drawn by the caller.
-        schedule: a ``VPSchedule`` (``LinearVPSchedule`` or ``DiscreteVPSchedule``).
-        steps: number of model calls (exactly this many for every method), >= 1.
-        order: 1, 2 or 3.
-        method: 'singlestep_fast' | 'singlestep' | 'multistep' (module docstring).
-        predict: 'noise' (DPM-Solver) or 'data' (DPM-Solver++); model_fn always returns noise.
-        skip_type: 'logSNR' | 'time_uniform' | 'time_quadratic'.
-        t_start, t_end: integration interval; defaults schedule.T and schedule.default_t_end.
-        solver_type: 'dpmsolver' (paper algorithms) or 'taylor' (diffusers 'heun').
-        lower_order_final: multistep only; lower the order of the last steps when steps < 10.
-        timesteps: optional explicit strictly decreasing grid of steps + 1 times, replacing
-            skip_type, t_start and t_end (methods 'singlestep' and 'multistep').
-
-    Returns:
-        (B, ...) sample at t_end.
-
-    Examples (50 calls: 16 x 3rd + 1 x 2nd order). ``config.sample.algorithm='dpm_solver'``::
-
-        x0 = dpm_solver_sample(model_fn, torch.randn(B, C, H, W), LinearVPSchedule(), steps=50)
-
-    ``config.sample.algorithm='dpm_solver_pp'`` (DPM-Solver++, every call on one 51-point grid)::
-
-        x0 = dpm_solver_sample(model_fn, x_T, DiscreteVPSchedule.stable_diffusion(), steps=50,
-                               method="singlestep", predict="data", skip_type="time_uniform")
-    """
+    """Sample with DPM-Solver (predict='noise') or DPM-Solver++ (predict='data'); ``model_fn``
+    always returns noise. x: (B, ...) at t_start -> (B, ...) at t_end. ``steps`` model calls;
+    ``order`` 1-3; ``method``, ``skip_type``, ``solver_type`` as in the module docstring;
+    ``lower_order_final``: multistep, lower the last orders when steps < 10; ``timesteps``: an
+    explicit strictly decreasing grid of steps + 1 times (not for 'singlestep_fast')."""
     check_arguments("DPM-Solver", steps, method=(method, METHODS), predict=(predict, PREDICTIONS),
                     solver_type=(solver_type, SOLVER_TYPES), order=(order, (1, 2, 3)))
     if timesteps is not None and method == "singlestep_fast":

@@ -1,10 +1,7 @@
-"""The forward-noise process of training: x_t drawn from x_0 at a random time.
-
-Forward process (the VP-SDE of Song et al. 2021, as U-ViT): beta(t) = 0.1 + 19.9 t, t ~ U(0, 1),
-x_t = alpha_t x_0 + sigma_t eps with alpha_t^2 = exp(-(0.1 t + 9.95 t^2)); the network sees
-the time input 999 t and predicts the noise eps. Discrete time (the DDPM chain of Stable
-Diffusion's betas): n ~ U{1..N}, x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps, network time n.
-"""
+"""The forward-noise process of training. Continuous (the VP-SDE of U-ViT): t ~ U(0, 1),
+x_t = alpha_t x_0 + sigma_t eps, alpha_t^2 = exp(-(0.1 t + 9.95 t^2)), network time 999 t.
+Discrete (Stable Diffusion's betas): n ~ U{1..N}, x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps,
+network time n."""
 from __future__ import annotations
 
 from typing import Optional

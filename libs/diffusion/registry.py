@@ -15,11 +15,8 @@ class StepCountError(ValueError):
 
 
 def parse_step_counts(value) -> Tuple[int, ...]:
-    """The step counts of ``config.sample.sample_steps``, in the order given, duplicates dropped.
-
-    Accepts an int (50), a comma-separated string ('10,15,20,50'), or a list/tuple of ints
-    (what a comma-separated override and config.json hold). Every count must be an integer
-    >= 1; raises ``StepCountError`` naming the bad item and the fix otherwise."""
+    """The step counts of ``config.sample.sample_steps`` (50, '10,15,20,50' or a list), in order,
+    duplicates dropped; each an integer >= 1, else ``StepCountError``."""
     fix = "give a step count >= 1 or a comma-separated list of them, e.g. --config.sample.sample_steps=10,15,20,50"
     if isinstance(value, bool):
         raise StepCountError(f"config.sample.sample_steps={value!r}: {fix}")
@@ -52,10 +49,8 @@ def reference_steps(value) -> int:
 
 
 def make_sampler(sample_cfg, schedule, steps: Optional[int] = None, generator=None):
-    """The solver of ``sample_cfg.algorithm`` with its arguments bound (``functools.partial``):
-    ``sample(model_fn, x_T) -> x_0`` in ``steps`` model calls (default: the largest of
-    ``sample_cfg.sample_steps``); ``generator`` is the SDE's injected noise (one batch's; the ODE
-    solvers draw nothing)."""
+    """``sample(model_fn, x_T) -> x_0``: the solver of ``sample_cfg.algorithm`` bound with ``steps``
+    (default: the largest of ``sample_steps``) and the SDE's ``generator``."""
     from libs.diffusion.dpm_solver import dpm_solver_sample
     from libs.diffusion.euler_maruyama import euler_maruyama_ode, euler_maruyama_sde
     from libs.diffusion.unipc import unipc_sample

@@ -1,32 +1,15 @@
-"""Variance-preserving noise schedules in continuous time t in [0, T], T = 1.
+"""Variance-preserving noise schedules in continuous time t in [0, T], T = 1:
 
-The forward process of every schedule here is
-
-    x_t = alpha_t x_0 + sigma_t eps,    eps ~ N(0, I),    alpha_t^2 + sigma_t^2 = 1,
-
-described by ``log alpha_t`` (DPM-Solver's "marginal log-mean-coefficient"); everything
-else is derived from it:
-
+    x_t = alpha_t x_0 + sigma_t eps,    alpha_t^2 + sigma_t^2 = 1,
     sigma_t  = sqrt(1 - alpha_t^2)
-    lambda_t = log(alpha_t / sigma_t)                       (half log-SNR, DPM-Solver eq. (3.2))
-    beta(t)  = -2 d log(alpha_t) / dt                       (VP-SDE: dx = -beta/2 x dt + sqrt(beta) dw)
+    lambda_t = log(alpha_t / sigma_t)           (half log-SNR, DPM-Solver eq. (3.2))
+    beta(t)  = -2 d log(alpha_t) / dt           (VP-SDE: dx = -beta/2 x dt + sqrt(beta) dw)
 
-Two schedules:
-
-* ``LinearVPSchedule``: the continuous linear VP-SDE of score_sde / U-ViT, beta(t) = 0.1 +
-  19.9 t, so alpha_t^2 = exp(-(0.1 t + 9.95 t^2)).
-* ``DiscreteVPSchedule``: a discrete DDPM chain of N betas placed on the continuous axis
-  at t_n = n / N (n = 1..N), alpha_{t_n}^2 = prod_{i<=n} (1 - beta_i), with log alpha
-  interpolated piecewise-linearly in t between the knots (and extrapolated linearly with
-  the end segments outside [1/N, 1]), as DPM-Solver's ``NoiseScheduleVP('discrete')``.
-  ``DiscreteVPSchedule.stable_diffusion()`` is the text-to-image / ``*_discrete``
-  schedule, betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2.
-  ``DiscreteVPSchedule.linear()``: DDPM's / DiT's betas = linspace(1e-4, 0.02, 1000).
-
-All methods take a tensor of times (any shape, dtype and device) and return a tensor of
-the same shape, dtype and device. Samplers evaluate them on float64 CPU tensors.
-The training-noise process is ``libs/diffusion/noise.py``; this file is schedule maths only.
-"""
+all derived from ``marginal_log_mean_coeff`` = log alpha_t. ``LinearVPSchedule``: score_sde /
+U-ViT's beta(t) = 0.1 + 19.9 t. ``DiscreteVPSchedule``: N DDPM betas on knots t_n = n/N, log
+alpha piecewise linear between them (DPM-Solver's 'discrete'); ``.stable_diffusion()`` (betas =
+linspace(sqrt(0.00085), sqrt(0.012), 1000)^2) and ``.linear()`` (linspace(1e-4, 0.02, 1000)).
+Methods map a tensor of times to a tensor of the same shape, dtype and device."""
 from __future__ import annotations
 
 import math
@@ -36,12 +19,8 @@ import torch
 
 
 class VPSchedule:
-    """Base class: subclasses define ``marginal_log_mean_coeff`` and ``inverse_lambda``.
-
-    Attributes:
-        T: largest time (sampling starts here).
-        default_t_end: default smallest time DPM-Solver integrates to.
-    """
+    """Subclasses define ``marginal_log_mean_coeff`` and ``inverse_lambda``. ``T``: largest
+    time; ``default_t_end``: DPM-Solver's default smallest time."""
 
     T: float = 1.0
     default_t_end: float = 1e-4
@@ -72,9 +51,7 @@ class VPSchedule:
         return log_alpha - 0.5 * torch.log(self._variance(log_alpha))
 
     def marginals(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t: bitwise what
-        ``marginal_alpha``, ``marginal_std`` and ``marginal_lambda`` give, in half the ops
-        (the samplers compute them at every evaluation point)."""
+        """(alpha_t, sigma_t, lambda_t) from one evaluation of log alpha_t, bitwise the three marginals."""
         log_alpha = self.marginal_log_mean_coeff(t)
         variance = self._variance(log_alpha)
         return torch.exp(log_alpha), torch.sqrt(variance), log_alpha - 0.5 * torch.log(variance)
@@ -92,11 +69,8 @@ class VPSchedule:
 
 @dataclass(frozen=True)
 class LinearVPSchedule(VPSchedule):
-    """Continuous linear VP-SDE: beta(t) = beta_0 + (beta_1 - beta_0) t.
-
-    log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2; with the defaults
-    alpha_t^2 = exp(-(0.1 t + 9.95 t^2)) (Song et al. 2021, score_sde's VP-SDE).
-    """
+    """Continuous linear VP-SDE, beta(t) = beta_0 + (beta_1 - beta_0) t:
+    log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2 (score_sde's VP-SDE)."""
 
     beta_0: float = 0.1
     beta_1: float = 20.0
@@ -130,15 +104,9 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> tuple[torch.
 
 
 class DiscreteVPSchedule(VPSchedule):
-    """A discrete DDPM schedule on the continuous axis (DPM-Solver's 'discrete' type).
-
-    Knot n (1-based, n = 1..N) sits at t_n = n/N and carries
-    log alpha_{t_n} = 1/2 sum_{i<=n} log(1 - beta_i). A network trained on index n
-    (U-ViT's discrete scripts draw n ~ U{1..N}) therefore takes network time N*t.
-
-    Args:
-        betas: the N betas, beta_1..beta_N (any array-like); kept in float64.
-    """
+    """A discrete DDPM schedule: knot n = 1..N at t_n = n/N with log alpha_{t_n} = 1/2 sum_{i<=n}
+    log(1 - beta_i), so a network trained on index n takes network time N t. ``betas``: beta_1..beta_N
+    (kept in float64)."""
 
     def __init__(self, betas):
         betas = torch.as_tensor(betas, dtype=torch.float64).reshape(-1)

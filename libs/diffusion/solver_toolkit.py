@@ -1,24 +1,19 @@
-"""What the exponential-integrator solvers (``dpm_solver``, ``unipc``) share; each keeps only
-its update rule: the time grid, the schedule quantities at its points, the noise-to-data
-conversion of a model call and the coefficients of one exponential step.
+"""What the exponential-integrator solvers (``dpm_solver``, ``unipc``) share: the time grid,
+the schedule quantities at its points, the noise-to-data conversion and one step's coefficients.
 
-With lambda = log(alpha/sigma), a step from s to t < s has h = lambda_t - lambda_s > 0, and
-the probability-flow ODE's exact solution is
+With h = lambda_t - lambda_s > 0 (t < s), the probability-flow ODE's exact solution is
 
     noise:  x_t = alpha_t/alpha_s x_s - sigma_t int_0^h e^(h-u) eps(lambda_s + u) du   (DPM-Solver eq. (3.4))
     data:   x_t = sigma_t/sigma_s x_s + alpha_t int_0^h e^(u-h) x0(lambda_s + u) du   (DPM-Solver++ eq. (9))
 
-with x0 = (x - sigma eps)/alpha (``model_output``). Every update of both solvers starts from
-``x_t = lin x_s + c phi1 m_s`` (order 1: DDIM), m the model output in the chosen
-parameterisation (``Step``):
+with x0 = (x - sigma eps)/alpha (``model_output``). Every update starts from
+``x_t = lin x_s + c phi1 m_s`` (``Step``):
 
     noise: (lin, c, phi1) = (alpha_t/alpha_s, -sigma_t, e^h - 1)
     data:  (lin, c, phi1) = (sigma_t/sigma_s,  alpha_t, 1 - e^-h)
 
-Grids are float64 and strictly decreasing from t_start (default ``schedule.T``) to t_end
-(default ``schedule.default_t_end``); skip types ``'logSNR'`` (uniform in lambda),
-``'time_uniform'``, ``'time_quadratic'``, or an explicit list of times.
-"""
+Grids are float64, strictly decreasing from t_start (default ``schedule.T``) to t_end (default
+``schedule.default_t_end``): ``'logSNR'``, ``'time_uniform'``, ``'time_quadratic'`` or explicit."""
 from __future__ import annotations
 
 import math

@@ -1,41 +1,26 @@
-"""UniPC: a unified predictor-corrector for diffusion ODEs (Zhao et al., "UniPC: A Unified
-Predictor-Corrector Framework for Fast Sampling of Diffusion Models", NeurIPS 2023, arXiv
-2302.04867), multistep, B(h) variants bh1 / bh2.
+"""UniPC, multistep predictor-corrector (Zhao et al., NeurIPS 2023, arXiv 2302.04867), B(h)
+variants bh1 / bh2; ``unipc_sample`` has ``dpm_solver_sample``'s conventions and grids
+(``libs/diffusion/solver_toolkit.py``) and makes exactly ``steps`` model calls.
 
-One pure entry point, ``unipc_sample(model_fn, x, schedule, ...)``, with the conventions of
-``libs/diffusion/dpm_solver.py``: ``model_fn(x, t) -> eps_hat`` for a (B,) tensor of schedule
-time t, integration from ``schedule.T`` to ``schedule.default_t_end`` on a ``skip_type`` grid
-of ``steps + 1`` points (or explicit strictly decreasing ``timesteps``; both from
-``libs/diffusion/solver_toolkit.py``, with the model output and step coefficients), and
-exactly ``steps`` model calls.
-
-With lambda = log(alpha/sigma), m the model output in the chosen parameterisation (data:
-x0_hat = (x - sigma eps_hat)/alpha; noise: eps_hat), a step from s to t (h = lambda_t -
-lambda_s > 0) with earlier outputs m_k at lambda_k, r_k = (lambda_k - lambda_s)/h and
-D_k = (m_k - m_s)/r_k is
+A step from s to t (h = lambda_t - lambda_s > 0) with earlier outputs m_k at lambda_k,
+r_k = (lambda_k - lambda_s)/h, D_k = (m_k - m_s)/r_k:
 
     data:   x_t = sigma_t/sigma_s x_s - alpha_t (e^hh - 1) m_s - alpha_t B(h) sum_k a_k D_k,   hh = -h
     noise:  x_t = alpha_t/alpha_s x_s - sigma_t (e^hh - 1) m_s - sigma_t B(h) sum_k a_k D_k,   hh = h
 
-with B(h) = hh (bh1) or e^hh - 1 (bh2), and the a_k solving the order conditions
-(paper, Theorem 3.1 / eq. (10))
+B(h) = hh (bh1) or e^hh - 1 (bh2); the a_k solve (paper, Theorem 3.1 / eq. (10))
 
     sum_k a_k r_k^(i-1) = g_i / B(h),   g_i = hh phi_{i+1}(hh) i!,   i = 1..p,
     phi_1(z) = (e^z - 1)/z,   phi_{k+1}(z) = (phi_k(z) - 1/k!)/z.
 
-* Predictor UniP-p: the p - 1 latest earlier outputs, conditions i = 1..p-1. For p = 2 the
-  single coefficient is a_1 = 1/2 (any 1/2 + O(h) keeps the order; with bh2 this makes
-  UniP-2 exactly DPM-Solver++(2M), the paper's and diffusers' choice).
-* Corrector UniC-p: after the model is called at the predicted x_t (the call the next step
-  needs anyway, so the corrector is free), the same step is redone with the new output m_t
-  as one more point (r = 1) and the p - 1 earlier ones, conditions i = 1..p; for p = 1,
-  a = 1/2. The corrected x_t replaces the predicted one; the model output at the predicted
-  x_t is what later steps reuse. The last step is not corrected (it would need one more call).
+* Predictor UniP-p: the p - 1 latest earlier outputs, i = 1..p-1; for p = 2, a_1 = 1/2 (with
+  bh2, exactly DPM-Solver++(2M)).
+* Corrector UniC-p: after the call at the predicted x_t (which the next step needs anyway), the
+  step is redone with m_t as one more point (r = 1), i = 1..p (p = 1: a = 1/2); later steps
+  reuse the output at the predicted x_t. The last step is not corrected.
 
-Orders: the predictor of step i (0-based) has order min(order, i + 1) (warm-up) and, with
-``lower_order_final``, also at most steps - i (the final step is first order); the
-corrector of x_i has the order of the predictor that made it.
-"""
+The predictor of step i has order min(order, i + 1) and, with ``lower_order_final``, at most
+steps - i; the corrector of x_i has the order of the predictor that made it."""
 from __future__ import annotations
 
 import math
@@ -95,22 +80,10 @@ def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: VPSchedule, steps
                  predict: str = "data", variant: str = "bh2", skip_type: str = "time_uniform",
                  t_start: Optional[float] = None, t_end: Optional[float] = None, lower_order_final: bool = True,
                  timesteps: Optional[Sequence[float]] = None) -> torch.Tensor:
-    """Sample with multistep UniPC (predictor UniP-order, corrector UniC).
-
-    Args:
-        model_fn: ``model_fn(x, t) -> eps_hat``, t a (B,) tensor of schedule time.
-        x: (B, ...) sample at t_start, usually N(0, I), drawn by the caller.
-        schedule: a ``VPSchedule``.
-        steps: number of model calls (and of steps).
-        order: predictor order, 1..3 (2 is diffusers' and the paper's default for guided sampling).
-        predict: 'data' (x0 prediction, UniPC's default) or 'noise'.
-        variant: 'bh2' (B(h) = e^hh - 1, default) or 'bh1' (B(h) = hh).
-        skip_type, t_start, t_end, timesteps: the time grid, as in ``dpm_solver_sample``.
-        lower_order_final: first order on the final step.
-
-    Returns:
-        (B, ...) sample at t_end.
-    """
+    """Multistep UniPC: x (B, ...) at t_start -> (B, ...) at t_end, ``steps`` model calls.
+    ``order``: predictor order 1..3; ``predict``: 'data' (default) or 'noise'; ``variant``: 'bh2'
+    (default) or 'bh1'; the grid as in ``dpm_solver_sample``; ``lower_order_final``: first order
+    on the final step."""
     check_arguments("UniPC", steps, order=(order, (1, 2, 3)), predict=(predict, PREDICTIONS),
                     variant=(variant, VARIANTS))
     ts = time_grid("UniPC", schedule, steps, skip_type, t_start, t_end, timesteps)

@@ -1,27 +1,15 @@
 """The sampler-side model function and the ``model_fn -> model_fn`` wrappers between a
 network and the samplers.
 
-Samplers (``libs/diffusion/euler_maruyama.py``, ``libs/diffusion/dpm_solver.py``) call a
-``ModelFn``, ``model_fn(x, t) -> eps_hat``, with x: (B, ...) and t: (B,) float tensor of
-*schedule time* t in (0, 1] (``batch_time``), and get the noise prediction with the shape
-of x. A network is called as ``net_fn(x, t_net, *cond) -> eps_hat`` with its own *network
-time* t_net. The conversions live here, at the edge, and nowhere else:
-
-* Continuous VP-SDE models (trained with t ~ U(0, 1)): t_net = 999 t
-  (``CONTINUOUS_TIME_SCALE``), for Euler-Maruyama and DPM-Solver alike.
-* Discrete-schedule models (text-to-image, ``*_discrete``; trained on n ~ U{1..1000} with
-  alpha-bar_n = prod_{i<=n} (1 - beta_i)): t_net = 1000 t (``DISCRETE_TIME_SCALE``).
-  ``DiscreteVPSchedule`` puts knot n at t = n/1000, so t_net = n exactly on the knots;
-  DPM-Solver's inner points give fractional t_net, as in the released scripts. (DPM-Solver's
-  own wrapper uses 1000 (t - 1/1000) for models trained on 0-based diffusers indices; that
-  is not this project's convention.)
-
-Typical composition (guidance outside, time conversion inside)::
+Samplers call ``model_fn(x, t) -> eps_hat`` (``ModelFn``) with x: (B, ...) and t: (B,) float
+*schedule time* in (0, 1] (``batch_time``). A network is called as ``net_fn(x, t_net, *cond)``
+with its own *network time*; the conversion lives here only: t_net = 999 t for continuous
+VP-SDE models (``CONTINUOUS_TIME_SCALE``), 1000 t for discrete-schedule models
+(``DISCRETE_TIME_SCALE``: knot n at t = n/1000 gives t_net = n). Typical composition::
 
     net_fn = with_time_scale(lambda x, t, y: nnet(x, t, y), CONTINUOUS_TIME_SCALE)
     model_fn = cfg_model_fn(net_fn, y, y_null, scale=0.4)
-    x0 = dpm_solver_sample(model_fn, x_T, LinearVPSchedule(), steps=50)
-"""
+    x0 = dpm_solver_sample(model_fn, x_T, LinearVPSchedule(), steps=50)"""
 from __future__ import annotations
 
 from typing import Callable
@@ -66,22 +54,13 @@ def _expand_batch(u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def cfg_model_fn(net_fn: Callable[..., torch.Tensor], cond: torch.Tensor, uncond, scale: float) -> ModelFn:
-    """Classifier-free guidance with the conditional and unconditional rows in ONE call.
+    """Classifier-free guidance, conditional and unconditional rows in ONE (2B, ...) call of
+    ``net_fn(x, t, cond_batch)``:
 
-        eps = eps_c + scale (eps_c - eps_u)      (U-ViT / AdaDiff convention; scale 0 = conditional)
+        eps = eps_c + scale (eps_c - eps_u)      (U-ViT / AdaDiff convention)
 
-    Args:
-        net_fn: ``net_fn(x, t, cond_batch) -> eps`` (time already converted, see above).
-        cond: (B, ...) conditioning (labels (B,), contexts (B, 77, D), ...).
-        uncond: the null conditioning, (B, ...), (1, ...) or one item without batch axis.
-        scale: guidance scale s.
-
-    Returns:
-        ``model_fn(x, t)``: calls ``net_fn(cat([x, x]), cat([t, t]), cat([cond, uncond]))``
-        once (a (2B, ...) batch) and combines the halves. With scale == 0 it calls
-        ``net_fn(x, t, cond)`` on the B conditional rows only, so the result is exactly the
-        conditional output.
-    """
+    ``uncond``: (B, ...), (1, ...) or one item without batch axis. With scale == 0 only the B
+    conditional rows are run, so the result is exactly the conditional output."""
     uncond = _expand_batch(torch.as_tensor(uncond, device=cond.device), cond)
     both = torch.cat([cond, uncond.to(cond.dtype)], dim=0)  # (2B, ...), conditional rows first
 

@@ -2,7 +2,7 @@
 
 ===================  =======================================================================
 ``engine``           ``sample_grid``, ``evaluate`` (a sweep of step counts x policies, with FID)
-``sampling``         ``generate`` (one batch), per-image noise and sampler seeds
+``sampling``         ``sample_batch`` / ``generate`` (one batch), ``index_batches``, per-image seeds
 ``calibration``      ``calibrate_policy`` (profile:, budget:, phase:, plan:'s greedy planner),
                      runs on the calibration images, the quality proxy ``proxy_distance``
 ``plan_search``      the search of whole plans behind ``search:R``

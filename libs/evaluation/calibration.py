@@ -1,17 +1,10 @@
-"""Calibrating exit rules on images of their own, once per run, and running a rule on those
-calibration images (what calibration and the compute budget's quality proxy both need).
-
-* ``profile:T``: threshold:T's mean exit block per network call, rounded half up;
-* ``budget:R``: bisection on the threshold until the layer ratio is within 0.01 of R;
-* ``phase:F:A+B``: the calls of a run counted (one static:0 run);
-* ``plan:R``: the greedy planner (``greedy_plan``) under the compute ratio R;
-* ``search:R``: the search of whole plans (``libs/evaluation/plan_search.py``) under R;
-* ``proxy_distance``: the quality proxy of the plan search and of the compute budget
-  (``libs/evaluation/frontier.py``).
-
-``calibrate(policy, run)`` dispatches on the rule's family (``CALIBRATORS``); ``run(rule,
-keep=False)`` samples the calibration set under ``rule`` and returns ``ExitRecorder.summary``
-(with ``keep=True`` also the samples x_0)."""
+"""Calibrating exit rules once per run on calibration images of their own, and running a
+rule on them: ``profile:T`` (threshold:T's mean exit block per call, rounded half up),
+``budget:R`` (bisection on the threshold to a layer ratio within 0.01 of R), ``phase:F:A+B``
+(counts the run's calls), ``plan:R`` (``greedy_plan``), ``search:R``
+(``libs/evaluation/plan_search.py``). ``calibrate(policy, run)`` dispatches on the family
+(``CALIBRATORS``); ``run(rule, keep=False)`` returns ``ExitRecorder.summary`` (``keep=True``:
+also the samples x_0)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +16,7 @@ from typing import Callable, List, Optional
 import torch
 
 from libs.evaluation.plan_search import search_plan
-from libs.evaluation.sampling import generate
+from libs.evaluation.sampling import generate, index_batches
 from libs.exits.call import Call, ExitPolicyError, fmt
 from libs.exits.policy import FULL, BudgetExit, ExitPolicy, ProfileExit, StaticExit, ThresholdExit
 from libs.exits.recorder import ExitRecorder
@@ -35,21 +28,19 @@ log = logging.getLogger(__name__)
 
 def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contextlib.nullcontext,
                     steps: Optional[int] = None, keep: bool = False, images: bool = False):
-    """Run ``rule`` on the first ``config.sample.calib_samples`` image indices with the
-    calibration seed stream (not the evaluated images' noise) and ``steps`` sampler steps.
-    Returns the recorder's summary (FLOPs included), and with ``keep=True`` also the (N, ...)
-    samples x_0 (float32, CPU), or with ``images=True`` too the images decoded and clipped to
-    [0, 1] (what FID sees; the proxy of the compute budget and of ``search:R`` compares these)."""
+    """Run ``rule`` on the first ``config.sample.calib_samples`` image indices (calibration seed
+    stream) at ``steps`` sampler steps. Returns the recorder's summary, and with ``keep=True``
+    also the (N, ...) samples x_0 (float32, CPU), or with ``images=True`` the decoded images
+    clipped to [0, 1] (what FID sees)."""
     sc = config.sample
     n, bs = int(sc.get("calib_samples", 64)), int(sc.mini_batch_size)
     seed = mix_seed(config.seed, Stream.CALIBRATION)
     recorder = ExitRecorder(net.num_blocks, device)
     samples = []
     with torch.no_grad():
-        for b, s in enumerate(range(0, n, bs)):
+        for b, idx in enumerate(index_batches(n, bs)):
             with autocast():
-                x0 = generate(net, task, sc, list(range(s, min(s + bs, n))), rule, recorder, seed, b, device,
-                              decode=False, steps=steps)
+                x0 = generate(net, task, sc, idx, rule, recorder, seed, b, device, decode=False, steps=steps)
             if keep:
                 samples.append((task.decode(x0).clamp(0, 1) if images else x0).float().cpu())
     summary = recorder.summary(net.flops() if keep else None, n)
@@ -58,9 +49,8 @@ def calibration_run(net, task, config, rule: ExitPolicy, device, autocast=contex
 
 def calibrate_policy(policy: ExitPolicy, net, task, config, device, autocast=contextlib.nullcontext,
                      logger=None, steps: Optional[int] = None) -> ExitPolicy:
-    """A runnable copy of ``policy``: ``profile:`` and ``budget:`` are calibrated on the first
-    ``config.sample.calib_samples`` image indices at ``steps`` sampler steps (default: the
-    largest of ``config.sample.sample_steps``); other policies are returned as they are."""
+    """A runnable copy of ``policy``: calibrated rules are calibrated on the calibration images at
+    ``steps`` (default: the largest of ``sample_steps``); others are returned as they are."""
     if not policy.needs_calibration:
         return policy
     n = int(config.sample.get("calib_samples", 64))
@@ -94,9 +84,8 @@ def calibrate_profile(policy: ProfileExit, run) -> ProfileExit:
 
 
 def calibrate_budget(policy: BudgetExit, run, tolerance: float = 0.01, max_iter: int = 20) -> BudgetExit:
-    """Bisection on the threshold until the calibration set's layer ratio is within
-    ``tolerance`` of the target (the ratio grows with the threshold; threshold 1 = full
-    depth = ratio 1). Returns the closest threshold found, with its measured ratio."""
+    """Bisection on the threshold until the calibration layer ratio is within ``tolerance`` of the target
+    (the ratio grows with the threshold); returns the closest threshold with its ratio."""
     floor = run(ThresholdExit(0.0))["layer_ratio"]  # every row exits as early as the rule allows
     if policy.target < floor - tolerance:
         raise ExitPolicyError(f"{policy.spec} cannot be reached: on this model the threshold rule runs a layer "
@@ -132,9 +121,8 @@ def proxy_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def plan_actions(num_blocks: int) -> List[Call]:
-    """What a plan may do at a call besides computing every block: reuse DeepCache depth k
-    (k = 1 .. (num_blocks-1)//2), or stop after block K (K = num_blocks//2 .. num_blocks-2: the
-    deep half only; stopping earlier leaves the out-blocks' long skips unused)."""
+    """A plan's actions at a call besides full depth: reuse DeepCache depth k = 1 .. (num_blocks-1)//2,
+    or stop after block K = num_blocks//2 .. num_blocks-2 (the deep half)."""
     return ([Call(reuse=k) for k in range(1, (num_blocks - 1) // 2 + 1)]
             + [Call(last=K) for K in range(num_blocks // 2, num_blocks - 1)])
 
@@ -174,18 +162,14 @@ def _harms(ratio: float, run, calls: int, full_g: float, reference, N: int) -> l
 
 
 def greedy_plan(ratio: float, run: Callable[..., tuple]) -> ComputePlan:
-    """A plan under the compute ratio ``ratio``, training-free, in the spirit of Learning-to-Cache's
-    per-timestep router:
+    """A training-free plan under the compute ratio ``ratio`` (after Learning-to-Cache's router):
 
-    1. one calibration run per (call, action) with every other call at full depth gives the
-       action's harm there: the proxy distance of the samples to full depth's (``_harms``);
-    2. greedy: take (call, action) changes by harm per GFLOP saved, smallest first (a cheaper
-       action may replace a call's earlier one), until the plan's GFLOPs/img is at most
-       ``ratio`` x full depth's. A call's GFLOPs depend only on its action (the actions decide
-       nothing per sample), so the plan's cost is the sum over its calls. A reuse is taken only
-       where the call before computes its span, so every reused value is one call old, as in
-       the runs that measured its harm;
-    3. one run of the plan gives its proxy (harms are not additive) and its compute ratio.
+    1. one calibration run per (call, action), every other call at full depth, gives the action's
+       harm there (proxy distance to full depth, ``_harms``);
+    2. greedy: take (call, action) changes by harm per GFLOP saved, smallest first, until the
+       plan's GFLOPs/img is at most ``ratio`` x full depth's (a call's cost depends only on its
+       action); a reuse is taken only where the call before computes its span;
+    3. one run of the plan gives its proxy and compute ratio.
 
     ``run(policy, keep=True) -> (summary, samples x_0)`` samples the calibration images."""
     ref_summary, reference = run(FULL, keep=True)

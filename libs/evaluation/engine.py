@@ -1,24 +1,13 @@
 """The evaluation engine shared by every ``eval*.py`` and by training's periodic evaluation.
 
-A sweep is every pair of a step count (``config.sample.sample_steps``: one count or a
-comma-separated list) and an exit policy (``libs/exits/policy.py``; full depth always
-included, at every step count: the step-reduction baseline). Each pair samples the same
-``n_samples`` images (per-image seeds: every pair sees the same noise and the same
-labels/prompts, whatever the number of processes), and measures FID (with a bootstrap
-standard error) against the reference statistics, blocks per network call, layer ratio,
-GFLOPs per image, its ratio to the reference run (full depth at the largest step count),
-sampling time, images/s, speedup over the reference run, the mean exit block per sampling
-step and whether the pair is on the compute-FID frontier (written by
-``libs/evaluation/report.py``; frontier and budget: ``libs/evaluation/frontier.py``). Every
-pair keeps its images' Inception features (gathered from every process, in image order) and
-its FIDs on one set of bootstrap resamples shared by all pairs, for the paired differences
-between rows (``libs/evaluation/paired.py``); ``config.sample.save_features`` writes them to
-``features/<pair>.npy`` (float32, one row per image).
-Policies that need calibration (``profile:``, ``budget:``) are calibrated at each step count
-(``libs/evaluation/calibration.py``). With ``config.sample.compute_budget`` = R only the
-reference run and the candidate the budget picks are evaluated. What differs between pixel,
-latent and text-to-image models is the ``task`` object (``libs/tasks/``).
-"""
+A sweep is every pair of a step count (``config.sample.sample_steps``) and an exit policy
+(full depth always included), each on the same ``n_samples`` images from the same noise.
+Each pair gets FID with a bootstrap standard error, blocks per call, layer ratio, GFLOPs/img,
+compute ratio and speedup against the reference (full depth, most steps), time, exit block
+per step and frontier flag (``libs/evaluation/report.py``), and its Inception features
+(``config.sample.save_features``: ``features/<pair>.npy``) for paired differences.
+Calibrated policies are calibrated at each step count; with ``config.sample.compute_budget``
+only the reference and the budget's pick are evaluated."""
 from __future__ import annotations
 
 import logging
@@ -36,6 +25,7 @@ from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, 
 from libs.evaluation.paired import add_paired_columns
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
+from libs.evaluation.sampling import index_batches
 from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
@@ -57,10 +47,8 @@ def sample_grid(net, task, config, path, exit_policy="full", device=None) -> Non
     n, bs = int(sc.get("grid_size", 64)), int(sc.mini_batch_size)
     recorder = ExitRecorder(net.num_blocks, device)
     images = []
-    for s in range(0, n, bs):
-        idx = list(range(s, min(s + bs, n)))
-        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, s // bs,
-                                                device)).cpu())
+    for b, idx in enumerate(index_batches(n, bs)):
+        images += list(images_to_uint8(generate(net, task, sc, idx, policy, recorder, config.seed, b, device)).cpu())
     save_grid(images, Path(path))
 
 
@@ -133,7 +121,7 @@ def _setup(net, task, config, accelerator, output_dir, logger, progress) -> _Con
     if n < 1 or bs < 1:
         raise ValueError(f"config.sample.n_samples ({n}) and mini_batch_size ({bs}) must be positive")
     world, rank = accelerator.num_processes, accelerator.process_index
-    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    batches = index_batches(n, bs)
     ctx = _Context(net, task, config, accelerator, Path(output_dir), logger, progress,
                    mine=[(b, idx) for b, idx in enumerate(batches) if b % world == rank],
                    multi_step=len(parse_step_counts(sc.sample_steps)) > 1, cache=FeatureCache(),
@@ -172,8 +160,8 @@ def _choose(ctx: _Context, runs, budget: float):
     for s, policy in runs:  # runs[0] is the reference: full depth at the largest step count
         policy = _calibrated(ctx, s, policy)
         calibrated.append((s, policy))
-        summary, x0 = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s, keep=True)
-        images = ctx.task.decode(x0.to(acc.device)).clamp(0, 1).cpu()  # what FID sees, (N, C, H, W) in [0, 1]
+        summary, images = calibration_run(net, ctx.task, ctx.config, policy, acc.device, acc.autocast, s,
+                                          keep=True, images=True)  # what FID sees, (N, C, H, W) in [0, 1]
         ref_samples = images if ref_samples is None else ref_samples
         candidates.append(dict(sample_steps=s, policy=policy.spec, gflops_per_image=summary["gflops_per_image"],
                                proxy=proxy_distance(images, ref_samples)))

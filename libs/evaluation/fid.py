@@ -1,17 +1,12 @@
-"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol).
-
-Statistics (mu, sigma) of Inception pool features come from a folder of images, an
-`.npz` of statistics (`mu` (2048,), `sigma` (2048, 2048)), an `.npz` of uint8 images
-(`images` or `arr_0`, NHWC), a `.npy` of features ((N, 2048), one row per image, as an
-evaluation writes with `config.sample.save_features`), or batches streamed into a
-`FIDAccumulator`.
-
-The command lines over it are ``tools/fid.py`` (FID of two sets) and ``tools/fid_stats.py``
-(reference statistics).
-"""
+"""Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol). Statistics
+(mu, sigma) come from a folder of images, an ``.npz`` of statistics (``mu`` (2048,),
+``sigma`` (2048, 2048)) or of uint8 NHWC images (``images`` / ``arr_0``), a ``.npy`` of
+features (N, 2048), or batches streamed into a ``FIDAccumulator``."""
 
 import argparse
+import functools
 import hashlib
+import itertools
 import os
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -46,13 +41,9 @@ def statistics_from_features(features) -> Stats:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) (Heusel et al. 2017, eq. 6).
 
-    Tr sqrtm(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2, which are
-    those of the symmetric positive semi-definite A S2 A with A = sqrtm(S1) (similar
-    matrices). Two symmetric eigendecompositions replace the general matrix square root that
-    pytorch-fid takes with scipy: about 8x faster at 2048 dimensions (1.7 s against 14 s on a
-    2-core CPU), the same value to ~1e-9 relative, and no complex or singular special cases
-    (eigenvalues below 0 from round-off are clipped).
-    """
+    Tr sqrtm(S1 S2) = sum of sqrt(eigenvalues of A S2 A), A = sqrtm(S1) (similar, symmetric
+    PSD): two symmetric eigendecompositions instead of scipy's general sqrtm, about 8x faster at
+    2048 dimensions and equal to ~1e-9 relative; round-off eigenvalues below 0 are clipped."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
@@ -76,11 +67,9 @@ PSD_TOL = 1e-4  # sigma + PSD_TOL * max(diag sigma) * I must be positive definit
 
 def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "statistics") -> Stats:
     """Validate FID statistics and return them as float64: shapes (D,), (D, D) (D = dims unless
-    None), every value finite, and sigma a covariance: symmetric to ``SYMMETRY_TOL`` (relative
-    to its largest entry) and positive semi-definite to ``PSD_TOL``, i.e. no eigenvalue below
-    ``-PSD_TOL * max(diag sigma)`` (tested with a Cholesky factorisation of the shifted matrix,
-    not an eigendecomposition: 0.2 s at 2048 dimensions). Float32 round-off of a rank-deficient
-    covariance (fewer images than dimensions) stays well inside these tolerances."""
+    None), finite, sigma symmetric to ``SYMMETRY_TOL`` (relative to its largest entry) and PSD to
+    ``PSD_TOL`` (no eigenvalue below ``-PSD_TOL * max(diag sigma)``, tested by a Cholesky of the
+    shifted matrix)."""
     try:
         mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -115,9 +104,8 @@ def save_statistics(path: str, mu, sigma) -> None:
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
-    """Read and validate an .npz of FID statistics (keys mu, sigma; ``check_statistics``),
-    without unpickling: every failure is a one-line ``ValueError`` / ``FileNotFoundError``
-    naming the file."""
+    """Read and validate an .npz of FID statistics (keys mu, sigma) without unpickling; failures are
+    one-line ``ValueError`` / ``FileNotFoundError`` naming the file."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"FID statistics file '{path}' is a folder, expected an .npz with 'mu' and 'sigma': "
@@ -180,17 +168,11 @@ def is_statistics_file(path: str) -> bool:
 # Streaming accumulator.
 
 class FIDAccumulator:
-    """Running Inception statistics of image batches fed incrementally.
-
-    update() takes (B, C, H, W) images, C in {1, 3}, as uint8 or float in [0, 1] (torch or
-    numpy). Floats are quantized as the PNG writer does (x * 255 + 0.5, clamped, to uint8)
-    unless quantize=False, so streamed samples give the statistics of their saved PNGs.
-    Features are summed in float64 (sum and sum of outer products), so memory is
-    O(D^2) whatever the number of images; ``keep_features=True`` also keeps every image's
-    features (for a bootstrap of the FID, ``libs/evaluation/fid_uncertainty.py``).
-    Across processes, ``reduce(accelerator)`` adds up every process's sums (and gathers the
-    kept features) so that the main process holds the statistics of all images.
-    """
+    """Running Inception statistics of image batches. ``update`` takes (B, C, H, W), C in {1, 3},
+    uint8 or float in [0, 1]; floats are quantized as the PNG writer does (x * 255 + 0.5, clamped)
+    unless quantize=False. Sums in float64 (O(D^2) memory); ``keep_features=True`` also keeps
+    every image's features (for the bootstrap). ``reduce(accelerator)`` adds every process's sums
+    (and gathers kept features) on the main process."""
 
     def __init__(self, model: nn.Module, batch_size: int = 50, quantize: bool = True,
                  dims: int = FEATURE_DIM, cache: Optional["FeatureCache"] = None, keep_features: bool = False):
@@ -235,9 +217,7 @@ class FIDAccumulator:
             self.kept.append(features.cpu().numpy())
 
     def reduce(self, accelerator) -> None:
-        """Add up the statistics of every process (call on all of them; a no-op with one).
-        ``accelerator``: anything with ``num_processes``, ``device`` and accelerate's
-        ``reduce(tensor, reduction='sum')``; kept features are gathered with ``gather_object``."""
+        """Add up every process's statistics (call on all; a no-op with one); kept features are gathered."""
         if accelerator.num_processes <= 1:
             return
         device = accelerator.device
@@ -267,12 +247,8 @@ class FIDAccumulator:
 
 
 class FeatureCache:
-    """Inception features of uint8 images by content, shared by the accumulators of one sweep.
-
-    Exit policies often produce byte-identical images (a timestep profile and its threshold
-    exit after the same blocks at every step, for instance): their features are computed once.
-    Holds at most ``max_images`` features (8 KiB each); past that, new images are computed
-    but not kept."""
+    """Inception features of uint8 images by content, shared by one sweep's accumulators (rules
+    often give byte-identical images). Keeps at most ``max_images`` features (8 KiB each)."""
 
     def __init__(self, max_images: int = 20000):
         self.max_images = max_images
@@ -327,15 +303,6 @@ class ImageFiles(Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
-def _stack_by_size(images: list):
-    """Yield (B, 3, H, W) stacks of consecutive same-size images."""
-    start = 0
-    for i in range(1, len(images) + 1):
-        if i == len(images) or images[i].shape != images[start].shape:
-            yield torch.stack(images[start:i])
-            start = i
-
-
 def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
                            num_workers: int = 0, recursive: bool = True, progress: bool = True) -> Stats:
     files = list_images(folder, recursive=recursive)
@@ -345,8 +312,8 @@ def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
                         collate_fn=list)
     acc = FIDAccumulator(model, batch_size=batch_size)
     for batch in tqdm(loader, desc=f"Inception features {folder}", unit="batch", disable=not progress):
-        for images in _stack_by_size(batch):
-            acc.update(images)
+        for _, same_size in itertools.groupby(batch, key=lambda im: im.shape):
+            acc.update(torch.stack(list(same_size)))  # (B, 3, H, W)
     return acc.compute()
 
 
@@ -394,10 +361,8 @@ def load_feature_file(path: str) -> np.ndarray:
 
 def statistics_of(source: str, get_model: Callable[[], nn.Module], batch_size: int = 50,
                   num_workers: int = 0, progress: bool = True) -> Stats:
-    """Statistics of a folder, a statistics .npz, an image .npz or a .npy of features.
-
-    get_model is called only if images have to go through Inception.
-    """
+    """Statistics of a folder, a statistics .npz, an image .npz or a .npy of features;
+    ``get_model`` is called only if images go through Inception."""
     if os.path.isdir(source):
         return statistics_from_folder(source, get_model(), batch_size, num_workers, progress=progress)
     if not os.path.isfile(source):
@@ -419,14 +384,7 @@ def default_device() -> str:
 def fid_between(a: str, b: str, batch_size: int = 50, device: Optional[str] = None,
                 inception: Optional[str] = None, num_workers: int = 0, progress: bool = True) -> float:
     """FID between two sources, each a folder, a statistics .npz, an image .npz or a .npy of features."""
-    model = None
-
-    def get_model():
-        nonlocal model
-        if model is None:
-            model = load_inception(inception, device=device or default_device())
-        return model
-
+    get_model = functools.cache(lambda: load_inception(inception, device=device or default_device()))
     stats_a = statistics_of(a, get_model, batch_size, num_workers, progress)
     stats_b = statistics_of(b, get_model, batch_size, num_workers, progress)
     return frechet_distance(*stats_a, *stats_b)

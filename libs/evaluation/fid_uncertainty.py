@@ -1,21 +1,12 @@
-"""The uncertainty of an FID over its image set: a bootstrap over the evaluated images'
-Inception features (the features are computed once; only the statistics are resampled).
+"""The uncertainty of an FID over its image set: a bootstrap (fixed-seed numpy generator) over
+the images' Inception features against the same reference statistics; the standard error is
+the resampled FIDs' standard deviation, reported as FID +- 2 SE around the full-set FID.
 
-For B resamples (with replacement, of the N images; ``mix_seed``-free numpy generator of
-a fixed seed, so the interval is reproducible) the FID of each resample against the same
-reference statistics is computed, and the standard error is their standard deviation.
-Reported as FID +- 2 SE (``fid_se`` in the report). The bootstrap FIDs sit above the
-full-set FID (duplicated images shrink the sample covariance), so the centre stays the
-full-set FID and only the spread is taken from the bootstrap.
-
-Each resample's FID is exact and costs an N x N eigendecomposition instead of a D x D one
-(D = 2048): with X the (N, D) features and X_b = C P X a resample (P picks rows, C centres),
-S_b = X_b^T X_b / (N - 1) has the nonzero eigenvalues of S_b S_ref equal to those of the
-symmetric PSD N x N matrix X_b S_ref X_b^T / (N - 1) = C P (X S_ref X^T) P^T C / (N - 1), so
+Each resample's FID is exact, with an N x N eigendecomposition instead of D x D: with X the
+(N, D) features, P a row pick and C the centring,
 
     FID_b = |mu_b - mu_ref|^2 + Tr S_b + Tr S_ref - 2 sum_i sqrt(eig_i(C P G P^T C) / (N - 1)),
-    G = X S_ref X^T,   Tr S_b = (Tr(P K P^T) - 1^T P K P^T 1 / N) / (N - 1),   K = X X^T.
-"""
+    G = X S_ref X^T,   Tr S_b = (Tr(P K P^T) - 1^T P K P^T 1 / N) / (N - 1),   K = X X^T."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,34 +1,21 @@
 """The compute-quality frontier of a sweep, and the compute budget that picks from it.
 
-* ``pareto_flags``: a row is on the frontier (``pareto``) when no other row *beats* it, where
-  A beats B when A's GFLOPs/img <= B's and A's FID <= B's with at least one strict (<). Rows
-  with equal GFLOPs/img and equal FID therefore do not beat each other: both are on the
-  frontier or both are off. Rows without an FID (None/NaN) are never on it and beat nobody.
-* ``--compute_budget=R`` (``config.sample.compute_budget``, a fraction in (0, 1] of the
-  reference run's GFLOPs/img; the reference run is full depth at the sweep's largest step
-  count) picks, among the sweep's candidates (step counts x policies) whose GFLOPs/img on the
-  calibration images is at most R x the reference's, the one with the smallest quality proxy
-  (``choose_under_budget``).
-* The proxy is the mean squared distance, per pixel, between a candidate's images (decoded,
-  clipped to [0, 1]: what FID sees) and the reference run's images from the same noise, on the
-  ``config.sample.calib_samples`` calibration images (``libs/evaluation/calibration.py``
-  ``proxy_distance``, also the plan search's). Why: every
-  candidate approximates the same ODE solution map x_T -> x_0 that the reference run
-  approximates best (most steps, every block), so its distance to the reference is its
-  integration-plus-exit error, measured without Inception features or reference statistics,
-  on a few dozen images. Images rather than raw x_0: an exited block's x_0 can leave the data
-  range where decoding clips it, and the raw distance then ranks rows by error nobody sees
-  (measured on the digits model: ``benchmarks/bench_proxy.py``, Spearman with FID in
-  benchmarks/README.md). It is a ranking proxy, not FID: it cannot see a candidate that is far
-  from the reference yet as good in distribution.
-"""
+* ``pareto_flags``: on the frontier when no other row beats it (GFLOPs/img <= and FID <=, one
+  strictly); rows without an FID are never on it and beat nobody.
+* ``--compute_budget=R`` (a fraction of the reference run's GFLOPs/img, full depth at the
+  largest step count): among candidates costing at most R x the reference on the calibration
+  images, the smallest quality proxy (``choose_under_budget``).
+* The proxy (``proxy_distance``) is the mean squared distance per pixel between a candidate's
+  decoded images (clipped to [0, 1]) and the reference run's from the same noise: every
+  candidate approximates the reference's ODE solution map, so the distance measures its
+  integration and exit error without Inception. A ranking proxy, not FID
+  (``benchmarks/bench_proxy.py`` measures its Spearman with FID)."""
 from __future__ import annotations
 
 import math
 from numbers import Real
 from typing import List, Optional, Sequence
 
-import numpy as np
 
 
 class BudgetError(ValueError):
@@ -77,16 +64,7 @@ def choose_under_budget(candidates: Sequence[dict], budget: float) -> int:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for v in np.unique(x):  # average ranks of ties
-            r[x == v] = r[x == v].mean()
-        return r
+    """Spearman's rank correlation (average ranks for ties), ``scipy.stats.spearmanr``'s."""
+    from scipy.stats import spearmanr
 
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / math.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float(spearmanr(a, b).statistic)

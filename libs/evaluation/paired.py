@@ -1,25 +1,12 @@
 """Paired FID differences between the rows of one evaluation, and the verdict they support.
 
-Every (step count, policy) row of a sweep samples the same images from the same noise and
-conditions, image by image (``libs/evaluation/sampling.py``), so two rows' FIDs err together
-and their difference is far more certain than either FID. The difference is bootstrapped
-jointly: one set of resampled image indices for every row (``bootstrap_indices``), each row's
-exact FID on each resample (``resampled_fids``, ``libs/evaluation/fid_uncertainty.py``), and
-the paired standard error of FID(A) - FID(B) is the standard deviation over the resamples of
-FID_b(A) - FID_b(B). Resampling the two sets independently instead adds both variances and
-throws the shared noise away: on this project's sweeps it is about three times wider.
-
-Each row is compared with two full-depth rows of its sweep (``add_paired_columns``):
-
-* ``vs_full``: full depth at the same step count (what early exit costs in FID at that count);
-* ``vs_steps``: step reduction at equal compute, the *cheapest full-depth row whose GFLOPs/img is
-  at least this row's* (``step_reduction_match``; equal cost counts; a conservative match: the
-  baseline never gets less compute than the row). The row names it in ``step_match``; a row
-  that no full-depth row costs as much as has no match (NaN).
-
-``beats_steps`` flags a row whose FID is below its match's by more than 2 paired standard
-errors. ``verdict_lines`` turns the columns into one plain sentence per exit rule.
-"""
+All rows sample the same images from the same noise, so their FIDs err together. The paired
+standard error of FID(A) - FID(B) is the standard deviation over shared bootstrap resamples
+(``bootstrap_indices``, ``resampled_fids``) of FID_b(A) - FID_b(B); independent resampling
+is about three times wider on this project's sweeps. Each row is compared with full depth at
+the same step count (``vs_full``) and with the cheapest full-depth row costing at least as
+much (``vs_steps``, ``step_reduction_match``; NaN where none does). ``beats_steps``: FID
+below the match's by more than 2 paired standard errors. ``verdict_lines``: one sentence per rule."""
 from __future__ import annotations
 
 import math

@@ -19,10 +19,8 @@
                   GFLOPs per image (it only counts)
 ================  ==========================================================================
 
-Calibration of the calibrated rules (``profile:``, ``budget:``, ``phase:``, ``plan:``,
-``search:``) samples images, so it lives in libs.evaluation (``libs/evaluation/calibration.py``,
-``libs/evaluation/plan_search.py``). Importing this package registers every rule module
-(``policy``, ``reuse``, ``forecast``, ``gated``, ``search``) in the registry.
+Calibration samples images, so it lives in ``libs/evaluation``. Importing this package
+registers every rule module.
 """
 # The order of the imports is the order of the registry's table and of the --exit_policy help.
 from libs.exits import policy, reuse  # noqa: F401,I001 (registers the rules)

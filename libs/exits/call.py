@@ -1,15 +1,9 @@
-"""What one network call does, as data: ``Call``, and the per-sample rule it may carry.
-
-A ``Call`` is a small frozen value: the last block the call may run (``last``; None: the
-network's last), the DeepCache depth of the span it takes from the run's reuse cache
-(``reuse``; None: none), the per-sample exit rule (``rule``; None: every row runs to
-``last``) and the gate of the reuse (``gate``; None: every row with a cached value reuses it;
-G: only rows whose certainty after the block before the span is at least G, ``libs/exits/gated.py``).
-The exit loop (``libs/models/exit_loop.py``) runs any ``Call``; a run-level rule
-(``libs/exits/registry.py``) turns a call index into one. A per-sample rule (``Rule``; the
-released one is ``Threshold``) decides after each block but the last which rows stop there.
-The spelling helpers (``fmt``, ``finite``, ``ExitPolicyError``) live here, at the bottom.
-"""
+"""What one network call does, as data: ``Call`` (a small frozen value: ``last`` block it may
+run, None = the network's last; ``reuse`` DeepCache depth of the span taken from the run's
+cache; per-sample ``rule``, None = every row runs to ``last``; reuse ``gate`` G: only rows
+whose certainty before the span is >= G reuse), and ``Rule``, the per-sample rule that decides
+after each block but the last which rows stop (released: ``Threshold``). Also the spelling
+helpers (``fmt``, ``finite``, ``ExitPolicyError``)."""
 from __future__ import annotations
 
 import math
@@ -58,10 +52,9 @@ def headless(name: str) -> ExitPolicyError:
 
 
 class Rule:
-    """A per-sample exit rule (module docstring). ``decide_one`` defaults to ``decide`` on
-    one-element CPU tensors; a rule may override it with the same decisions on Python values
-    (it may then evaluate fewer heads: ``certainty(j)`` is the certainty after an earlier
-    block j of the patience window)."""
+    """A per-sample exit rule. ``decide_one`` defaults to ``decide`` on one-element CPU tensors;
+    an override must make the same decisions on Python values (``certainty(j)``: the certainty
+    after an earlier block j of the patience window)."""
 
     spec = "rule"
 

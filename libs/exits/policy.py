@@ -177,9 +177,8 @@ def as_policy(value) -> ExitPolicy:
 
 
 def as_call(value) -> Call:
-    """The ``Call`` of one network forward: a ``Call`` as it is, else ``as_policy(value)``'s,
-    which must be the same at every call (a rule that varies per call runs through a
-    sampling run, ``libs.exits.sampling_run.SamplingRun``)."""
+    """The ``Call`` of one network forward: a ``Call`` as it is, else ``as_policy(value)``'s, which must be the
+    same at every call (a per-call rule runs through a ``SamplingRun``)."""
     if isinstance(value, Call):
         return value
     policy = as_policy(value)

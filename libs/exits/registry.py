@@ -1,16 +1,11 @@
 """The one table of exit rules: what a run-level rule is (``ExitPolicy``), its spelling and
-parsing (``--exit_policy``, ``config.sample.exit_policy``) and the help text (``spelling_help``).
+parsing (``--exit_policy``, ``config.sample.exit_policy``) and help text (``spelling_help``).
 
 A rule is an ``ExitPolicy`` subclass registered with ``@register``: ``family`` is the word
-before the first ':' (``threshold:0.9``), ``words`` its spellings without an argument
-(``full``), ``spelling`` its help line. Both rule families register here (``policy``,
-``reuse``; the package imports both), and this module imports neither. A rule validates its
-argument in one place (``argument_problem``), is calibrated once per run where it
-``needs_calibration`` (``libs/evaluation/calibration.py``) and turns each call index of a run
-into a ``Call`` (``for_call``: "not calibrated" and "calibrated for n calls" are raised there).
-Its spelling (``p.spec``) is canonical and reads back, ``parse_policy(str(p)) == p``: numbers in
-the shortest form that reads back as the same float, ``-0`` as ``0``.
-"""
+before the first ':', ``words`` its spellings without an argument, ``spelling`` its help line.
+It validates its argument in ``argument_problem``, is calibrated once per run where it
+``needs_calibration`` and turns each call index into a ``Call`` (``for_call``). Its spelling
+(``p.spec``) is canonical: ``parse_policy(str(p)) == p``."""
 from __future__ import annotations
 
 import math
@@ -202,11 +197,8 @@ def parse_policy(item) -> ExitPolicy:
 
 
 def parse_policies(value) -> List[ExitPolicy]:
-    """'0.9' | 'threshold:0.8,static:3,full' | 0.9 | [..] -> rules in the given order.
-
-    Each rule may be listed once: two items with the same canonical spelling (``0.9`` and
-    ``threshold:0.90``, ``-0`` and ``0``, ``full`` and ``1.0``) are refused with an
-    ``ExitPolicyError`` naming both, rather than one silently dropped."""
+    """'0.9' | 'threshold:0.8,static:3,full' | 0.9 | [..] -> rules in the given order; two items
+    with the same canonical spelling (``0.9`` and ``threshold:0.90``) raise ``ExitPolicyError``."""
     if isinstance(value, (ExitPolicy, int, float)):
         items = [value]
     elif isinstance(value, str):

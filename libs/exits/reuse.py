@@ -1,27 +1,17 @@
 """Cross-step reuse: rules whose calls take a span of blocks' output from the cache of an
 earlier call of the same sampling run, and that cache.
 
-A *span* ``(start, stop)`` is blocks start .. stop-1. A call that computes a span's blocks
-stores what the backbone needs to stand in for them (``ExitBackbone.cache_value``: U-ViT the
-span's output tokens, a DiT the span's residual); a later call whose ``Call.reuse`` names the
-span takes it from the cache (``ExitBackbone.reuse_value``) and runs no block of the span. The
-spans here are DeepCache's: depth k is ``(k, num_blocks - k)``, the k shallow blocks on each
-side run and the middle is reused (U-ViT: a full call caches the tokens entering the out-block
-paired with in-block k-1; a reusing call runs in-blocks 0..k-1 and their out-blocks on the
-cached tokens with fresh long skips, 2k blocks).
+A *span* ``(start, stop)`` is blocks start .. stop-1; a call computing it stores
+``ExitBackbone.cache_value`` (U-ViT: its output tokens; DiT: its residual), a later call whose
+``Call.reuse`` names it takes ``reuse_value`` and runs none of its blocks. DeepCache's depth k
+is ``(k, num_blocks - k)``: the k shallow blocks on each side run, the middle is reused.
+Rules: ``deepcache:N:k`` (``DeepCache``), ``phase:F:A+B`` (``PhaseSplit``), ``plan:R``
+(``ComputePlan``).
 
-Rules (registered in ``libs/exits/registry.py``; each class's docstring says what it does):
-``deepcache:N:k`` (``DeepCache``), ``phase:F:A+B`` (``PhaseSplit``), ``plan:R`` (``ComputePlan``,
-calibrated by ``libs/evaluation/calibration.py``'s greedy planner).
-
-The cache (``ReuseCache``) belongs to one sampling run of one batch: the sampling run
-(``libs/exits/sampling_run.py``) makes a new one for every run, so nothing is shared between
-batches, runs or processes. It keeps, per span, one value per row of the batch in the batch's
-original row order and which rows hold one; rows that exit (batch compaction) read and write
-their own rows through the loop's index of active rows. A row with nothing cached for the span
-computes it (and caches it); the rest reuse. No exit test runs after a block of a span the
-call reuses, whether the row reused it or computed it, so a row decides the same in any batch.
-"""
+``ReuseCache`` belongs to one sampling run of one batch (a new one per run). It keeps, per
+span, one value per row in the batch's original order and which rows hold one; a row with
+nothing cached computes the span. No exit test runs inside a reused span, so a row decides the
+same in any batch."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -33,18 +23,16 @@ from libs.exits.registry import ExitPolicy, PerCallTable, number, parse_policy, 
 
 
 class ReuseCache:
-    """The cached span values of one sampling run of one batch (module docstring).
-
-    ``store(span, rows, value)``: ``rows`` are the original rows of ``value``'s rows (None:
-    every row, in order). ``fetch(span, rows)`` -> ``(values, have)``: ``have`` is True
-    (every asked row holds a value), False (none does: ``values`` is None) or a (b,) bool
-    mask."""
+    """``store(span, rows, value)``: ``rows`` are the original rows of ``value``'s rows (None: all,
+    in order). ``fetch(span, rows)`` -> ``(values, have)``, ``have`` True (every row holds a
+    value), False (none: ``values`` is None) or a (b,) bool mask."""
 
     def __init__(self, spans: Sequence[Span]):
         self.spans = tuple(sorted(set(spans)))
         self.batch: Optional[int] = None
         self._values: Dict[Span, torch.Tensor] = {}
         self._valid: Dict[Span, object] = {}  # span -> True (every row) or a (B,) bool tensor
+        self.checked_for = None  # the network whose reuse_problem passed every span (exit loop)
 
     def bind(self, batch: int) -> None:
         """The batch size of the run (the first call's); a later call with another is refused."""
@@ -149,9 +137,8 @@ class DeepCache(ExitPolicy):
 
 @register
 class PhaseSplit(ExitPolicy):
-    """``phase:F:A+B``: rule A on the first ``switch`` = round(F x calls) calls of a run, B after
-    (B's call indices restart at the switch); A and B need no calibration. Calibration counts
-    the calls of a run."""
+    """``phase:F:A+B``: rule A on the first round(F x calls) calls of a run, B after (its call indices
+    restart at the switch); A and B need no calibration."""
 
     family = "phase"
     spelling = "phase:F:A+B   rule A on the first round(F x calls) calls of a run, rule B after"

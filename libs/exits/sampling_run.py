@@ -1,14 +1,7 @@
 """One sampling run under one exit rule: ``SamplingRun(net, policy, recorder, time_scale)`` is
-the ``net_fn(x, t, cond) -> eps`` a sampler calls; it calls the network at ``time_scale * t``
-(the sampler's continuous time in the network's units, as ``with_time_scale`` of
-``libs/diffusion/wrappers.py`` does for any net_fn, here without a frame of its own).
-
-It owns what belongs to the run: the index of the next network call and, from the rule, that
-call's ``Call`` (``policy.for_call``); the run's reuse cache (a new ``ReuseCache`` per run,
-i.e. per batch, when the rule reuses; a ``ForecastCache`` when it forecasts); and the output
-slicing (``net.noise_prediction``: the noise channels of a wider output, DiT's learned sigma). The recorder, if any, only counts
-(``ExitRecorder.record_call``).
-"""
+the ``net_fn(x, t, cond) -> eps`` a sampler calls (network time ``time_scale * t``). It owns
+the index of the next call and its ``Call`` (``policy.for_call``), the run's reuse cache (new
+per run) and the output slicing (``net.noise_prediction``); the recorder only counts."""
 from __future__ import annotations
 
 from libs.exits.policy import as_policy

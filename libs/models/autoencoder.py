@@ -1,27 +1,15 @@
 """Frozen Stable Diffusion v1 KL-f8 autoencoder (the latent space of U-ViT's ImageNet and
-MS-COCO models, Rombach et al. 2022), built on diffusers' ``AutoencoderKL``.
+MS-COCO models), built on diffusers' ``AutoencoderKL``::
 
-Latent-space models train on *moments* (quant_conv output: mean and log-variance
-concatenated on channels) stored on disk, and draw a latent per step::
-
-    vae = load_autoencoder("assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215, device="cuda")
+    vae = load_autoencoder("assets/stable-diffusion/autoencoder_kl.pth", scale_factor=0.18215)
     moments = vae.encode_moments(x)      # x (B, 3, H, W) in [-1, 1] -> (B, 8, H/8, W/8)
     z = vae.sample(moments)              # scale * (mean + std * noise), (B, 4, H/8, W/8)
     x = vae.decode(z)                    # decoder(post_quant_conv(z / scale)), about [-1, 1]
 
-Weights may come in either naming:
-
-* CompVis / ldm (the released ``autoencoder_kl.pth``): ``encoder.down.0.block.0.norm1.weight``,
-  ``encoder.mid.attn_1.q.weight`` (1x1 conv), ``decoder.up.3...`` (decoder levels numbered
-  from the highest resolution, i.e. reversed w.r.t. diffusers), ``quant_conv``...
-  A full Stable Diffusion checkpoint (``first_stage_model.*`` keys) also works.
-* diffusers: a state dict of ``AutoencoderKL`` or a folder with ``config.json`` and
-  ``diffusion_pytorch_model.safetensors`` (or ``.bin``), or a pipeline folder with ``vae/``.
-
-Loading is strict: any missing, unexpected or mis-shaped key raises ``AutoencoderWeightsError``
-listing them. The only keys dropped on purpose are ``loss.*`` (the LPIPS/discriminator of
-the ldm training checkpoints, not part of the autoencoder).
-"""
+Weights in CompVis / ldm naming (the released ``autoencoder_kl.pth``, or a full SD checkpoint
+with ``first_stage_model.*``) or diffusers naming (a state dict, a model folder or a pipeline
+folder with ``vae/``). Loading is strict (``AutoencoderWeightsError`` lists the bad keys); only
+``loss.*`` (ldm's LPIPS/discriminator) is dropped on purpose."""
 from __future__ import annotations
 
 import json
@@ -29,7 +17,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -41,21 +29,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AUTOENCODER_PATH = "assets/stable-diffusion/autoencoder_kl.pth"
 
-__all__ = [
-    "SD_VAE_CONFIG",
-    "DEFAULT_AUTOENCODER_PATH",
-    "AutoencoderNotFoundError",
-    "AutoencoderWeightsError",
-    "FrozenAutoencoderKL",
-    "vae_config",
-    "build_autoencoder",
-    "load_autoencoder",
-    "load_autoencoder_weights",
-    "read_autoencoder_state_dict",
-    "compvis_to_diffusers",
-    "diffusers_to_compvis",
-    "detect_key_format",
-]
+__all__ = ["SD_VAE_CONFIG", "DEFAULT_AUTOENCODER_PATH", "AutoencoderNotFoundError", "AutoencoderWeightsError",
+           "FrozenAutoencoderKL", "vae_config", "build_autoencoder", "load_autoencoder", "load_autoencoder_weights",
+           "read_autoencoder_state_dict", "compvis_to_diffusers", "diffusers_to_compvis", "detect_key_format"]
 
 # Stable Diffusion v1 KL-f8 (ldm ddconfig: ch 128, ch_mult [1, 2, 4, 4], num_res_blocks 2,
 # z_channels 4, attention only in the mid blocks, embed_dim 4).
@@ -92,12 +68,8 @@ class AutoencoderWeightsError(ValueError):
 
 
 def vae_config(config: Optional[Mapping] = None, **overrides) -> dict:
-    """The SD v1 VAE config with ``config`` / ``overrides`` applied.
-
-    Block type lists follow the length of ``block_out_channels`` unless given, so a tiny
-    test model only needs e.g. ``block_out_channels=[8, 16], norm_num_groups=4``.
-    Keys of a diffusers ``config.json`` that do not affect the weights are dropped.
-    """
+    """The SD v1 VAE config with ``config`` / ``overrides`` applied; block type lists follow
+    ``block_out_channels``; config.json keys that do not affect the weights are dropped."""
     given = {k: v for k, v in {**dict(config or {}), **overrides}.items() if not k.startswith("_")}
     for key, needed in _REQUIRED_CONFIG.items():
         if key in given and given.pop(key) != needed:
@@ -140,13 +112,9 @@ def sample_latent(moments: torch.Tensor, scale_factor: float, generator: Optiona
 
 
 class FrozenAutoencoderKL(nn.Module):
-    """KL autoencoder with frozen weights, always in eval mode, every method under no_grad.
-
-    The submodules are those of diffusers' ``AutoencoderKL`` (``encoder``, ``decoder``,
-    ``quant_conv``, ``post_quant_conv``), so ``state_dict()`` has diffusers key names.
-    ``scale_factor`` multiplies latents (0.18215 for ImageNet, 0.23010 for MS-COCO, as in
-    the released U-ViT configs).
-    """
+    """KL autoencoder with frozen weights, always in eval mode, every method under no_grad;
+    diffusers' submodule names. ``scale_factor`` multiplies latents (0.18215 ImageNet, 0.23010
+    MS-COCO)."""
 
     def __init__(self, config: Optional[Mapping] = None, scale_factor: float = 0.18215):
         super().__init__()
@@ -249,32 +217,20 @@ _PREFIXES = (
 _LEAVES = (("nin_shortcut.", "conv_shortcut."),)  # (CompVis, diffusers) start of the rest of a key
 
 
-class _Field(NamedTuple):
-    """A field of a prefix: its regex on each side and its value mapped across, given n_levels."""
-
-    compvis: str
-    diffusers: str
-    to_diffusers: Callable[[str, int], str]
-    to_compvis: Callable[[str, int], str]
+# A prefix field's regex on the CompVis and the diffusers side.
+_FIELDS = {"part": ("encoder|decoder",) * 2, "i": (r"\d+",) * 2, "j": (r"\d+",) * 2, "up": (r"\d+",) * 2,
+           "mid": ("[12]", "[01]"), "attn": tuple("|".join(map(re.escape, t)) for t in (_ATTN_C2D, _ATTN_D2C))}
 
 
-def _same(value: str, n_levels: int) -> str:
+def _across(name: str, value: str, n_levels: int, src: int) -> str:
+    """A field's value on side ``src`` (0 CompVis, 1 diffusers) as the other side spells it."""
+    if name == "up":
+        return str(n_levels - 1 - int(value))  # decoder levels run the other way: an involution
+    if name == "mid":
+        return str(int(value) - 1 if src == 0 else int(value) + 1)  # mid.block_1, _2 <-> resnets.0, .1
+    if name == "attn":
+        return (_ATTN_C2D if src == 0 else _ATTN_D2C)[value]
     return value
-
-
-def _reversed_level(value: str, n_levels: int) -> str:
-    return str(n_levels - 1 - int(value))  # an involution: the same map both ways
-
-
-_FIELDS = {
-    "part": _Field(r"encoder|decoder", r"encoder|decoder", _same, _same),
-    "i": _Field(r"\d+", r"\d+", _same, _same),
-    "j": _Field(r"\d+", r"\d+", _same, _same),
-    "up": _Field(r"\d+", r"\d+", _reversed_level, _reversed_level),
-    "mid": _Field(r"[12]", r"[01]", lambda v, n: str(int(v) - 1), lambda v, n: str(int(v) + 1)),
-    "attn": _Field("|".join(map(re.escape, _ATTN_C2D)), "|".join(map(re.escape, _ATTN_D2C)),
-                   lambda v, n: _ATTN_C2D[v], lambda v, n: _ATTN_D2C[v]),
-}
 
 
 def _prefix_regex(template: str, side: int) -> re.Pattern:
@@ -294,8 +250,7 @@ def _rename(key: str, n_levels: int, src: int) -> str:
     for templates, regexes in zip(_PREFIXES, _PREFIX_REGEXES):
         m = regexes[src].match(key)
         if m:
-            across = (lambda f: f.to_diffusers) if src == 0 else (lambda f: f.to_compvis)
-            values = {name: across(_FIELDS[name])(v, n_levels) for name, v in m.groupdict().items()}
+            values = {name: _across(name, v, n_levels, src) for name, v in m.groupdict().items()}
             rest = key[m.end():]
             for leaf in _LEAVES:
                 if rest.startswith(leaf[src]):
@@ -320,11 +275,8 @@ def _infer_levels(keys, pattern: str) -> int:
 
 
 def compvis_to_diffusers(sd: Mapping[str, torch.Tensor], n_levels: Optional[int] = None) -> dict:
-    """Rename a CompVis/ldm VAE state dict to diffusers ``AutoencoderKL`` names.
-
-    The attention q/k/v/proj_out 1x1 conv weights (C, C, 1, 1) become Linear weights (C, C).
-    Keys that match no rule are kept unchanged (a strict load then reports them).
-    """
+    """Rename a CompVis/ldm VAE state dict to diffusers names; attention 1x1 conv weights
+    (C, C, 1, 1) become Linear (C, C); unmatched keys are kept (a strict load reports them)."""
     if n_levels is None:
         n_levels = _infer_levels(sd, r"^(?:encoder\.down|decoder\.up)\.(\d+)\.")
     out = {}
@@ -393,11 +345,8 @@ def _to_diffusers_names(sd: Mapping[str, torch.Tensor], n_levels: int) -> tuple[
 
 
 def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.Tensor], source: str = "<state dict>") -> str:
-    """Load a CompVis- or diffusers-named state dict into ``model``, strictly.
-
-    Returns the detected naming ('compvis' or 'diffusers'); raises ``AutoencoderWeightsError``
-    listing missing (with their CompVis names), unexpected and mis-shaped keys.
-    """
+    """Load a CompVis- or diffusers-named state dict into ``model`` strictly; returns the naming
+    ('compvis' or 'diffusers')."""
     n_levels = len(model.config["block_out_channels"])
     converted, kind = _to_diffusers_names(sd, n_levels)
     missing, unexpected, mismatched = state_dict_diff(converted, model.state_dict())
@@ -444,10 +393,8 @@ def _diffusers_folder_files(folder: Path) -> tuple[Path, Optional[Path]]:
 
 
 def read_autoencoder_state_dict(path: Union[str, os.PathLike]) -> tuple[dict, Optional[dict]]:
-    """Read weights from a file (.pth/.pt/.ckpt/.bin/.safetensors) or a diffusers folder.
-
-    Returns (state dict, config dict from the folder's config.json or None).
-    """
+    """(state dict, the folder's config.json dict or None) from a .pth/.pt/.ckpt/.bin/.safetensors
+    file or a diffusers folder."""
     resolved = _resolve(path)
     if resolved is None:
         raise AutoencoderNotFoundError(f"autoencoder weights not found: {path} (looked relative to the working "
@@ -479,11 +426,8 @@ def read_autoencoder_state_dict(path: Union[str, os.PathLike]) -> tuple[dict, Op
 def load_autoencoder(path: Union[str, os.PathLike] = DEFAULT_AUTOENCODER_PATH, scale_factor: float = 0.18215,
                      device: Union[str, torch.device] = "cpu",
                      config: Union[None, Mapping, str, os.PathLike] = None) -> FrozenAutoencoderKL:
-    """Build the frozen autoencoder and load ``path`` strictly (see module docstring).
-
-    ``config``: None (the SD v1 VAE, or the folder's config.json for a diffusers folder), a
-    dict, or the path of a JSON file holding one (e.g. a tiny test model).
-    """
+    """Build the frozen autoencoder and load ``path`` strictly. ``config``: None (SD v1, or a
+    diffusers folder's config.json), a dict, or a JSON file path."""
     sd, folder_config = read_autoencoder_state_dict(path)
     if isinstance(config, (str, os.PathLike)):
         config = json.loads(Path(config).read_text())

@@ -1,54 +1,31 @@
-"""The backbone contract: what the engines, the early-exit loop and the compute accounting
-need from a network, and the forwards built on it.
-
-A backbone is a stack of ``num_blocks`` blocks between an embedding and a shared output head,
-with one uncertainty head per block. Subclasses of ``ExitBackbone`` implement the hooks:
+"""The backbone contract: what the engines, the exit loop and the compute accounting need from
+a network (``num_blocks`` blocks between an embedding and a shared output head, one
+uncertainty head per block). Subclasses of ``ExitBackbone`` implement:
 
     embed(x, t, cond) -> (h, carry)      tokens and the per-row state carried between blocks
-                                         (U-ViT: its long-skip stack and time embedding)
     run_block(i, h, carry) -> h          block i (may push to / pop from the carry)
     select_rows(carry, rows) -> carry    the carry of the rows that stay (batch compaction)
     output_head(h) -> eps                the shared head, (B, C, H, W)
     certainty_map(i, h, carry)           head i's certainty map (B, C, H, W), for training
     mean_certainty(i, h, carry)          (B,) float32 mean certainty, for the exit test
-    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float (the
-                                         loop may call it for an earlier block i of the
-                                         patience window, with that block's h)
+    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float
     exit_patience(i) -> int              passing blocks a row needs before it may exit after i
     flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/models/flops.py)
-    reuse_problem(span) -> str | None    why the span (start, stop) of blocks cannot be reused here
-                                         (None: it can); a reusable span leaves the carry as it
-                                         found it
-    cache_value(span, h_in, h_out)       what a call that computed the span keeps for later calls
-                                         (default: the residual h_out - h_in)
-    reuse_value(span, h_in, cached)      the span's output from the cache (default: h_in + cached)
-    reuse_reads_input                    whether those two read h_in (the loop keeps it only then)
+    reuse_problem(span) -> str | None    why blocks span[0]..span[1]-1 cannot be reused (None: they can)
+    cache_value(span, h_in, h_out)       what a call that computed the span keeps (default h_out - h_in)
+    reuse_value(span, h_in, cached)      the span's output from the cache (default h_in + cached)
+    reuse_reads_input                    whether those two read h_in
     cond_name                            keyword of the conditioning ('y', 'context', ...)
     eps_channels                         None, or how many leading output channels are the noise
-                                         prediction (DiT with learned sigma): samplers and losses
-                                         take those (``noise_prediction``, the one slicing)
+                                         prediction (DiT with learned sigma; ``noise_prediction``)
 
-and get, from this class:
+and get ``forward`` (full depth without heads, or early exit with ``exit_threshold`` /
+``exit_policy``), ``forward_early_exit`` (``EarlyExitOutput``; ``reuse_cache=`` for reuse
+rules) and ``forward_all_exits`` (every block's prediction and certainty, for training).
 
-* ``forward(x, t, cond)``: full depth, no uncertainty head (the plain network's cost);
-  ``forward(..., exit_threshold=tau)`` or ``exit_policy=...``: per-sample early exit;
-* ``forward_early_exit``: the same with per-sample accounting (``EarlyExitOutput``);
-  ``exit_policy`` is a ``Call`` (``libs/exits/call.py``) or a rule that is the same at every
-  call; ``forward_early_exit(..., reuse_cache=cache)``: the call also stores and reuses the
-  spans of a reuse cache (``libs/exits/reuse.py``: one per sampling run, made by
-  ``libs/exits/sampling_run.py``);
-* ``forward_all_exits``: every block's prediction and certainty (``AllExitsOutput``), what
-  the AdaDiff objective trains on.
-
-The early-exit loop (``libs.models.exit_loop``) uses only these hooks, so a new backbone (a DiT,
-say) is one new file. ``libs.models.uvit_core.UViTBackbone`` is the reference implementation.
-
-Constructor arguments (``config.nnet`` without ``name``) are validated in one place per class,
-the classmethod ``check_args(**kwargs) -> [problem, ...]``: it builds nothing, each problem is
-one line ``config.nnet.<field>=<value>: <what is allowed>``, and a subclass extends its parent's
-list. The constructor raises them all at once (``NetworkConfigError``, a ``ValueError``); the
-config check (``libs/cli/config_check.py``) reports them with the rest of the config.
-"""
+``check_args(**kwargs) -> [problem, ...]`` validates constructor arguments (``config.nnet``)
+without building anything, one line ``config.nnet.<field>=<value>: <what is allowed>`` each;
+the constructor raises them all at once (``NetworkConfigError``)."""
 from __future__ import annotations
 
 import inspect
@@ -66,12 +43,8 @@ from libs.models.flops import NetworkFlops
 
 @dataclass
 class AllExitsOutput:
-    """Training output: every block's prediction and certainty, each computed once.
-
-    preds: (N, B, C, H, W) shared output head applied to each of the N blocks;
-        ``preds[-1]`` is the full-depth prediction.
-    certainties: (N, B, C, H, W) certainty maps in (0, 1), computed on detached features.
-    """
+    """Training output. preds: (N, B, C, H, W) the shared head on each of the N blocks
+    (``preds[-1]`` = full depth); certainties: (N, B, C, H, W) in (0, 1), on detached features."""
 
     preds: torch.Tensor
     certainties: torch.Tensor
@@ -91,9 +64,8 @@ class NetworkConfigError(ValueError):
 
 
 def constructor_defaults(cls) -> Dict[str, Any]:
-    """Keyword arguments of ``cls``'s constructor and their defaults, also those a subclass
-    passes through to its parent with ``**kwargs`` (walking the MRO until a constructor that
-    takes no ``**kwargs``)."""
+    """Keyword arguments of ``cls``'s constructor with their defaults, including those passed through to
+    parents with ``**kwargs`` (along the MRO)."""
     out: Dict[str, Any] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass in (nn.Module, object):

@@ -1,17 +1,10 @@
-"""Frozen CLIP text encoder for text-to-image models (U-ViT's MS-COCO setting:
-CLIP ViT-L/14, Radford et al. 2021), through transformers.
+"""Frozen CLIP ViT-L/14 text encoder (U-ViT's MS-COCO setting), through transformers::
 
     clip = FrozenCLIPEmbedder("openai/clip-vit-large-patch14", device="cuda")
     context = clip.encode(["a cat", "a dog"])     # (2, 77, 768): the full last_hidden_state
 
-Tokens are padded to ``max_length`` (77) with CLIP's end-of-text token and truncated.
-
-Nothing is downloaded: a model name is looked up as a local folder (relative to the working
-directory or the repository root, then ``assets/<last part of the name>``), then in the
-Hugging Face cache, always with ``local_files_only=True`` unless the caller passes
-``local_files_only=False`` explicitly. A missing model raises ``ClipNotFoundError`` saying
-how to fetch it.
-"""
+Tokens are padded to ``max_length`` (77) with end-of-text and truncated. Nothing downloads
+(``local_files_only=True`` unless passed False); a missing model raises ``ClipNotFoundError``."""
 from __future__ import annotations
 
 import os
@@ -58,11 +51,8 @@ def _folder_problems(folder: Path) -> list[str]:
 
 
 def resolve_clip_folder(version: Union[str, os.PathLike]) -> Path:
-    """The local folder holding ``version`` (a folder path or a Hugging Face model name).
-
-    Order: the path itself (relative to the working directory, then the repo root),
-    ``assets/<basename>``, then the Hugging Face cache (offline). Raises ``ClipNotFoundError``.
-    """
+    """The local folder of ``version``: the path itself (working directory, then repo root),
+    ``assets/<basename>``, then the Hugging Face cache; else ``ClipNotFoundError``."""
     version = str(version)
     p = Path(version).expanduser()
     candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]
@@ -91,11 +81,8 @@ def resolve_clip_folder(version: Union[str, os.PathLike]) -> Path:
 
 
 class FrozenCLIPEmbedder(nn.Module):
-    """CLIP text transformer, frozen and in eval mode; ``encode(texts)`` -> (B, max_length, hidden).
-
-    ``tokenizer`` / ``transformer``: already built objects (tests, custom models); when both
-    are given, ``version`` is not read.
-    """
+    """CLIP text transformer, frozen, eval mode; ``encode(texts)`` -> (B, max_length, hidden).
+    Given ``tokenizer`` and ``transformer``, ``version`` is not read."""
 
     def __init__(self, version: Union[str, os.PathLike] = DEFAULT_CLIP, device: Union[None, str, torch.device] = None,
                  max_length: int = 77, *, tokenizer=None, transformer: Optional[nn.Module] = None,

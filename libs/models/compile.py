@@ -1,44 +1,22 @@
-"""Compiled sampling: ``torch.compile`` of an ``ExitBackbone`` for the evaluation engine, the
-training-time grids and the benchmarks (``config.sample.compile``).
-
-``compile_network(net, mode)`` returns a *sampling view* of ``net``: a copy of its module tree
-that shares every parameter and buffer with ``net`` (``copy.deepcopy`` with the tensors in the
-memo), compiled through public calls only. ``net`` itself is not changed: training runs it
-eagerly (compiling it in place would also compile the training forwards and backwards), and
-weights that training changes in place reach the view. The view is an instance of ``net``'s
-class, so the engine, the exit recorder and the exit loop use it as they use ``net``:
+"""Compiled sampling (``config.sample.compile``): ``compile_network(net, mode)`` returns a
+*sampling view* of ``net``, a copy of its module tree sharing every parameter and buffer (so
+training, which stays eager, updates the view's weights), compiled through public calls only.
 
 ``none``    ``net`` itself, eager.
-``blocks``  regional compilation, as diffusers' ``compile_repeated_blocks``: each repeated
-            module (the items of the backbone's ``ModuleList``s and the children of the same
-            classes: U-ViT's and DiT's blocks, the uncertainty heads) is compiled with
-            ``nn.Module.compile(fullgraph=True)``, and the heads' batched exit statistic
-            ``mean_certainty`` with ``torch.compile``; the backbone's ``embed`` and
-            ``output_head`` are ``torch.compile``d once each. Modules of one class share their
-            graphs (dynamo guards on the class and takes the parameters as graph inputs), and
-            so do later views of the network (training makes one per sample grid). The
-            exit loop, its decisions and the batch compaction stay in Python, so every exit rule
-            runs, at every batch size. Batch compaction changes the rows a block sees: dynamo
-            compiles the full batch's shape first and, at the first other size, one graph with
-            a dynamic batch dimension (plus one for a single row: sizes 0 and 1 are
-            specialised), so at most three graphs per region and guard set.
-``graphs``  for calls whose exit block is known before the call (``full``, ``static:K``, a
-            ``profile:`` step), one whole-call graph (embedding, blocks 0..K, output head;
-            ``fullgraph=True``, static shapes) per depth K and input shape: the backbone's
-            ``_forward_truncated`` compiled once, specialised on K, compiled lazily on first
-            use and reused across calls, batches and views, at most ``max_graphs`` (new shapes
-            beyond it run the ``blocks`` path, noted once). Calls whose exits are decided per
-            sample (``threshold:``, ``budget:``) run the ``blocks`` path, with a one-line note
-            in the log per rule (``_per_sample_rule``, this module's one reading of a rule).
+``blocks``  regional compilation (as diffusers' ``compile_repeated_blocks``): each repeated
+            module (blocks, uncertainty heads) via ``nn.Module.compile(fullgraph=True)``, the
+            heads' ``mean_certainty`` and the backbone's ``embed`` / ``output_head`` via
+            ``torch.compile``. The exit loop stays in Python, so every rule runs at any batch
+            size; compaction gives at most three graphs per region (full batch, dynamic, one row).
+``graphs``  for calls whose exit block is known before the call (``full``, ``static:K``,
+            ``profile:``), one whole-call graph (``_forward_truncated``, static shapes) per
+            depth and input shape, at most ``max_graphs``; per-sample rules and shapes past the
+            cap run the ``blocks`` path, noted once in the log.
 
-Compile time is measured apart from sampling: a call of a compiled region during which dynamo
-produced a graph counts, whole, as compile time (it includes one run of the new graph,
-milliseconds against seconds of compiling). ``view.compile_stats`` (``CompileStats``) holds the
-seconds, the graphs and the notes; ``compile_seconds(net)`` reads them (0 for an eager network).
-
-On a GPU, ``compile_mode="reduce-overhead"`` (inductor's CUDA graphs) suits ``graphs``: each
-whole-call output is cloned out of the CUDA graph's memory, since the samplers keep earlier
-model outputs across calls.
+A call during which dynamo produced a graph counts, whole, as compile time
+(``view.compile_stats``, ``compile_seconds(net)``). On a GPU, ``compile_mode="reduce-overhead"``
+suits ``graphs``; each whole-call output is then cloned out of the CUDA graph's memory, since
+samplers keep earlier outputs.
 """
 from __future__ import annotations
 
@@ -53,14 +31,9 @@ import torch
 import torch.nn as nn
 
 MODES = ("none", "blocks", "graphs")
-#: methods compiled besides ``forward`` on the repeated modules that define them: the
-#: uncertainty heads' exit-test statistic of a batch (libs/models/uvit_core.py
-#: ``UncertaintyHead``). A batch of one keeps its eager test (``mean_certainty_one``: its
-#: three small ops and one host read cost less than entering a compiled graph, on the digits
-#: model on one CPU thread).
+#: compiled besides ``forward`` on repeated modules; a batch of one keeps ``mean_certainty_one`` eager (cheaper)
 HEAD_METHODS = ("mean_certainty",)
-#: the backbone methods that reach compiled code (``mean_certainty_one``: a time-aware head's
-#: compiled ``forward``); their calls that made graphs are compile time
+#: the backbone methods that reach compiled code; their calls that made graphs are compile time
 TIMED = ("embed", "run_block", "output_head", "mean_certainty", "mean_certainty_one")
 
 log = logging.getLogger(__name__)
@@ -202,13 +175,19 @@ def _per_sample_rule(rule, num_blocks: int) -> Optional[str]:
 
 def _note_fallbacks(view, stats: CompileStats, logger) -> None:
     """``view.forward_early_exit`` noting, once per rule, calls that run the ``blocks`` path."""
-    eager = view.forward_early_exit
+    from libs.exits.call import Call
+
+    eager, seen = view.forward_early_exit, set()  # the Calls read so far (a sampling run passes Calls)
 
     def forward_early_exit(x, timesteps, *args, exit_threshold=None, exit_policy=None, **kwargs):
-        spec = _per_sample_rule(exit_policy if exit_policy is not None else exit_threshold, view.num_blocks)
-        if spec is not None:
-            stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
-                       f"(whole-call graphs need the exit block before the call)", logger)
+        rule = exit_policy if exit_policy is not None else exit_threshold
+        if not (isinstance(rule, Call) and rule in seen):  # other rules: their spelling hides their calibration
+            spec = _per_sample_rule(rule, view.num_blocks)
+            if spec is not None:
+                stats.note(f"compile graphs: {spec} decides exits per sample, so it runs the compiled blocks "
+                           f"(whole-call graphs need the exit block before the call)", logger)
+            if isinstance(rule, Call):
+                seen.add(rule)
         return eager(x, timesteps, *args, exit_threshold=exit_threshold, exit_policy=exit_policy, **kwargs)
 
     view.forward_early_exit = forward_early_exit

@@ -1,34 +1,19 @@
 """DiT (Peebles & Xie, ICCV 2023) as an early-exit backbone: adaLN-Zero blocks, no long skips.
+Released constructor arguments and parameter names, so a released state dict loads with only
+``uem_heads.{i}.proj`` missing, and ``net(x, t, y)`` (eval mode) is the released forward (all
+``out_channels``). Pieces: ``libs/models/dit_blocks.py``.
 
-``DiT`` takes the released constructor arguments and parameter names, so a released state dict
-(e.g. ``DiT-XL-2-256x256.pt``) loads with only the uncertainty heads ``uem_heads.{i}.proj``
-missing, and ``net(x, t, y)`` (eval mode) is the released forward, all ``out_channels``
-(``2 * in_channels`` with ``learn_sigma``: the noise prediction, then the variance
-interpolation). The pieces are in ``libs/models/dit_blocks.py``.
+* tokens between blocks: ``h = [c, x_1..x_L]`` (B, 1 + L, D), row 0 the conditioning
+  c = t_emb + y_emb, so compaction of ``h`` compacts c too; no other carry;
+* ``output_head(h)``: the final layer (adaLN from c) on the patch tokens;
+* head i: Linear(D, p*p*in_channels) + sigmoid on block i's detached tokens; patience 1;
+* reuse: any span, cached as its residual on the patch tokens;
+* ``eps_channels = in_channels`` with ``learn_sigma``: the variance channels get no gradient
+  from the AdaDiff objective.
 
-How it implements the backbone contract (``libs/models/backbone.py``):
-
-* the tokens between blocks are ``h = [c, x_1..x_L]`` (B, 1 + L, D): row 0 carries the
-  conditioning c = t_emb + y_emb (which the adaLN layers read and no block attends to), so that
-  batch compaction of ``h`` also compacts c, and the output head, which the loop calls on
-  ``h`` alone, has it. There is no other carry;
-* ``output_head(h)`` at block k is the final layer (adaLN from c) on block k's patch tokens;
-* uncertainty head i: Linear(D, p*p*in_channels) + sigmoid on block i's detached tokens (the
-  noise channels' certainty); time-aware heads read c;
-* exit patience 1 at every block (no in/out halves as in U-ViT: a row may exit after the first
-  block whose certainty passes);
-* reuse (``libs/exits/reuse.py``): any span of blocks, cached as its residual on the patch
-  tokens (h_out - h_in), added to the reusing call's own input;
-* ``eps_channels = in_channels`` with ``learn_sigma``: the samplers and the training losses use
-  the first ``in_channels`` output channels (the noise prediction); the variance channels take
-  no part in the AdaDiff objective and get no gradient from it.
-
-Differences from the released module, by design: label dropout is the task's
-(``config.loss.p_uncond``), never drawn inside the network (so training mode gives the same
-numbers as eval mode, and runs resume exactly); ``num_classes <= 0`` builds an unconditional
-DiT (no label table); ``time_shift`` is added to the network time (the released weights were
-trained on 0-based indices n - 1 of this project's 1-based discrete steps n: ``time_shift=-1``).
-"""
+By design, unlike the released module: label dropout is the task's (``config.loss.p_uncond``),
+never inside the network; ``num_classes <= 0`` builds an unconditional DiT; ``time_shift`` is
+added to the network time (released weights: ``time_shift=-1``, trained on 0-based indices)."""
 from __future__ import annotations
 
 import re
@@ -158,10 +143,6 @@ class DiT(ExitBackbone):
     def mean_certainty_one(self, i, h, carry):
         return self.uem_heads[i].mean_certainty_one(h, 1, h[:, 0])
 
-    def exit_patience(self, i):
-        """1 everywhere: a row may exit after any block whose certainty passes."""
-        return 1
-
     # Reuse: any run of blocks (no skips, no carry); the cache keeps the span's residual on the
     # patch tokens, added to the reusing call's fresh input (row 0, c, stays the call's own).
     def cache_value(self, span, h_in, h_out):
@@ -215,11 +196,9 @@ def _dit_arguments(img_size, in_chans, num_classes=-1, preset=None, patch_size=N
 
 
 def dit_from_config(**nnet) -> DiT:
-    """``DiT`` from ``config.nnet`` (``name='dit'``), in the project's config vocabulary:
-    img_size, in_chans, num_classes (rows of the label table, as in every config here: with
-    ``config.loss.p_uncond > 0`` the last row is the null label), and the sizes either from
-    ``preset`` ('DiT-XL/2', ...) or as patch_size, embed_dim, depth, num_heads (explicit sizes
-    given with a preset must agree with it)."""
+    """``DiT`` from ``config.nnet`` (``name='dit'``): img_size, in_chans, num_classes (with
+    ``config.loss.p_uncond > 0`` the last row is the null label), and sizes from ``preset``
+    ('DiT-XL/2', ...) or patch_size, embed_dim, depth, num_heads (which must agree with a preset)."""
     return DiT(**_dit_arguments(**nnet))
 
 

@@ -1,39 +1,30 @@
-"""DiT's pieces (Peebles & Xie, "Scalable Diffusion Models with Transformers", ICCV 2023):
-the fixed 2-D sin-cos positional embedding, the time and label embedders, the adaLN-Zero
-block and the final layer. Parameter names follow the released DiT (github.com/facebookresearch/DiT).
+"""DiT's pieces (Peebles & Xie, ICCV 2023), with the released parameter names:
 
     modulate(x, shift, scale) = x (1 + scale) + shift          (per row, broadcast over tokens)
     block:  s1, a1, g1, s2, a2, g2 = Linear(SiLU(c)).chunk(6)
             x <- x + g1 * Attn(modulate(LN(x), s1, a1))
             x <- x + g2 * MLP(modulate(LN(x), s2, a2))        LN: no affine, eps 1e-6; MLP: tanh GELU
-    final:  s, a = Linear(SiLU(c)).chunk(2);  out = Linear(modulate(LN(x), s, a))
-"""
+    final:  s, a = Linear(SiLU(c)).chunk(2);  out = Linear(modulate(LN(x), s, a))"""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from libs.models.uvit_core import Attention, timestep_embedding, timestep_frequencies
+from libs.models.uvit_core import Attention, Mlp, timestep_embedding, timestep_frequencies
 
 FREQUENCY_DIM = 256  # width of the sinusoidal time embedding the time MLP reads
 
 
-def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
-    """(M,) positions -> (M, dim) = [sin(pos w_k), cos(pos w_k)], w_k = 10000^(-k / (dim/2))."""
-    omega = 1.0 / 10000.0 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    angles = pos.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
 def sincos_2d(dim: int, grid: int) -> torch.Tensor:
     """The fixed positional embedding of a grid x grid token map, (grid*grid, dim) float32, tokens
-    row-major: the first dim/2 features encode the column, the last dim/2 the row."""
+    row-major: [sin, cos] of positions x 10000^(-k / (dim/4)), the first dim/2 features for the
+    column, the last dim/2 for the row (diffusers' ``get_2d_sincos_pos_embed``, bitwise DiT's)."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos position embedding needs a width divisible by 4, got {dim}: "
                          f"choose config.nnet.embed_dim as a multiple of 4")
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    emb = torch.cat([sincos_1d(dim // 2, cols.reshape(-1)), sincos_1d(dim // 2, rows.reshape(-1))], dim=1)
-    return emb.float()
+    return get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt").float()  # base_size: no rescaling
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -70,17 +61,6 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-class DiTMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (module docstring)."""
 
@@ -89,7 +69,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = DiTMlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

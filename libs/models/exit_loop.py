@@ -1,39 +1,20 @@
-"""The one early-exit loop of an ``ExitBackbone``: blocks, exit tests, batch compaction and
-the reuse cache, for any ``Call`` (``libs/exits/call.py``) and any batch size.
+"""The one early-exit loop of an ``ExitBackbone`` (contract: ``libs/models/backbone.py``):
+blocks, exit tests, batch compaction and the reuse cache, for any ``Call`` and batch size.
 
-It uses only the backbone contract (``libs/models/backbone.py``): ``run_block``, ``select_rows``,
-``mean_certainty(_one)``, ``exit_patience``, ``output_head``, ``cache_value``, ``reuse_value``.
+``forward`` dispatches one call: a plain truncated forward when no rule decides per sample
+and nothing is cached, else ``run`` over blocks 0 .. ``call.last_block``. After each block but
+the last, the call's per-sample rule picks the rows that stop; they take the shared output
+head on that block's tokens and leave the batch (activations, carry, rule state and pending
+cache entries are compacted). One host read per deciding block.
 
-The backbone's ``forward_early_exit`` and ``_forward_truncated`` are the functions of the same
-names here (``ExitBackbone`` binds them as its methods), so a sampling call goes from the
-sampling run straight into this file. ``forward(net, x, t, cond, call, cache)`` is the
-dispatch of one call: a plain truncated forward (``net._forward_truncated``) when no rule
-decides per sample and nothing is cached, else the checks of the cache and ``run``.
-``run(net, h, carry, call, cache)`` runs blocks 0 .. ``call.last_block``. After each block but
-the last, the call's per-sample rule (if any) decides which rows stop there; a row that stops
-takes the shared output head on that block's tokens and leaves the batch (compaction: the
-activations, the carry, the rule's state and the pending cache entries), so later blocks run
-only on the rows still active; the outputs are scattered back to their rows only when rows
-exited at different blocks. One host read per deciding block (how many rows pass).
+With a reuse cache (``libs/exits/reuse.py``) the loop stores ``cache_value`` after the last
+block of each cached span it computes, and at the first block of the reused span takes each
+row's cached value (``reuse_value``) or computes the span for rows with nothing cached; no
+exit test inside that span. A ``gate`` (``libs/exits/gated.py``) lets only rows whose head
+certainty after block span[0]-1 is >= gate take the cached value.
 
-With a reuse cache (``libs/exits/reuse.py``) the loop also stores, after the last block of
-each cached span the call computes (spans disjoint from the one it reuses), the backbone's
-``cache_value`` for the active rows (their original rows: the active index); at the first block
-of the span the call reuses (``call.reuse_span``) it takes each row's own cached value
-(``reuse_value``) and skips the span's blocks, or computes them for the rows with nothing cached
-(a sub-batch with its carry: a reusable span leaves the carry as it found it); no exit test
-after a block of that span. A call with a ``gate`` (``libs/exits/gated.py``) first reads the
-mean certainty of the head after block span[0]-1 for the active rows; only rows at or above the
-gate take the cached (or forecast, ``libs/exits/forecast.py``) value, the others compute the
-span as rows with nothing cached do. The head counts for the rows that go through the span.
-
-The batch of one (``_OneRow``, the only special case): decisions on Python values
-(``Rule.decide_one``: no index, compaction or scatter, one host read per test; the threshold
-rule evaluates a patience block's head only once a later block passes), the exit block and
-heads run returned as Python ints, which rows reused as a bool. Same samples and exits per row
-as the batch form (bitwise on CPU in fp32).
-
-Returns ``(sample, exit_block, uem_evals, reused)`` as ``EarlyExitOutput`` describes them.
+A batch of one (``_OneRow``) decides on Python values and returns Python ints; same samples
+and exits per row as the batch form (bitwise on CPU in fp32).
 """
 from __future__ import annotations
 
@@ -46,20 +27,11 @@ from libs.exits.policy import as_call
 
 
 class EarlyExitOutput:
-    """Result of an early-exit forward.
-
-    sample: (B, C, H, W) noise prediction of each sample at its exit block.
-    exit_block: (B,) int64 index of the block each sample exited after (0-based;
-        ``num_blocks - 1`` = full depth). Blocks run = exit_block + 1.
-    uem_evals: (B,) int64 number of uncertainty heads evaluated for each sample.
-
-    reused: None (no reuse cache), or which rows took the call's reused span from the cache:
-        a (B,) bool tensor, or a Python bool for a batch of one given as Python ints.
-
-    A batch of one may give ``exit_block`` and ``uem_evals`` as Python ints: they are then
-    also readable as ``one_row`` without any tensor op (what the exit recorder reads), and
-    become tensors on first access.
-    """
+    """sample: (B, C, H, W) noise prediction at each row's exit block; exit_block: (B,) int64
+    0-based block each row exited after (``num_blocks - 1`` = full depth); uem_evals: (B,)
+    int64 heads evaluated; reused: None (no cache), a (B,) bool of rows that took the reused
+    span, or a Python bool for a batch of one. A batch of one may hold Python ints, readable
+    as ``one_row``; they become tensors on first access."""
 
     __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row", "reused")
 
@@ -104,9 +76,8 @@ def call_from_args(exit_threshold, exit_policy) -> Call:
 
 def forward_early_exit(net, x, timesteps, *args, exit_threshold: Optional[float] = None, exit_policy=None,
                        reuse_cache=None, **kwargs) -> EarlyExitOutput:
-    """``ExitBackbone.forward_early_exit``: early-exit forward with per-sample compute accounting
-    (see EarlyExitOutput); with ``reuse_cache`` (a ``libs.exits.reuse.ReuseCache`` of this
-    sampling run) it stores the cache's spans and takes the span the call reuses from it."""
+    """``ExitBackbone.forward_early_exit``: the early-exit forward with per-sample accounting; with
+    ``reuse_cache`` (the sampling run's) it stores and reuses the cache's spans."""
     cond = net._cond_from_args(args, kwargs)
     call = call_from_args(exit_threshold, exit_policy)
     cache = reuse_cache if reuse_cache is not None and reuse_cache.spans else None
@@ -142,14 +113,17 @@ def forward(net, x: torch.Tensor, timesteps, cond, call, cache=None) -> tuple:
 
 
 def _check_cache(net, call, cache) -> None:
+    """The cache's spans are checked against ``net`` once per run; the call's reused span must be one of them."""
     span = call.reuse_span(net.num_blocks)
-    for sp in cache.spans + ((span,) if span is not None else ()):
+    missing = span is not None and span not in cache.spans
+    for sp in (() if cache.checked_for is net else cache.spans) + ((span,) if missing else ()):
         problem = net.reuse_problem(sp)
         if problem:
             raise ValueError(f"exit policy {call.spec}: {problem}")
-    if span is not None and span not in cache.spans:
+    if missing:
         raise ValueError(f"exit policy {call.spec} reuses blocks {span[0]}..{span[1] - 1}, which the run's "
                          f"cache does not keep (it keeps {list(cache.spans)})")
+    cache.checked_for = net
 
 
 def run(net, h: torch.Tensor, carry, call, cache=None, one_row: Optional[bool] = None) -> tuple:

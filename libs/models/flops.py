@@ -1,21 +1,12 @@
-"""Analytic compute accounting for networks with early exit.
+"""Analytic compute accounting, per image and per network call. A multiply-add is 2 FLOPs;
+matrix products and convolutions count, norms, softmax, activations and additions do not
+(< 1% here).
 
-FLOPs count a multiply-add as 2 FLOPs and include matrix products (linear layers,
-attention scores and weighted sums) and convolutions; LayerNorm, softmax, activations and
-additions are ignored (they are < 1% here). Everything is per image and per network call.
+    cost of a call exiting after block k = embed + sum_{j<=k} block_j + uem_evals * uem_head + output_head
 
-    cost of a call exiting after block k (0-based) =
-        embed + sum_{j<=k} block_j + uem_evals * uem_head + output_head
-
-where ``uem_evals`` is the number of uncertainty heads the call ran (k + 1 under the
-threshold rule, as the last block has no exit test; 0 at full depth and for static exits).
-A block whose output a call takes from the reuse cache (``libs/exits/reuse.py``) is not
-computed and costs nothing (``call(..., reused=...)``).
-
-Each network describes its own pieces (``flops()`` of the backbone contract,
-``libs/models/backbone.py``) with the helpers below; the accounting never re-derives a network
-from its config.
-"""
+``uem_evals``: heads the call ran (k + 1 under the threshold rule; 0 at full depth and for
+static exits). A block taken from the reuse cache costs nothing. Each network describes its
+pieces with ``flops()`` and the helpers below."""
 from __future__ import annotations
 
 from dataclasses import dataclass

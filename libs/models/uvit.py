@@ -1,8 +1,5 @@
-"""U-ViT for unconditional and class-conditional generation (pixel or latent space).
-
-Token order [label, time, patches] (label only when ``num_classes > 0``). See
-``libs.models.uvit_core`` for the forward variants (full depth, early exit, all exits).
-"""
+"""U-ViT for unconditional and class-conditional generation (pixel or latent space); token order
+[label, time, patches] (label only when ``num_classes > 0``)."""
 import torch
 import torch.nn as nn
 

@@ -1,25 +1,10 @@
-"""U-ViT backbone with per-block uncertainty heads and per-sample early exit.
+"""U-ViT backbone with per-block uncertainty heads (UEM) and per-sample early exit: what the
+class-conditional (``libs.models.uvit``) and text-conditional (``libs.models.uvit_t2i``)
+models share. With a reuse cache, DeepCache on the long skips: span (k, num_blocks - k) is
+reused as the tokens that left it; the k in-blocks and their out-blocks run with fresh skips.
 
-This module holds what the class-conditional (`libs.models.uvit`) and text-conditional
-(`libs.models.uvit_t2i`) models share: the transformer blocks, the shared output head, the
-uncertainty-estimation heads (UEM), and the backbone contract's hooks (``libs/models/backbone.py``)
-that give the three ways to run the network:
-
-* ``forward(x, t, cond)``: full depth, no uncertainty head is computed (cost of plain U-ViT);
-* ``forward(x, t, cond, exit_threshold=tau)`` / ``forward_early_exit``: each sample stops at
-  the first block whose mean certainty exceeds ``tau`` (released rule, decided per sample);
-  samples that exit leave the batch, so later blocks run only on the remaining rows (the loop,
-  with its batch-of-one fast path, is ``libs.models.exit_loop``);
-* ``forward_all_exits``: every block's prediction through the shared head and every block's
-  certainty map, for the AdaDiff training objective;
-* with a reuse cache (``libs/exits/reuse.py``), DeepCache on the long skips: a span
-  (k, num_blocks - k) is reused as the tokens that left it, the k in-blocks and their
-  out-blocks run with fresh skips.
-
-Parameter names and shapes follow the released U-ViT (Bao et al., "All are Worth Words: A ViT
-Backbone for Diffusion Models", CVPR 2023; github.com/baofff/U-ViT) exactly, so that official
-checkpoints load; the uncertainty heads are named ``uem_heads.{i}.proj``.
-"""
+Parameter names and shapes follow the released U-ViT (Bao et al., CVPR 2023) exactly, so
+official checkpoints load; the uncertainty heads are ``uem_heads.{i}.proj``."""
 from __future__ import annotations
 
 import math
@@ -114,10 +99,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, approximate: str = "none"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()  # exact GELU, as U-ViT
+        self.act = nn.GELU(approximate=approximate)  # exact GELU as U-ViT; DiT's is "tanh"
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,12 +134,9 @@ class Block(nn.Module):
 
 
 class UncertaintyHead(nn.Module):
-    """UEM: per-token Linear + sigmoid giving a certainty in (0, 1) per pixel and channel.
-
-    Released semantics: input is the block's patch tokens (extras dropped), detached from the
-    backbone by the caller. With ``time_aware`` (the paper's variant) the time embedding is
-    concatenated to every token's features first.
-    """
+    """UEM: per-token Linear + sigmoid, a certainty in (0, 1) per pixel and channel, on the
+    block's patch tokens (extras dropped, detached by the caller); ``time_aware`` concatenates
+    the time embedding to every token first."""
 
     def __init__(self, dim: int, out_dim: int, time_aware: bool = False):
         super().__init__()
@@ -177,9 +159,8 @@ class UncertaintyHead(nn.Module):
 
     def mean_certainty_one(self, tokens: torch.Tensor, num_extras: int,
                            time_emb: Optional[torch.Tensor] = None) -> float:
-        """``mean_certainty`` of a batch of one, as a Python float (the one host read). The mean
-        is the float32 sum divided by the count, as torch's mean computes it, with the quotient
-        rounded to float32 on the host (exact: double rounding is innocuous for a division)."""
+        """``mean_certainty`` of a batch of one as a Python float: the float32 sum / count, as torch's mean,
+        rounded to float32 on the host (exact)."""
         c = self._patch_certainty(tokens, num_extras, time_emb)
         return float32(c.sum().item() / c.numel())
 
@@ -206,10 +187,8 @@ class UViTCarry:
 
 
 class UViTBackbone(ExitBackbone):
-    """Shared U-ViT body. Subclasses add the conditioning embedding and define
-    ``num_extras`` and ``_extra_tokens(time_token, cond) -> (B, extras, D)`` in token order; a
-    subclass constructor takes its own arguments and passes the backbone's through
-    (``**backbone_kw``), after raising ``check_args`` of all of them."""
+    """Shared U-ViT body. Subclasses add the conditioning embedding, ``num_extras`` and
+    ``_extra_tokens(time_token, cond) -> (B, extras, D)``, and pass the backbone's arguments through."""
 
     #: number of in-block passes a sample needs before it may exit in the in-blocks
     in_block_patience: int = 2

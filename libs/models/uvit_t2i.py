@@ -1,8 +1,5 @@
-"""U-ViT for text-to-image generation, conditioned on CLIP token embeddings.
-
-Token order [time, context (num_clip_token), patches]. No exit patience: a sample may exit
-after any block whose mean certainty passes the threshold (released semantics).
-"""
+"""U-ViT for text-to-image generation on CLIP token embeddings; token order [time, context,
+patches]; no exit patience (released semantics)."""
 import torch
 import torch.nn as nn
 

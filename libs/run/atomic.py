@@ -1,13 +1,8 @@
-"""Atomic file writes: write to a temporary file in the target's folder, fsync, rename.
-Readers (and a crash) see the old file or the new one, never a truncated one. A rename
-replaces a link in the target's place by the new file: it never writes through the link.
-Files a run writes in place (its log, stats rows, lock) are opened with ``open_own``, which
-refuses a link in their place: a run never writes through a link it did not make.
-
-A write that fails because of the disk (full, read-only, ...) raises that ``OSError`` naming
-the target, also when the writer (e.g. ``torch.save``'s zip writer: "enforce fail ...")
-reported it as something else; a Ctrl-C that the writer wrapped likewise stays a
-``KeyboardInterrupt``."""
+"""Atomic file writes: a temporary file in the target's folder, fsync, rename (readers see the
+old file or the new, never a truncated one; a link in the target's place is replaced, not
+written through). Files written in place (log, stats, lock) are opened with ``open_own``,
+which refuses a link. A disk failure raises its ``OSError`` naming the target, also when the
+writer reported it otherwise; a wrapped Ctrl-C stays a ``KeyboardInterrupt``."""
 from __future__ import annotations
 
 import errno
@@ -32,19 +27,21 @@ def _os_error_behind(exc: BaseException, kind=OSError) -> Optional[BaseException
     return None
 
 
-def open_own(path: Union[str, os.PathLike], mode: str = "a"):
-    """``open(path, mode)`` (text, "a" or "w") that refuses a symbolic link in ``path``'s place
-    (``OSError`` ELOOP naming it), where a plain open would write into the link's target."""
-    def opener(name, flags):
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-
+def own_fd(path: Union[str, os.PathLike], flags: int) -> int:
+    """``os.open(path, flags)`` that refuses a symbolic link in ``path``'s place (``OSError``
+    ELOOP naming it), where a plain open would write into the link's target."""
     try:
-        return open(path, mode, opener=opener)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP or os.path.islink(path):
             raise OSError(errno.ELOOP, f"{path} is a symbolic link (to {os.path.realpath(path)}) where this run "
                           f"writes its own file", str(path)) from None
         raise
+
+
+def open_own(path: Union[str, os.PathLike], mode: str = "a"):
+    """``open(path, mode)`` (text, "a" or "w") through ``own_fd``."""
+    return open(path, mode, opener=own_fd)
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
@@ -85,11 +82,9 @@ def _unlink_quietly(path) -> None:
 
 def publish_folder(staging: Union[str, os.PathLike], out: Union[str, os.PathLike], last_name: str,
                    last_text: str, keep: Iterable[str] = ()) -> None:
-    """Move every file of ``staging`` into ``out`` (replacing), remove the other top-level files
-    of ``out`` but those named in ``keep`` (the previous publication's leftovers; folders stay),
-    then write ``out/last_name``. ``last_name`` is removed first and written last, atomically:
-    while it exists, the files beside it are exactly the ones published with it (an interrupted
-    publish leaves it absent)."""
+    """Move every file of ``staging`` into ``out``, remove the other top-level files of ``out``
+    not in ``keep``, then write ``out/last_name`` (removed first, written last: while it exists,
+    the files beside it are the ones published with it)."""
     import shutil
 
     staging, out = Path(staging), Path(out)

@@ -1,19 +1,10 @@
-"""Loading and saving network weights.
-
-``load_weights(net, source)`` accepts, from a path (``.pth``/``.pt`` via
-``torch.load(weights_only=True)``, or ``.safetensors``) or an in-memory state dict:
-
-* a released U-ViT file (no uncertainty heads): the heads keep their fresh initialisation
-  and the report says so;
-* a released AdaDiff file: ``lte_classifer.{i}.lte.*`` (sic) is mapped to ``uem_heads.{i}.proj.*``;
-* this project's own files (``uem_heads.*``), also when saved from a DDP / compiled model.
-
-Anything else fails with a message listing the missing, unexpected and shape-mismatched keys.
-Weights holding NaN/inf are refused. A file inside a checkpoint directory is checked
-against that directory's ``manifest.json`` (libs/run/manifest.py) before it is read.
-``save_weights`` writes atomically (temporary file + rename) so a crash never leaves a
-truncated file behind.
-"""
+"""Loading and saving network weights. ``load_weights(net, source)`` takes a path (``.pth`` /
+``.pt`` via ``torch.load(weights_only=True)``, or ``.safetensors``) or a state dict: a released
+U-ViT file (heads keep their fresh init), a released AdaDiff file (``lte_classifer.{i}.lte.*``
+(sic) -> ``uem_heads.{i}.proj.*``) or this project's own (also from DDP / compiled models).
+Anything else fails listing missing, unexpected and mis-shaped keys; NaN/inf weights are
+refused; a file in a checkpoint directory is checked against its ``manifest.json`` first.
+``save_weights`` writes atomically."""
 from __future__ import annotations
 
 import io
@@ -68,11 +59,8 @@ class NonFiniteWeightsError(ValueError):
 
 
 def read_state_dict(path: Union[str, os.PathLike], verify: bool = True) -> dict:
-    """Read a state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``;
-    with ``verify``, first check it against its folder's manifest.json when there is one.
-    The file is read into memory in one go (no memory map) and refused when it changes
-    meanwhile, so a copy still being written is a clear error, never a bus error. A link is
-    followed to the real file first: its manifest checks it, wherever the link lies."""
+    """A state dict from ``.pth``/``.pt``/``.bin`` (safe unpickling) or ``.safetensors``, verified against its
+    folder's manifest.json (``verify``), read in one go and refused if it changes meanwhile."""
     path = Path(os.path.realpath(path))
     if path.is_dir():
         hint = f" (a checkpoint folder: pass {path / 'nnet_ema.pth'})" if (path / "nnet_ema.pth").is_file() else ""
@@ -152,9 +140,8 @@ def load_weights(net: nn.Module, source: Union[str, os.PathLike, Mapping[str, to
 
 
 def state_dict_diff(given: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> tuple[list, list, list]:
-    """How a state dict ``given`` differs from a model's ``own``: (missing, unexpected,
-    mismatched) = (keys of own not in given, keys of given not in own, (key, given shape,
-    own shape) for the shared keys whose shapes differ), each in its dict's key order."""
+    """(missing, unexpected, mismatched) of ``given`` against a model's ``own``: keys only in own, keys only
+    in given, (key, given shape, own shape) for shared keys whose shapes differ."""
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     mismatched = [(k, tuple(given[k].shape), tuple(own[k].shape)) for k in own
@@ -261,9 +248,8 @@ def latest_checkpoint(root: Union[str, os.PathLike]):
 
 
 def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
-    """Remove the ``.<step>.ckpt.*.tmp`` / ``.old`` directories a killed save left behind in
-    ``root`` (a ``.old`` one whose step has no checkpoint any more is renamed back into place
-    first); returns what was done, one line each. Call it only while holding the run's lock."""
+    """Remove the ``.<step>.ckpt.*.tmp`` / ``.old`` directories a killed save left in ``root`` (an orphaned ``.old``
+    is renamed back first); returns one line per action. Only while holding the run's lock."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -283,10 +269,9 @@ def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
 
 
 def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
-    """Every file of a training checkpoint (file name -> object), verified: against its
-    manifest (when it has one, which must list every file), readable, consistent
-    (``check_checkpoint_contents``), and with finite network and EMA weights. Raises
-    ``CorruptCheckpointError`` naming the file otherwise."""
+    """Every file of a training checkpoint (name -> object), verified against its manifest (which
+    must list every file), readable, consistent and with finite network and EMA weights; else
+    ``CorruptCheckpointError`` naming the file."""
     ckpt_dir = Path(ckpt_dir)
     present = [n for n in (*CHECKPOINT_FILES, "config.json") if (ckpt_dir / n).exists()]
     verified = verify_files(ckpt_dir, present)
@@ -316,9 +301,8 @@ def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
 
 
 def check_checkpoint_contents(ckpt_dir: Path, out: Mapping) -> None:
-    """The files of a checkpoint fit together: ``step.pth`` an int equal to the folder's step,
-    ``optimizer.pth`` a torch optimizer state (``state``, ``param_groups``), ``lr_scheduler.pth``
-    a dict, the network and its EMA with the same tensor names and shapes."""
+    """The files of a checkpoint fit together: ``step.pth`` the folder's step, ``optimizer.pth`` an optimizer
+    state, ``lr_scheduler.pth`` a dict, network and EMA with the same tensor names and shapes."""
     def bad(name, why):
         return CorruptCheckpointError(f"{ckpt_dir / name} is inconsistent: {why}")
 
@@ -342,9 +326,8 @@ def check_checkpoint_contents(ckpt_dir: Path, out: Mapping) -> None:
 
 
 def newest_intact_checkpoint(root: Union[str, os.PathLike]):
-    """(directory, contents) of the newest checkpoint that ``read_checkpoint`` accepts, with a
-    warning for each newer one skipped; (None, None) when there is no checkpoint. Raises
-    ``CorruptCheckpointError`` when there are checkpoints but none is intact."""
+    """(directory, contents) of the newest checkpoint ``read_checkpoint`` accepts (warning for each newer one
+    skipped); (None, None) without checkpoints; ``CorruptCheckpointError`` when none is intact."""
     found = list_checkpoints(root)
     skipped = []
     for ckpt in reversed(found):

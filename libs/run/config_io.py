@@ -10,11 +10,8 @@ import ml_collections
 
 
 def set_from_flags(config: ml_collections.ConfigDict, fields: Mapping[str, Optional[object]]) -> None:
-    """Set dotted config fields from flags that were given (None = flag absent).
-
-    A flag that mirrors a config field sets that field and nothing else: the config stays
-    the single source of truth, and is what gets saved with the run.
-    """
+    """Set dotted config fields from the flags given (None = absent); a flag sets its field and
+    nothing else, so the config stays the one source of truth."""
     for dotted, value in fields.items():
         if value is None:
             continue
@@ -30,10 +27,8 @@ INPUT_FIELDS = ("nnet_path", "train.pretrained_weight", "sample.fid_stat", "ince
 
 
 def resolve_input_links(config: ml_collections.ConfigDict) -> None:
-    """Replace every input file of ``config`` (``INPUT_FIELDS``) that is reached through a
-    symbolic link by its real path, once, before any guard or checksum looks at it: the
-    checksum of a checkpoint's file and the comparison with its config.json then apply
-    whatever link leads to it."""
+    """Replace each input file of ``config`` (``INPUT_FIELDS``) reached through a symbolic link by its
+    real path, before any guard or checksum looks at it."""
     for dotted in INPUT_FIELDS:
         *parents, leaf = dotted.split(".")
         node = config

@@ -1,26 +1,13 @@
-"""Collectives for any number of processes holding shards of any size (none included), and
+"""Collectives for any number of processes holding shards of any size (empty included), and
 what a process says when another one stops answering.
 
-A sum or gather across processes needs tensors of one shape on every process; a process
-that got no batch (16 samples in one batch of 16, on two processes) holds an empty shard,
-and a plain ``all_reduce`` of mismatched shapes waits forever. ``sum_rows`` and
-``gather_rows`` first agree on the row count (one small ``all_reduce`` / ``all_gather`` of
-the counts), pad every shard with zero rows to it, run the collective, and (gather) drop
-the padding again, so that every process may hold any number of rows.
-
-Every collective of a run waits at most ``collective_timeout()`` seconds
-(``ADADIFF_COLLECTIVE_TIMEOUT``, default 600, the process group's timeout, set through
-``process_group_kwargs()`` when the ``Accelerator`` is made). A collective that fails
-because another process died (its connection closed) or stalled (no answer within the
-timeout) is described in one line by ``collective_failure`` (``libs/run/errors.py`` prints
-it instead of the backend's traceback), naming this process and the one it lost.
-
-What a run records of its processes (``run_record``: the precision really used, which is
-fp32 where fp16 was asked for on a CPU, and the process count) goes into the log, each
-checkpoint's ``run.json`` and the evaluation report; a resume that changes it is warned of
-(``record_change``). ``check_launch`` refuses processes that a launcher started but that did
-not join into one run.
-"""
+``sum_rows`` / ``gather_rows`` first agree on the row count, pad every shard with zero rows,
+run the collective and drop the padding (a plain ``all_reduce`` of mismatched shapes waits
+forever). Every collective waits at most ``collective_timeout()`` seconds
+(``ADADIFF_COLLECTIVE_TIMEOUT``, default 600); ``collective_failure`` describes a dead or
+stalled peer in one line. ``run_record`` (precision really used, process count) goes into the
+log, ``run.json`` and the report; ``record_change`` warns when a resume changes it;
+``check_launch`` refuses processes that did not join into one run."""
 from __future__ import annotations
 
 import datetime

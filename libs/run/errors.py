@@ -1,26 +1,11 @@
 """User errors on the command line: one line with the problem and the fix, and a non-zero exit.
 
-A *user error* is something the person running the command can fix: a bad flag or config
-value (``ValueError``), a missing or unreadable file, a folder that is not writable, a full
-disk (``OSError``), a diverged run (``FloatingPointError``), a workdir in use
-(``UserError``); and, in a multi-process run, another process that died or stalled (the
-collective's backend error, described by ``libs/run/distributed.py``). ``guarded(main)`` prints it as
-
-    train.py: error: <problem and fix>
-
-on stderr and exits with ``EXIT_USER_ERROR``. Ctrl-C (``KeyboardInterrupt``) prints
-
-    train.py: interrupted (Ctrl-C): stopped; ...
-
-and exits with ``EXIT_INTERRUPTED`` (130, as a shell reports SIGINT); the code it interrupts
-cleans up on the way out (staged outputs are removed, locks released by their ``with``).
-Inside ``stop_signals()`` (which ``guarded`` enters) SIGTERM and SIGHUP (what a scheduler, ``timeout`` and the
-distributed launchers send) are turned into the same interruption (``Stopped``): one line
-naming the signal, the same clean-up, status 128 + signal number; a repeat of the signal
-during the clean-up is ignored so that the clean-up finishes.
-Anything else is a bug and keeps its traceback. ``ADADIFF_DEBUG=1`` in the environment
-shows the traceback of user errors and interruptions too.
-"""
+``guarded(main)`` prints a user error (``ValueError``, ``OSError``, ``FloatingPointError``,
+``UserError``, a lost peer of a multi-process run) as ``train.py: error: <problem and fix>`` on
+stderr and exits with ``EXIT_USER_ERROR``. Ctrl-C prints ``train.py: interrupted (Ctrl-C):
+...`` and exits with ``EXIT_INTERRUPTED`` (130); inside ``stop_signals()`` SIGTERM and SIGHUP
+become the same interruption (``Stopped``, status 128 + signal; a repeat during clean-up is
+ignored). Anything else keeps its traceback; ``ADADIFF_DEBUG=1`` shows it for user errors too."""
 from __future__ import annotations
 
 import contextlib

@@ -1,19 +1,8 @@
-"""One run per workdir: ``<workdir>/run.lock`` names the run that holds it.
-
-The main process of a training run takes the lock before writing anything in the workdir
-and drops it when the run ends. The file holds the holder's pid, host, command and start
-time as JSON, and the holder keeps an exclusive ``flock`` on it for its whole life:
-
-* a second run finds the lock held and refuses, naming the holder;
-* a lock whose process is gone (killed, crashed: the kernel drops its ``flock``) is taken
-  over; ``takeover_message()`` is the warning naming the old holder, for the run's log;
-* where the file system has no ``flock``, the pid decides: a live pid on this host, or
-  any pid on another host (which cannot be checked from here), holds the lock.
-
-Workers of a multi-process launch do not take the lock; ``LauncherWatch`` makes each of them
-stop (without saving) once its launcher is gone, so that killing ``accelerate launch``
-cannot leave orphaned workers writing checkpoints.
-"""
+"""One run per workdir: ``<workdir>/run.lock`` (pid, host, command, start time as JSON) names
+the run that holds it, under an exclusive ``flock`` for the holder's whole life. A second run
+refuses, naming the holder; a lock whose process is gone is taken over
+(``takeover_message()``); without ``flock``, a live pid on this host or any pid on another host
+holds it. ``LauncherWatch`` stops a worker (without saving) once its launcher is gone."""
 from __future__ import annotations
 
 import datetime
@@ -26,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from libs.run.atomic import own_fd
 from libs.run.errors import UserError
 
 LOCK_NAME = "run.lock"
@@ -136,9 +126,9 @@ class RunLock:
     def _open(self) -> int:
         """The lock file, never through a link (a link's target would get the lock's JSON)."""
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            return own_fd(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
-            if e.errno != errno.ELOOP and not self.path.is_symlink():
+            if e.errno != errno.ELOOP:
                 raise
             raise UserError(f"{self.path} is a symbolic link (to {os.path.realpath(self.path)}), not a lock this "
                             f"run made: a run never writes through a link; remove the link or choose another "

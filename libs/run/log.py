@@ -36,10 +36,8 @@ def setup_logger(name: str, workdir: Optional[Path], is_main: bool) -> logging.L
 
 
 class RunFileHandler(logging.FileHandler):
-    """The run's ``log.txt``: never written through a link (``open_own``), and the first write
-    that fails (a full disk) raises its ``OSError``, which the command line reports in one line,
-    instead of logging's "--- Logging error ---" traceback on every message; later messages
-    (the clean-up's) then skip the file."""
+    """The run's ``log.txt``, opened with ``open_own``; the first failed write (a full disk) raises its
+    ``OSError`` (one line on the command line) instead of logging's traceback per message."""
 
     failed = False
 

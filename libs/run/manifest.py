@@ -1,11 +1,6 @@
-"""Checksums of a checkpoint directory: ``manifest.json`` = {file name: sha256 and size}.
-
-It is written last, into the checkpoint's temporary directory, just before that directory is
-renamed into place; loading verifies it. A checkpoint without one (written before
-checksums) still loads, unverified; one whose manifest is unreadable, or does not list a
-file that is read, fails to verify. The file sits beside the released layout
-(nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth, step.pth), which stays as it was.
-"""
+"""Checksums of a checkpoint directory: ``manifest.json`` = {file name: sha256 and size},
+written last before the directory is renamed into place, verified on load. A checkpoint
+without one loads unverified; an unreadable manifest, or one not listing a file read, fails."""
 from __future__ import annotations
 
 import hashlib
@@ -60,10 +55,8 @@ def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
 
 
 def verify_files(folder: Union[str, os.PathLike], names: Optional[Iterable[str]] = None) -> bool:
-    """Check ``names`` (default: every file the manifest lists) against the manifest.
-    Returns False when there is no manifest (nothing to check); raises
-    ``CorruptCheckpointError`` on a missing, resized or changed file, on a name the manifest
-    does not list (it cannot be verified), and on an unreadable manifest."""
+    """Check ``names`` (default: all listed) against the manifest; False when there is none. Raises
+    ``CorruptCheckpointError`` on a missing, resized, changed or unlisted file or an unreadable manifest."""
     folder = Path(folder)
     files = read_manifest(folder)
     if files is None:

@@ -1,28 +1,14 @@
-"""Destinations that cannot hurt a run: where evaluations, exports and statistics may write.
+"""Where evaluations, exports and statistics may write without hurting a training run.
 
-A training workdir and its checkpoints belong to the training run: a report, an exported
-file or a statistics file written into them could replace a file a manifest covers (the
-checkpoint then fails its checksum and resume skips it) or the run's own ``config.json``.
-They are recognised by their marker files:
-
-* a **checkpoint**: a folder named ``<step>.ckpt``, or holding ``manifest.json`` or any of
-  ``nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth, step.pth``;
-* a **training workdir**: a folder holding ``ckpts/`` or ``stats.jsonl``, or a ``run.lock``
-  taken by a training command.
-
-A training run's own workdir obeys the same rule (``check_output_folder(..., workdir=True)``):
-it may not be a checkpoint, lie inside one, or lie in another run's ``ckpts/`` / ``samples/``.
-``check_output_folder`` refuses a destination folder that is a checkpoint or lies inside one,
-that is a training workdir, or that lies inside one of the workdir's own folders (``ckpts/``,
-``samples/``). A new folder of its own inside a workdir (``<workdir>/eval``, the default
-report folder) is fine: nothing of the run is in it. ``check_output_file`` applies the
-same rule to a file's folder and refuses to overwrite the command's own input.
-``check_report_folder`` adds what a report folder may already hold (files an evaluation
-publishes, or with ``owned=is_sample_file`` the PNGs and prompts a sampling run publishes),
-so that replacing a previous run's files never deletes anything else; ``check_sample_tree``
-does the same for a tree of sample PNGs (``config.sample.path``). A folder holds one run's
-files only, and a user's file is never overwritten.
-"""
+A **checkpoint** is a folder named ``<step>.ckpt`` or holding ``manifest.json`` or any of
+``nnet.pth, nnet_ema.pth, optimizer.pth, lr_scheduler.pth, step.pth``; a **training workdir**
+holds ``ckpts/`` or ``stats.jsonl``, or a ``run.lock`` of a training command. Writing into
+them could break a checksum or replace ``config.json``. ``check_output_folder`` refuses a
+destination that is or lies inside a checkpoint, is a training workdir, or lies in a
+workdir's ``ckpts/`` / ``samples/`` (a new folder inside a workdir is fine);
+``check_output_file`` does the same for a file's folder and refuses to overwrite the command's
+input; ``check_report_folder`` / ``check_sample_tree`` also require that the folder holds only
+files a run of that kind publishes, so replacing them deletes nothing else."""
 from __future__ import annotations
 
 import fnmatch
@@ -71,10 +57,9 @@ def _training_lock(path: Path) -> bool:
 
 
 def check_output_folder(dest: PathLike, flag: str, workdir: bool = False) -> Path:
-    """Refuse ``dest`` (a folder to write into) when it is or lies inside a checkpoint, is a
-    training workdir, or lies in a workdir's ``ckpts/`` / ``samples/``; returns it resolved.
-    With ``workdir`` (``dest`` is a training run's workdir) ``dest`` may be a training
-    workdir itself: the run resumes there."""
+    """Refuse ``dest`` when it is or lies inside a checkpoint, is a training workdir, or lies in
+    a workdir's ``ckpts/`` / ``samples/``; returns it resolved. With ``workdir`` it may be a
+    training workdir (the run resumes there)."""
     dest = Path(os.path.abspath(dest))
     real = Path(os.path.realpath(dest))
     for path in dict.fromkeys((real, *real.parents, dest, *dest.parents)):
@@ -110,10 +95,8 @@ def check_output_file(dest: PathLike, flag: str, inputs: Iterable[PathLike] = ()
 
 def check_report_folder(dest: PathLike, flag: str, inputs: Iterable[PathLike] = (),
                         owned: Optional[Callable[[str], bool]] = None, kind: str = "evaluation") -> Path:
-    """``check_output_folder``, plus: no input is a file of ``dest`` (a published report replaces
-    the files of the previous one), and ``dest`` holds only files a run of this kind publishes
-    (``owned(name)``; an evaluation's ``REPORT_FILES`` by default) besides folders, so replacing
-    a previous run's files deletes nothing else."""
+    """``check_output_folder``, plus: no input is a file of ``dest``, and ``dest`` holds only
+    files a run of this kind publishes (``owned(name)``; default ``REPORT_FILES``) and folders."""
     owned = owned or is_report_file
     dest = check_output_folder(dest, flag)
     for src in inputs:  # publishing replaces and removes the folder's top-level files

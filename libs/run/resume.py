@@ -1,10 +1,5 @@
-"""Resuming a run from a checkpoint that ``read_checkpoint`` accepted: the checks that need
-this run's objects (its optimizer, its config), each a one-line error naming the fix.
-
-A checkpoint whose files are unreadable or inconsistent among themselves never gets here:
-``newest_intact_checkpoint`` skips it with a warning (libs/run/checkpoint.py). What is left is
-a checkpoint that is fine but does not fit the run as now configured.
-"""
+"""Resuming from a checkpoint that ``read_checkpoint`` accepted: the checks that need this run's
+optimizer and config, each a one-line error naming the fix."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,23 +1,10 @@
-"""Reading data files without running code from them.
+"""Reading data files without running code from them (a pickle can call any function):
 
-A pickle is a program: ``pickle.load`` calls whatever functions the file names, so a crafted
-``.npy`` / ``.pkl`` runs its payload on load. Every data file of the project is read here
-instead:
-
-* ``load_npy(path)``: a ``.npy`` of a plain (numeric, bool, string) array is read with
-  ``allow_pickle=False``. An object array (the released feature files' pickled pairs) is
-  refused unless ``allow_objects``; then its pickle is read by ``restricted_unpickle``.
-* ``restricted_unpickle(f, path)``: ``pickle.Unpickler`` whose ``find_class`` allows only
-  the callables that rebuild numpy arrays, dtypes and scalars (``ALLOWED_GLOBALS``); lists,
-  tuples, dicts, str, bytes, int and float need none. Any other global (``os.system``,
-  ``builtins.eval``, ...) is refused before it is called, with ``UnsafeDataError`` naming the
-  file and the global.
-* ``read_bytes_stable(path)``: the bytes of a file read in one go (no memory map), refused
-  when the file changed while it was read (a copy still being written).
-
-Weights go through ``torch.load(weights_only=True)`` (torch's own restricted unpickler) or
-safetensors, from bytes read by ``read_bytes_stable`` (libs/run/checkpoint.py).
-"""
+* ``load_npy(path)``: ``allow_pickle=False``; an object array is refused unless
+  ``allow_objects``, then read by ``restricted_unpickle``;
+* ``restricted_unpickle(f, path)``: only the callables that rebuild numpy arrays, dtypes and
+  scalars (``ALLOWED_GLOBALS``); any other global raises ``UnsafeDataError`` naming it;
+* ``read_bytes_stable(path)``: a file's bytes in one go, refused if it changed meanwhile."""
 from __future__ import annotations
 
 import os
@@ -25,7 +12,6 @@ import pickle
 from pathlib import Path
 from typing import Union
 
-import numpy as np
 from numpy.lib import format as npy_format
 
 PathLike = Union[str, os.PathLike]

@@ -1,8 +1,5 @@
 """Named random streams: every random draw of a run is a function of (config.seed, stream, ...).
-
-A stream number keeps two kinds of draw apart even when the rest of their key is equal. The
-numbers are part of the results (changing one changes every sample drawn from it), so they
-are fixed here, once, for the whole project.
+The numbers are part of the results (changing one changes every sample drawn from it).
 
 =================  ===  ============================================================
 stream             no.  what is drawn from it (and the rest of its key)
@@ -14,11 +11,7 @@ stream             no.  what is drawn from it (and the rest of its key)
 ``CONDITION``      13   sampling: the random label / caption of image i (i)
 ``CAPTION_ORDER``  14   sampling: the shuffled validation-image order of a pass (pass)
 ``CALIBRATION``    15   exit-policy calibration images (then as X_T, SAMPLER)
-=================  ===  ============================================================
-
-The training data order (``libs.training.data_order``) mixes (seed, epoch) and
-(seed, step, position) without a stream number: its keys have other lengths.
-"""
+=================  ===  ============================================================"""
 from __future__ import annotations
 
 import enum

@@ -1,9 +1,5 @@
-"""Is a set of weights usable? Every value finite and, optionally, no larger than a bound.
-
-Training checks the network and its EMA with it before anything is saved (a NaN/inf or an
-absurdly large weight means the run diverged, even when the loss still looks finite);
-loading refuses non-finite weights with it.
-"""
+"""Weights are usable when every value is finite and, optionally, within a bound (training
+checks before saving; loading refuses non-finite weights)."""
 from __future__ import annotations
 
 import math

@@ -1,8 +1,6 @@
 """Tasks: what differs between setups (pixel / latent / text-to-image, continuous / discrete
-time): the training data, the forward-noise process, how a loaded batch becomes the network's
-``(x0, cond)``, and for sampling the shape of x_T, the conditioning of image i, the schedule
-with its network-time scale, and the decoding of x_0 to images in [0, 1]. The training and
-evaluation engines only talk to these small objects.
+time): training data, noise process, batch -> ``(x0, cond)``, and for sampling x_T's shape,
+conditions, schedule, network-time scale and decoding to [0, 1].
 
 ==================  ==========================================================================
 ``pixel``           ``PixelTask``: pixel images, optional class labels

@@ -1,19 +1,8 @@
-"""Optional checkpoint choice by FID (``config.train.select_best_by_fid``), as the released
-training does it: every saved checkpoint's EMA network is evaluated at full depth on
-``config.train.select_best_n_samples`` images (10k in the released code) with the
-evaluation engine and the configured sampler, and at the end of training the checkpoint
-with the lowest FID is chosen.
-
-Files (paths relative to the run's workdir; no checkpoint is copied):
-
-* ``checkpoint_fid.json``: ``[{"step": 3, "fid": 81.2, "checkpoint": "3.ckpt"}, ...]``, one
-  entry per evaluated save (a resumed run replaces the entry of a step it saves again);
-* ``ckpts/best.json``: ``{"step", "fid", "checkpoint", "n_samples"}`` of the chosen one,
-  written at the end of training; ``train()`` then returns that checkpoint's directory.
-
-Checkpoints pruned by ``config.train.keep_ckpts`` are not candidates (a warning names a
-better one that was pruned); keep every checkpoint (0, the default) to match the release.
-"""
+"""Checkpoint choice by FID (``config.train.select_best_by_fid``), as the released training
+does it: each saved checkpoint's EMA network is evaluated at full depth on
+``config.train.select_best_n_samples`` images; at the end the lowest FID wins.
+``checkpoint_fid.json`` holds one entry per evaluated save, ``ckpts/best.json`` the choice
+(``train()`` returns its directory). Checkpoints pruned by ``keep_ckpts`` are not candidates."""
 from __future__ import annotations
 
 import json

@@ -1,13 +1,7 @@
-"""Deterministic, resumable data order: everything is a function of (seed, step).
-
-The global batch of step s (1-based) is a slice of the permutation of epoch
-e = (s - 1) // batches_per_epoch, drawn from ``seed + e``; each process takes its
-contiguous share of that global batch. Random augmentation inside ``Dataset.__getitem__``
-(e.g. horizontal flips drawn from torch's global generator) is made reproducible by
-seeding it per item from (seed, step, position), in a forked RNG state. A run resumed at
-step s therefore sees exactly the batches an uninterrupted run would, with no sampler
-state to save.
-"""
+"""Deterministic, resumable data order, a function of (seed, step): the global batch of step s
+(1-based) is a slice of epoch e = (s - 1) // batches_per_epoch's permutation drawn from
+``seed + e``, each process taking its share; augmentation in ``__getitem__`` is seeded per item
+from (seed, step, position). A resumed run sees exactly the batches of an uninterrupted one."""
 from __future__ import annotations
 
 from typing import Iterator, List, Tuple

@@ -1,26 +1,13 @@
-"""The training engine shared by every ``train*.py``.
-
-A run is described entirely by its config (saved as ``<workdir>/config.json``); what differs
-between pixel, latent and text-to-image training is a small ``task`` object (see
-``libs/tasks/``): the training dataset, the forward-noise process and how a data batch
-becomes ``(x0, cond)``. ``_train`` reads as one page:
+"""The training engine shared by every ``train*.py``. A run is its config (saved as
+``<workdir>/config.json``) and a ``task`` (``libs/tasks/``: dataset, noise process, batch ->
+``(x0, cond)``). ``_train`` reads as one page:
 
     set up -> resume or initialise -> [step (batch, loss, update, EMA), guards, log, sample,
     evaluate, save] * n -> choose the best checkpoint
 
-``Run`` holds what stays fixed over a run, ``TrainState`` what the steps change; the guards and
-interval hooks are named functions in ``libs/training/hooks.py``.
-
-Every random draw is a function of (seed, process rank, step), so a resumed run continues
-exactly as an uninterrupted one would (the data order too, see ``libs/training/data_order.py``).
-
-What a run guarantees (docs/guarantees.md): the config is checked before any
-work (libs/cli/config_check.py, by the entry scripts); one run per workdir (libs/run/lock.py); checkpoints are written
-atomically with a checksum manifest and resume falls back to the newest intact one
-(libs/run/checkpoint.py); diverged weights (NaN/inf or |w| > config.train.max_abs_weight) stop
-the run before they are saved (libs/run/weight_guard.py); config.json is written once the run's
-weights are loaded; stats.jsonl never repeats the rows of steps a resume redoes.
-"""
+``Run`` holds what stays fixed over a run, ``TrainState`` what the steps change; guards and
+interval hooks are in ``libs/training/hooks.py``. Every random draw is a function of (seed,
+rank, step), so a resumed run continues exactly as an uninterrupted one."""
 from __future__ import annotations
 
 import copy
@@ -57,9 +44,8 @@ OPTIMIZERS = ("adamw",)  # the values of config.optimizer.name (libs/cli/config_
 HEAD_OBJECTIVES = ("adadiff", "distill")  # objectives that train on every block's exit and certainty
 
 class TrainForward(nn.Module):
-    """What the optimiser differentiates (and DDP wraps): the network's full-depth output
-    (plain U-ViT objective) or every block's prediction and certainty (AdaDiff objective);
-    of a wider output (DiT's learned sigma) only the noise channels (``net.noise_prediction``)."""
+    """What the optimiser differentiates (and DDP wraps): the full-depth output or every block's prediction
+    and certainty, of the noise channels only (``net.noise_prediction``)."""
 
     def __init__(self, net: nn.Module, all_exits: bool):
         super().__init__()
@@ -88,11 +74,9 @@ def warmup_lambda(warmup_steps: int):
 
 
 def train(config, task) -> Path:
-    """Run (or resume) training as configured; returns the last checkpoint directory (the
-    best by FID with ``config.train.select_best_by_fid``, see ``libs/training/best_checkpoint.py``).
-    The config must have passed ``libs.cli.config_check.check_config(config, "train")`` (the
-    entry scripts run it before building the task); the main process holds
-    ``<workdir>/run.lock`` throughout."""
+    """Run (or resume) training; returns the last checkpoint directory (the best by FID with
+    ``config.train.select_best_by_fid``). The config must have passed ``check_config(config,
+    "train")``; the main process holds ``<workdir>/run.lock`` throughout."""
     is_main = int(os.environ.get("RANK", "0")) == 0  # global rank, as launchers set it (before any setup)
     check_output_folder(config.workdir, "--workdir", workdir=True)  # not a checkpoint, nor inside one
     with RunLock(config.workdir, enabled=is_main) as lock:
@@ -101,9 +85,8 @@ def train(config, task) -> Path:
 
 @dataclass
 class Run:
-    """What stays fixed over one run: its config and task, the processes, the log and stats
-    files, the policies sampled at intervals and the per-step random generator (re-seeded from
-    (seed, stream, rank, step) before every use)."""
+    """What stays fixed over one run: config, task, processes, log and stats files, the policies sampled at
+    intervals and the per-step generator (re-seeded from (seed, stream, rank, step) before every use)."""
     config: Any
     task: Any
     accelerator: Accelerator
@@ -257,9 +240,8 @@ def _build(run: Run) -> TrainState:
 
 
 def _resume_or_init(run: Run, state: TrainState, resuming: bool) -> None:
-    """Resume from the newest intact checkpoint (the config's hyper-parameters win, see
-    ``hooks.override_hyperparameters``), else load config.train.pretrained_weight, else start
-    from scratch; then record config.json (main process)."""
+    """Resume from the newest intact checkpoint (the config's hyper-parameters win), else load
+    config.train.pretrained_weight, else start fresh; then record config.json (main process)."""
     config = run.config
     resume_from, saved = newest_intact_checkpoint(run.ckpt_root) if resuming else (None, None)
     if resume_from is not None:

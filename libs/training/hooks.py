@@ -1,22 +1,9 @@
-"""The named pieces the training loop (``libs/training/engine.py``) calls around its steps.
-
-Set-up and resume:
-
-* ``prepare_workdir``: create the workdir, warn about a changed config (``warn_config_changed``),
-  a taken-over stale lock and leftover checkpoint temporaries (which it removes);
-* ``override_hyperparameters``: after a resume the config, not the saved optimiser, sets
-  ``lr``, ``weight_decay`` and ``betas``; the warmup schedule continues where it was,
-  ``lr = config.optimizer.lr * warmup(step)``.
-
-Guards (every process reaches the same verdict, so all of them stop together):
-
-* ``check_loss_finite``: a non-finite loss on any process stops the run before the update;
-* ``check_weights``: NaN/inf or ``|w| > config.train.max_abs_weight`` in the network or its
-  EMA stops the run before those weights are logged or saved.
-
-Interval hooks: ``every`` (is a hook due), ``LossMeter`` and ``write_log_row`` (the stats row of
-a log step), ``sample_grids`` (compiled per ``config.sample.compile``), ``evaluate_fid`` and ``prune_checkpoints``.
-"""
+"""The named pieces the training loop (``libs/training/engine.py``) calls around its steps:
+set-up and resume (``prepare_workdir``, ``override_hyperparameters``: after a resume the
+config sets lr, weight_decay and betas), guards that every process decides alike
+(``check_loss_finite``, ``check_weights``: NaN/inf or ``|w| > config.train.max_abs_weight``
+stops the run before those weights are saved), and interval hooks (``every``, ``LossMeter``,
+``write_log_row``, ``sample_grids``, ``evaluate_fid``, ``prune_checkpoints``)."""
 from __future__ import annotations
 
 import json

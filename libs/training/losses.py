@@ -1,24 +1,17 @@
-"""Training objectives as pure functions of tensors (no model, no schedule).
+"""Training objectives as pure functions of tensors (AdaDiff paper, arXiv 2309.17074).
 
-Notation (as in the AdaDiff paper, arXiv 2309.17074): eps = true noise (B, C, H, W); preds[i] = eps_i, the shared
-output head on block i (N = depth + 1 blocks, preds[-1] = eps_hat); certainties[i] = c_i,
-the certainty map of block i in (0, 1); mos(a) = mean of a^2 over all non-batch dims.
-
-Released AdaDiff objective (default), per sample, then mean over the batch:
+eps: true noise (B, C, H, W); preds[i] = eps_i, the shared head on block i (N blocks,
+preds[-1] = eps_hat); certainties[i] = c_i in (0, 1); mos(a) = mean of a^2 over non-batch dims.
+Released objective, per sample, then mean over the batch:
 
     L = mos(eps - eps_hat)                                                  (denoising)
       + uem_coef   * (1/N) sum_i mos(c_i - sg(1 - tanh|eps_i - eps|))       (UEM regression)
       + layer_coef * sum_i w_i mos(eps - eps_i)                             (layer-wise)
     w_i = m_i / sum_j m_j,  m_i = mean of c_i over batch and pixels (not detached)
 
-Self-distillation (``distill_loss``, no data set): the same objective with the frozen
-full-depth model's output as the target in place of eps, every term divided by the target's
-per-sample scale s = rms(target) (so the certainty target 1 - tanh(|eps_i - target| / s) is the
-normalised error of exit i, whatever the model's output scale).
-
-The paper's variant (``layer_weight='per_sample'``) weights each sample's layer-wise term
-by its own certainty (1 - u_i) = mean of c_i over that sample's pixels, unnormalised.
-"""
+``distill_loss``: the frozen full-depth output replaces eps and every term is divided by its
+per-sample rms s (certainty target 1 - tanh(|eps_i - target| / s)). ``layer_weight='per_sample'``
+(the paper's variant) weights each sample's layer-wise term by its own mean certainty."""
 from __future__ import annotations
 
 from typing import Dict
@@ -48,10 +41,8 @@ def uem_targets(preds: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 def adadiff_loss(eps: torch.Tensor, preds: torch.Tensor, certainties: torch.Tensor, *,
                  uem_coef: float = 1.0, layer_coef: float = 1.0,
                  layer_weight: str = "batch_normalized") -> Dict[str, torch.Tensor]:
-    """AdaDiff objective; returns per-sample terms (B,): 'loss' (their sum) and each term.
-
-    eps (B, C, H, W); preds and certainties (N, B, C, H, W).
-    """
+    """AdaDiff objective; eps (B, C, H, W), preds and certainties (N, B, C, H, W) -> per-sample
+    terms (B,): 'loss' (their sum) and each term."""
     if layer_weight not in LAYER_WEIGHTS:
         raise ValueError(f"layer_weight must be one of {LAYER_WEIGHTS}, got {layer_weight!r}")
     if preds.shape != certainties.shape or preds.shape[1:] != eps.shape:

@@ -13,14 +13,9 @@ OBJECTIVES = ("adadiff", "uvit", "distill")
 
 def training_losses(model: Callable, noise, x0: torch.Tensor, cond=None, *, objective: str = "adadiff",
                     generator: Optional[torch.Generator] = None, **objective_kwargs) -> Dict[str, torch.Tensor]:
-    """Per-sample loss terms (B,) for one batch.
-
-    ``model(x_t, t_net, cond)`` returns the noise prediction for objective 'uvit' and the
-    pair (preds (N, B, ...), certainties (N, B, ...)) of every block for 'adadiff' and
-    'distill'. 'distill' (self-distillation, no data set: ``libs/diffusers_exit/``) takes its
-    target from ``teacher(x_t, t_net, cond)`` (a frozen copy of the model) or, without one,
-    from the model's own detached full-depth output (its backbone is frozen).
-    """
+    """Per-sample loss terms (B,) for one batch. ``model(x_t, t_net, cond)`` returns the noise prediction
+    ('uvit') or (preds, certainties) (N, B, ...) of every block ('adadiff', 'distill'); 'distill' takes
+    its target from ``teacher`` or, without one, the model's own detached full-depth output."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     teacher = objective_kwargs.pop("teacher", None)
