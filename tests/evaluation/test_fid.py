@@ -114,8 +114,10 @@ def test_statistics_file_against_itself_is_zero(tmp_path, capsys):
 
 
 def test_accumulator_features_match_np_cov():
-    feats = np.random.default_rng(5).standard_normal((37, 2048)).astype(np.float32) + 0.3
-    acc = fid_lib.FIDAccumulator(model=None)
+    # 64-d features: the accumulator's sums do not depend on the width (the Inception tests
+    # below run it at 2048)
+    feats = np.random.default_rng(5).standard_normal((37, 64)).astype(np.float32) + 0.3
+    acc = fid_lib.FIDAccumulator(model=None, dims=64)
     for chunk in np.array_split(feats, 4):
         acc.update_features(torch.from_numpy(chunk))
     mu, sigma = acc.compute()
@@ -129,10 +131,12 @@ def test_accumulator_features_match_np_cov():
 # Statistics files.
 
 def test_load_statistics_roundtrip(tmp_path):
-    mu, sigma = random_stats(inc.FEATURE_DIM, np.random.default_rng(6), n=10)
+    # 64-d statistics (dims=64): the same reading and checks as at 2048, without two 2048-d
+    # Cholesky factorisations and a 32 MB file
+    mu, sigma = random_stats(64, np.random.default_rng(6), n=10)
     path = str(tmp_path / "stats.npz")
     fid_lib.save_statistics(path, mu, sigma.astype(np.float32))
-    mu2, sigma2 = fid_lib.load_statistics(path)
+    mu2, sigma2 = fid_lib.load_statistics(path, dims=64)
     assert mu2.dtype == sigma2.dtype == np.float64
     np.testing.assert_array_equal(mu2, mu)
     np.testing.assert_allclose(sigma2, sigma, rtol=1e-6)
@@ -360,22 +364,31 @@ def test_feature_cache_computes_each_distinct_image_once():
 # ----------------------------------------------------------------------------
 # Feature files (config.sample.save_features).
 
-def test_feature_files_are_read_back_by_the_cli(tmp_path, capsys):
+@pytest.mark.parametrize("dims", [pytest.param(inc.FEATURE_DIM, marks=pytest.mark.slow), 64])
+def test_feature_files_are_read_back_by_the_cli(tmp_path, capsys, monkeypatch, dims):
     """Two .npy of (N, 2048) float32 features (as an evaluation writes them): tools/fid.py gives
-    the FID of their statistics, and a file against itself gives 0."""
+    the FID of their statistics, and a file against itself gives 0. The fast case sets the
+    file check's width to 64 (the same code path without three 2048-d eigendecompositions of
+    ~3 s each; N = 40 rows keep the covariances rank-deficient as at 2048);
+    ``test_bad_feature_files_are_named`` reads a real (N, 2048) file."""
+    monkeypatch.setattr(fid_lib, "FEATURE_DIM", dims)
     rng = np.random.default_rng(5)
-    a = rng.standard_normal((40, inc.FEATURE_DIM)).astype(np.float32)
+    a = rng.standard_normal((40, dims)).astype(np.float32)
     b = (a[::-1] * 1.5 + 0.2).astype(np.float32)
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
     expected = fid_lib.frechet_distance(*fid_lib.statistics_from_features(a), *fid_lib.statistics_from_features(b))
     assert fid_cli.main([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]) == pytest.approx(expected, rel=1e-9)
-    # against itself: 0 up to the round-off of a rank-39 covariance's square root (its trace is ~4,000)
+    # against itself: 0 up to the round-off of a rank-39 covariance's square root (its trace is
+    # ~4,000 at 2048)
     assert fid_cli.main([str(tmp_path / "a.npy"), str(tmp_path / "a.npy")]) == pytest.approx(0, abs=1e-2)
     assert "FID:" in capsys.readouterr().out
 
 
 def test_bad_feature_files_are_named(tmp_path):
+    good = np.random.default_rng(8).standard_normal((3, inc.FEATURE_DIM)).astype(np.float32)
+    np.save(tmp_path / "good.npy", good)
+    np.testing.assert_array_equal(fid_lib.load_feature_file(str(tmp_path / "good.npy")), good)
     np.save(tmp_path / "short.npy", np.zeros((5, 64), np.float32))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp_path / "nan.npy", np.full((3, inc.FEATURE_DIM), np.nan, np.float32))
