@@ -6,12 +6,14 @@
 #   2. the U-ViT backbone: the shipped one (pretrained/, made by the command in
 #      pretrained/README.md), or PRETRAIN_STEPS=N pre-trains one here first
 #   3. AdaDiff fine-tuning of the backbone (STEPS steps)
-#   4. the frontier, for each solver of ALGORITHMS: SAMPLE_STEPS x (full depth and
-#      EXIT_POLICIES), N_SAMPLES images per pair on the same noise, with the paired differences
-#      (vs full depth at the same steps, vs step reduction at equal compute) and the verdicts;
-#      features kept in <eval>/features/ (tools/fid.py reads them)
+#   4. the frontier with UniPC: SAMPLE_STEPS x (full depth and EXIT_POLICIES), N_SAMPLES
+#      images per pair on the same noise, with the paired differences (vs full depth at the
+#      same steps, vs step reduction at equal compute) and the verdicts; then full depth with
+#      each solver of BASELINE_ALGORITHMS (DPM-Solver-fast) at BASELINE_STEPS, to show which
+#      solver is the stronger step reduction; features kept in <eval>/features/
+#      (tools/fid.py reads them). PROCESSES=2 splits each evaluation over two CPU processes.
 # Every variable below can be overridden from the environment, e.g.
-#   N_SAMPLES=250 SAMPLE_STEPS=8,12 ALGORITHMS=unipc bash scripts/benchmark_mnist.sh
+#   N_SAMPLES=250 SAMPLE_STEPS=8,12 BASELINE_ALGORITHMS= PROCESSES=2 bash scripts/benchmark_mnist.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=configs/mnist5k_uvit.py
@@ -20,11 +22,13 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-}
 WORKDIR=${WORKDIR:-workdir/benchmark_mnist}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_mnist5k_train.npz}
 STEPS=${STEPS:-1000}
-ALGORITHMS=${ALGORITHMS:-unipc,dpm_solver}
-EXIT_POLICIES=${EXIT_POLICIES:-0.8,0.9,0.95,profile:0.9,static:9}
-SAMPLE_STEPS=${SAMPLE_STEPS:-6,8,10,12,15,20}
+EXIT_POLICIES=${EXIT_POLICIES:-0.8,0.9,profile:0.9,static:9,phase:0.3:threshold:0.9+forecast:4:1:1}
+SAMPLE_STEPS=${SAMPLE_STEPS:-6,8,12,20}
+BASELINE_ALGORITHMS=${BASELINE_ALGORITHMS:-dpm_solver}
+BASELINE_STEPS=${BASELINE_STEPS:-8,12,20}
 N_SAMPLES=${N_SAMPLES:-1000}
 THREADS=${THREADS:-1}
+PROCESSES=${PROCESSES:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$WORKDIR"
 start=$(date +%s)
@@ -52,12 +56,21 @@ if [ -n "$stats_pid" ]; then
   if ! wait "$stats_pid"; then cat "$WORKDIR/fid_stats.log"; echo "FID reference statistics failed" >&2; exit 1; fi
 fi
 
-for algorithm in ${ALGORITHMS//,/ }; do
-  echo "== 4/4 frontier ($algorithm): steps $SAMPLE_STEPS x (full, $EXIT_POLICIES), $N_SAMPLES images each"
-  python eval.py --config="$CONFIG" --nnet_path="$WORKDIR/adadiff/ckpts/$STEPS.ckpt/nnet_ema.pth" \
-    --exit_policy="$EXIT_POLICIES" --output_path="$WORKDIR/eval_$algorithm" --config.sample.fid_stat="$FID_STAT" \
-    --config.sample.n_samples="$N_SAMPLES" --config.sample.sample_steps="$SAMPLE_STEPS" \
-    --config.sample.algorithm="$algorithm" --config.sample.save_features=True
-  grep '^verdict ' "$WORKDIR/eval_$algorithm/report.txt" || true
+evaluate() {  # evaluate ALGORITHM POLICIES STEPS
+  local launch=(python)
+  if [ "$PROCESSES" -gt 1 ]; then
+    launch=(env ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes "$PROCESSES")
+  fi
+  "${launch[@]}" eval.py --config="$CONFIG" --nnet_path="$WORKDIR/adadiff/ckpts/$STEPS.ckpt/nnet_ema.pth" \
+    --exit_policy="$2" --output_path="$WORKDIR/eval_$1" --config.sample.fid_stat="$FID_STAT" \
+    --config.sample.n_samples="$N_SAMPLES" --config.sample.sample_steps="$3" \
+    --config.sample.algorithm="$1" --config.sample.save_features=True
+}
+echo "== 4/4 frontier (unipc): steps $SAMPLE_STEPS x (full, $EXIT_POLICIES), $N_SAMPLES images each"
+evaluate unipc "$EXIT_POLICIES" "$SAMPLE_STEPS"
+grep '^verdict ' "$WORKDIR/eval_unipc/report.txt" || true
+for algorithm in ${BASELINE_ALGORITHMS//,/ }; do
+  echo "== 4/4 step reduction with $algorithm: full depth at $BASELINE_STEPS steps, $N_SAMPLES images each"
+  evaluate "$algorithm" full "$BASELINE_STEPS"
 done
 echo "benchmark done in $(( $(date +%s) - start )) s: $WORKDIR/eval_*/report.txt, tradeoff.png, features/"
