@@ -45,8 +45,9 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
 
 
 class SeededItems(Dataset):
-    """Wrap a dataset so that item (index, seed) runs ``dataset[index]`` with torch's global
-    RNG seeded by ``seed`` (state restored afterwards)."""
+    """Wrap a dataset so that item (index, seed) runs ``dataset[index]`` with torch's global CPU
+    generator seeded by ``seed`` (state restored afterwards): augmentation must draw on the CPU
+    (an accelerator's generator is neither seeded nor restored here)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset

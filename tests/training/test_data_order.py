@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from libs.run.seeds import mix_seed
 from libs.training.data_order import SeededItems, StepBatchSampler
 
 
@@ -61,3 +62,11 @@ def test_seeded_items_repeat_their_augmentation_and_leave_the_global_rng_alone()
     a, b, c = items[(2, 11)], items[(2, 11)], items[(2, 12)]
     assert torch.equal(a, b) and not torch.equal(a, c) and 2 <= a < 3
     assert torch.equal(torch.random.get_rng_state(), before)
+    # the draw is the item seed's own, as torch.manual_seed(seed) gave it (runs resumed from
+    # checkpoints of earlier versions see the same augmentation), also for 63-bit seeds
+    seed = mix_seed(7, 0, 1)
+    assert seed >= 2 ** 62
+    for s in (11, seed):
+        assert torch.equal(items[(2, s)], 2 + torch.rand((), generator=torch.Generator().manual_seed(s)))
+        torch.manual_seed(s)
+        assert torch.equal(items[(1, s)], 1 + torch.rand(()))
