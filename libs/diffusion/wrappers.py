@@ -5,7 +5,9 @@ Samplers call ``model_fn(x, t) -> eps_hat`` (``ModelFn``) with x: (B, ...) and t
 *schedule time* in (0, 1] (``batch_time``). A network is called as ``net_fn(x, t_net, *cond)``
 with its own *network time*; the conversion lives here only: t_net = 999 t for continuous
 VP-SDE models (``CONTINUOUS_TIME_SCALE``), 1000 t for discrete-schedule models
-(``DISCRETE_TIME_SCALE``: knot n at t = n/1000 gives t_net = n). Typical composition::
+(``DISCRETE_TIME_SCALE``: knot n at t = n/1000 gives t_net = n; not DPM-Solver's own
+1000 (t - 1/1000) for 0-based indices, which DiT's weights take as ``time_shift=-1``).
+Typical composition::
 
     net_fn = with_time_scale(lambda x, t, y: nnet(x, t, y), CONTINUOUS_TIME_SCALE)
     model_fn = cfg_model_fn(net_fn, y, y_null, scale=0.4)

@@ -8,13 +8,16 @@ uncertainty head per block). Subclasses of ``ExitBackbone`` implement:
     output_head(h) -> eps                the shared head, (B, C, H, W)
     certainty_map(i, h, carry)           head i's certainty map (B, C, H, W), for training
     mean_certainty(i, h, carry)          (B,) float32 mean certainty, for the exit test
-    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float
+    mean_certainty_one(i, h, carry)      the same for a batch of one, as a Python float (the loop may
+                                         call it for an earlier block i of the patience window, with
+                                         that block's h and the current carry)
     exit_patience(i) -> int              passing blocks a row needs before it may exit after i
     flops() -> NetworkFlops              per-image FLOPs of the pieces (libs/models/flops.py)
-    reuse_problem(span) -> str | None    why blocks span[0]..span[1]-1 cannot be reused (None: they can)
+    reuse_problem(span) -> str | None    why blocks span[0]..span[1]-1 cannot be reused (None: they can;
+                                         a reusable span must leave the carry as it found it)
     cache_value(span, h_in, h_out)       what a call that computed the span keeps (default h_out - h_in)
     reuse_value(span, h_in, cached)      the span's output from the cache (default h_in + cached)
-    reuse_reads_input                    whether those two read h_in
+    reuse_reads_input                    whether those two read h_in (the loop keeps it only then)
     cond_name                            keyword of the conditioning ('y', 'context', ...)
     eps_channels                         None, or how many leading output channels are the noise
                                          prediction (DiT with learned sigma; ``noise_prediction``)
