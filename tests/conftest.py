@@ -31,12 +31,16 @@ def pytest_collectreport(report):
     _freeze_survivors()  # what a test module imported
 
 
-@pytest.fixture(autouse=True, scope="module")
-def freeze_survivors():
-    """The same after each test module (set up first, so torn down after its other module
-    fixtures): what survives it, mostly modules imported on first use (dynamo's tracer, sympy)."""
-    yield
-    _freeze_survivors()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The same after each test module's last test, once pytest has torn down its fixtures and
+    dropped the test's fixture values (a module-scoped fixture's teardown runs while they are
+    still held, so it froze them, and the garbage they became was never collected): what
+    survives the module, mostly modules imported on first use (dynamo's tracer, sympy)."""
+    result = yield
+    if nextitem is None or nextitem.path != item.path:
+        _freeze_survivors()
+    return result
 
 
 @pytest.fixture(autouse=True, scope="session")
