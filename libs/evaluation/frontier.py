@@ -8,8 +8,10 @@
 * The proxy (``proxy_distance``) is the mean squared distance per pixel between a candidate's
   decoded images (clipped to [0, 1]) and the reference run's from the same noise: every
   candidate approximates the reference's ODE solution map, so the distance measures its
-  integration and exit error without Inception. A ranking proxy, not FID
-  (``benchmarks/bench_proxy.py`` measures its Spearman with FID)."""
+  integration and exit error without Inception. Images, not raw x_0: an exited block's x_0
+  can leave the data range, where decoding clips it, and the raw distance then ranks rows by
+  error nobody sees. A ranking proxy, not FID (``benchmarks/bench_proxy.py`` measures its
+  Spearman with FID)."""
 from __future__ import annotations
 
 import math
