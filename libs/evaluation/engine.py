@@ -25,8 +25,8 @@ from libs.evaluation.frontier import choose_under_budget, parse_compute_budget, 
 from libs.evaluation.paired import add_paired_columns
 from libs.evaluation.image_io import images_to_uint8, save_grid, save_png
 from libs.evaluation.report import PolicyResult, write_report
-from libs.evaluation.sampling import index_batches
-from libs.evaluation.sampling import generate, initial_noise, sampler_generator  # noqa: F401 (released paths)
+from libs.evaluation.sampling import (generate, index_batches, initial_noise,  # noqa: F401 (released paths)
+                                     sampler_generator)
 from libs.exits.policy import FULL, ExitPolicy, parse_policies
 from libs.exits.recorder import ExitRecorder
 from libs.models.compile import compile_network, compile_seconds

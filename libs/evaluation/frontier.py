@@ -19,7 +19,6 @@ from numbers import Real
 from typing import List, Optional, Sequence
 
 
-
 class BudgetError(ValueError):
     """A compute budget outside (0, 1], or one no candidate meets."""
 

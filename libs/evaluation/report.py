@@ -181,7 +181,7 @@ def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[d
     if choice is not None:
         (output_dir / "budget.json").write_text(json.dumps(_json_safe(choice), indent=2, allow_nan=False))
     (output_dir / "report.txt").write_text(format_table(results, choice) + "\n")
-    np.savetxt(output_dir / "exit_block_per_step.csv", _per_step_table(results), delimiter=",",
+    np.savetxt(output_dir / "exit_block_per_step.csv", _padded([r.exit_block_per_step for r in results]), delimiter=",",
                header=",".join(r.label for r in results), comments="")
     blocks = {f"{r.label} {kind}": getattr(r, f"blocks_{kind}_per_step") for r in results
               for kind in ("computed", "reused", "forecast")}
@@ -190,13 +190,9 @@ def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[d
     plot_report(results, output_dir / "tradeoff.png")
 
 
-def _per_step_table(results: Sequence[PolicyResult]) -> np.ndarray:
-    """(max steps, rows), NaN-padded: rows of different step counts have different lengths."""
-    return _padded([r.exit_block_per_step for r in results])
-
-
 def _padded(columns: Sequence[list]) -> np.ndarray:
-    """(longest, len(columns)): the columns side by side, NaN below the shorter ones."""
+    """(longest, len(columns)): the columns side by side, NaN below the shorter ones (rows of
+    different step counts have different lengths)."""
     table = np.full((max([len(c) for c in columns] + [0]), len(columns)), np.nan)
     for j, c in enumerate(columns):
         table[:len(c), j] = c

@@ -186,11 +186,10 @@ class ExitRecorder:
         if flops is not None:
             cum = torch.tensor([sum(flops.blocks[: k + 1]) for k in range(self.num_blocks)], dtype=torch.float64)
             per_row = flops.embed + flops.output_head + cum  # (N,) without heads
-            total = float((counts.sum(0) * per_row).sum()) + float(self.head_evals) * flops.uem_head
-            total -= float((reused.sum(0) * torch.tensor(flops.blocks, dtype=torch.float64)).sum())
-            out["gflops_per_image"] = total / max(num_images, 1) / 1e9
             block = torch.tensor(flops.blocks, dtype=torch.float64)
             step = (counts * per_row).sum(1) - (reused * block).sum(1)  # (steps,) FLOPs without heads
+            total = float(step.sum()) + float(self.head_evals) * flops.uem_head
+            out["gflops_per_image"] = total / max(num_images, 1) / 1e9
             out["gflops_per_step"] = (step / max(num_images, 1) / 1e9).tolist()
             out["gflops_pieces"] = {"embed_output": (flops.embed + flops.output_head) / 1e9,
                                     "blocks": [b / 1e9 for b in flops.blocks], "head": flops.uem_head / 1e9}
