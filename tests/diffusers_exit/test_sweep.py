@@ -1,4 +1,5 @@
 """libs/diffusers_exit/sweep.py: diffusers' hooks and this project's rules on the same images."""
+import pytest
 import torch
 
 from configs.diffusers_digits import get_config
@@ -30,6 +31,7 @@ def test_sweep_runs_hooks_and_rules_on_the_same_noise_and_labels():
     assert "pareto" in format_table(rows)
 
 
+@pytest.mark.slow
 def test_the_projects_evaluation_engine_and_compiled_sampling_run_on_the_adapter(tmp_path):
     from accelerate import Accelerator
 

@@ -1,6 +1,7 @@
 """libs/diffusers_exit/task.py and features.py through the training engine: data-free heads
 leave the diffusers weights bitwise unchanged, the 'exits' strength trains against a frozen
 teacher, and a data-free run resumes exactly."""
+import pytest
 import torch
 
 from configs.diffusers_digits import get_config
@@ -49,6 +50,7 @@ def _fresh_heads(hc):
     return {k: v for k, v in task.build_network().state_dict().items()}
 
 
+@pytest.mark.slow
 def test_data_free_training_resumes_exactly(tmp_path):
     c = _tiny(tmp_path)
     folder = _model_folder(tmp_path, c)

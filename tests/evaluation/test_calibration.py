@@ -45,6 +45,7 @@ def test_profile_calibration_rounds_the_mean_exit_block_per_step():
 
 
 # ------------------------------------------------------------------ calibration on a trained model
+@pytest.mark.slow
 def test_budget_and_profile_on_a_trained_model(trained_digits):
     """A small trained digits model: budget: meets its target on the calibration set and
     profile: reproduces threshold:T's per-step exits."""

@@ -195,6 +195,7 @@ def test_missing_weights_error_names_the_options(tmp_path):
         inc.find_inception_weights(path=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow
 def test_weight_resolution_order(tmp_path, inception, torchscript_oracle):
     package_dir = inc.default_torchscript_dir()
     ts_path = os.path.join(package_dir, inc.TORCHSCRIPT_NAME)
@@ -220,6 +221,7 @@ def test_weight_resolution_order(tmp_path, inception, torchscript_oracle):
         assert torch.equal(v, reference[k]), k
 
 
+@pytest.mark.slow
 def test_network_matches_torchscript_oracle(inception, torchscript_oracle):
     # Same preprocessed (B, 3, 299, 299) input to both networks: compares weights and forward.
     torch.manual_seed(0)
@@ -254,6 +256,7 @@ def test_preprocessing():
         inc.InceptionFeatures.preprocess(torch.rand(1, 4, 8, 8))
 
 
+@pytest.mark.slow
 def test_matches_pytorch_fid_inception_v3(inception, monkeypatch):
     # pytorch-fid's own InceptionV3 (resize, scaling and forward), its weight download
     # replaced by our weights: the whole pipeline must agree.
@@ -280,6 +283,7 @@ def test_matches_pytorch_fid_inception_v3(inception, monkeypatch):
 # ----------------------------------------------------------------------------
 # Sources: folder, accumulator, image .npz, CLI.
 
+@pytest.mark.slow
 def test_folder_and_accumulator_give_same_statistics(inception, images, image_dir):
     rgb, gray = images
     assert len(fid_lib.list_images(image_dir)) == 4
@@ -298,6 +302,7 @@ def test_folder_and_accumulator_give_same_statistics(inception, images, image_di
         np.testing.assert_allclose(sigma, sigma_dir, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stats_cli_from_image_npz(tmp_path, inception, images, capsys):
     rgb, _ = images
     src = str(tmp_path / "samples.npz")

@@ -105,6 +105,7 @@ def tiny_ldm():
 # Conversion and strict loading.
 
 
+@pytest.mark.slow
 def test_full_size_compvis_state_dict_loads_strictly_into_sd_vae():
     params = ldm_vae_params()  # SD v1 KL-f8: ch 128, ch_mult (1, 2, 4, 4), 2 res blocks, z 4
     sd = random_ldm_state_dict(params)

@@ -87,6 +87,7 @@ def test_view_shares_weights_and_leaves_the_network_untouched():
     assert_same_call(net, view, x, t, y, ThresholdExit(0.5), 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,t2i", [("blocks", False), ("graphs", False), ("blocks", True)])
 def test_every_rule_agrees_with_eager_and_a_new_view_reuses_the_graphs(mode, t2i):
     """Outputs, exit blocks and heads evaluated at batch 6 (rows exit at different blocks:
@@ -109,6 +110,7 @@ def test_every_rule_agrees_with_eager_and_a_new_view_reuses_the_graphs(mode, t2i
     assert counters["graph_break"] == {}
 
 
+@pytest.mark.slow
 def test_dit_blocks_are_compiled_regions_too():
     torch.manual_seed(0)
     net = DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=4, num_heads=2, mlp_ratio=2.0,
@@ -126,6 +128,7 @@ def test_dit_blocks_are_compiled_regions_too():
     assert view.compile_stats.graphs > 0
 
 
+@pytest.mark.slow
 def test_blocks_graphs_stay_bounded_under_compaction():
     """Every batch size from 8 down to 1, with thresholds that compact the batch differently:
     at most three graphs per region and guard set (dynamo's automatic dynamic batch dimension:
@@ -146,6 +149,7 @@ def test_blocks_graphs_stay_bounded_under_compaction():
     assert view.compile_stats.graphs == graphs
 
 
+@pytest.mark.slow
 def test_whole_call_graphs_per_depth_reused_and_capped(caplog):
     net = tiny(num_classes=5)
     x, t, y = inputs(4)
@@ -167,6 +171,7 @@ def test_whole_call_graphs_per_depth_reused_and_capped(caplog):
     assert stats.seconds > 0 and compile_seconds(view) == stats.seconds and compile_seconds(net) == 0.0
 
 
+@pytest.mark.slow
 @torch._dynamo.config.patch(recompile_limit=3)
 def test_whole_call_graphs_beyond_dynamos_recompile_limit():
     """The whole call is one compiled function specialised per depth: every (depth, batch) key,

@@ -62,6 +62,7 @@ def read_wandb_history(path):
     return rows
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_loss_terms(tmp_path, monkeypatch):
     for key, value in dict(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb_dir"), WANDB_SILENT="true",
                            WANDB_CONSOLE="off", WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"),
