@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_AUTOENCODER_PATH = "assets/stable-diffusion/autoencoder_kl.pth"
 
 __all__ = ["SD_VAE_CONFIG", "DEFAULT_AUTOENCODER_PATH", "AutoencoderNotFoundError", "AutoencoderWeightsError",
-           "FrozenAutoencoderKL", "vae_config", "build_autoencoder", "load_autoencoder", "load_autoencoder_weights",
+           "FrozenAutoencoderKL", "vae_config", "load_autoencoder", "load_autoencoder_weights",
            "read_autoencoder_state_dict", "compvis_to_diffusers", "diffusers_to_compvis", "detect_key_format"]
 
 # Stable Diffusion v1 KL-f8 (ldm ddconfig: ch 128, ch_mult [1, 2, 4, 4], num_res_blocks 2,
@@ -49,9 +49,8 @@ SD_VAE_CONFIG = dict(
 )
 
 # Keys of a diffusers config.json that do not change the weights (the scale factor is an
-# argument of this module; sample_size only matters for diffusers' tiling).
-_IGNORED_CONFIG_KEYS = {"scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast",
-                        "sample_size"}
+# argument of this module); sample_size is kept: it only matters for diffusers' tiling.
+_IGNORED_CONFIG_KEYS = {"scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast"}
 _REQUIRED_CONFIG = {"use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
 
 
@@ -74,7 +73,7 @@ def vae_config(config: Optional[Mapping] = None, **overrides) -> dict:
     for key, needed in _REQUIRED_CONFIG.items():
         if key in given and given.pop(key) != needed:
             raise ValueError(f"autoencoder config: {key}={not needed} is not supported (the SD KL-f8 VAE has it {needed})")
-    for key in (_IGNORED_CONFIG_KEYS - {"sample_size"}) & set(given):
+    for key in _IGNORED_CONFIG_KEYS & set(given):
         given.pop(key)
     cfg = dict(SD_VAE_CONFIG)
     n = len(given.get("block_out_channels", cfg["block_out_channels"]))
@@ -131,10 +130,6 @@ class FrozenAutoencoderKL(nn.Module):
         self.eval()
 
     @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.config["block_out_channels"]) - 1)
-
-    @property
     def latent_channels(self) -> int:
         return self.config["latent_channels"]
 
@@ -142,15 +137,11 @@ class FrozenAutoencoderKL(nn.Module):
         """Stays in eval mode whatever the parent module does."""
         return super().train(False)
 
-    def _param(self) -> torch.Tensor:
-        return self.quant_conv.weight
-
     @torch.no_grad()
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> moments (B, 2 * latent, H/f, W/f): [mean, logvar]."""
-        p = self._param()
-        h = self.encoder(x.to(device=p.device, dtype=p.dtype))
-        return self.quant_conv(h)
+        p = self.quant_conv.weight
+        return self.quant_conv(self.encoder(x.to(device=p.device, dtype=p.dtype)))
 
     @torch.no_grad()
     def sample(self, moments: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -165,7 +156,7 @@ class FrozenAutoencoderKL(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent (B, latent, h, w) -> images (B, 3, h*f, w*f), about [-1, 1] (not clamped)."""
-        p = self._param()
+        p = self.quant_conv.weight
         z = z.to(device=p.device, dtype=p.dtype) / self.scale_factor
         return self.decoder(self.post_quant_conv(z))
 
@@ -179,11 +170,6 @@ class FrozenAutoencoderKL(nn.Module):
     def extra_repr(self) -> str:
         return (f"block_out_channels={self.config['block_out_channels']}, latent_channels={self.latent_channels}, "
                 f"scale_factor={self.scale_factor}")
-
-
-def build_autoencoder(config: Optional[Mapping] = None, scale_factor: float = 0.18215) -> FrozenAutoencoderKL:
-    """A randomly initialised ``FrozenAutoencoderKL`` from a (possibly partial) config dict."""
-    return FrozenAutoencoderKL(config, scale_factor=scale_factor)
 
 
 # ----------------------------------------------------------------------------
@@ -259,14 +245,6 @@ def _rename(key: str, n_levels: int, src: int) -> str:
     return key
 
 
-def _c2d_name(key: str, n_levels: int) -> str:
-    return _rename(key, n_levels, 0)
-
-
-def _d2c_name(key: str, n_levels: int) -> str:
-    return _rename(key, n_levels, 1)
-
-
 def _infer_levels(keys, pattern: str) -> int:
     found = [int(m.group(1)) for k in keys if (m := re.match(pattern, k))]
     if not found:
@@ -281,7 +259,7 @@ def compvis_to_diffusers(sd: Mapping[str, torch.Tensor], n_levels: Optional[int]
         n_levels = _infer_levels(sd, r"^(?:encoder\.down|decoder\.up)\.(\d+)\.")
     out = {}
     for key, value in sd.items():
-        new = _c2d_name(key, n_levels)
+        new = _rename(key, n_levels, 0)
         if _ATTN_WEIGHT.search(new) and value.ndim == 4:
             value = value[:, :, 0, 0]  # (C, C, 1, 1) conv -> (C, C) linear
         out[new] = value
@@ -296,7 +274,7 @@ def diffusers_to_compvis(sd: Mapping[str, torch.Tensor], n_levels: Optional[int]
     for key, value in sd.items():
         if _ATTN_WEIGHT.search(key) and value.ndim == 2:
             value = value[:, :, None, None]  # (C, C) linear -> (C, C, 1, 1) conv
-        out[_d2c_name(key, n_levels)] = value
+        out[_rename(key, n_levels, 1)] = value
     return out
 
 
@@ -351,12 +329,12 @@ def load_autoencoder_weights(model: FrozenAutoencoderKL, sd: Mapping[str, torch.
     converted, kind = _to_diffusers_names(sd, n_levels)
     missing, unexpected, mismatched = state_dict_diff(converted, model.state_dict())
     if missing or unexpected or mismatched:
-        back = {v: k for k, v in ((k, _c2d_name(k, n_levels)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
+        back = {v: k for k, v in ((k, _rename(k, n_levels, 0)) for k in _strip_wrappers(sd))} if kind == "compvis" else {}
         raise AutoencoderWeightsError(mismatch_message(
             f"autoencoder weights from {source} (key names look like: {kind}) do not fit the autoencoder with "
             f"block_out_channels={model.config['block_out_channels']}, "
             f"layers_per_block={model.config['layers_per_block']}:",
-            [f"{k} (CompVis: {_d2c_name(k, n_levels)})" for k in missing], [back.get(k, k) for k in unexpected],
+            [f"{k} (CompVis: {_rename(k, n_levels, 1)})" for k in missing], [back.get(k, k) for k in unexpected],
             mismatched, "Expected the Stable Diffusion v1 KL-f8 VAE (assets/stable-diffusion/autoencoder_kl.pth) "
                         "or weights matching the given autoencoder config.", limit=10))
     model.load_state_dict(converted, strict=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from libs.models.autoencoder import build_autoencoder, diffusers_to_compvis
+from libs.models.autoencoder import FrozenAutoencoderKL, diffusers_to_compvis
 from libs.run.checkpoint import atomic_save
 
 # Four levels: downsample factor 8 as in SD, so 256 px images give (8, 32, 32) moments.
@@ -19,7 +19,7 @@ TINY_CLIP_DIM = 16
 def save_tiny_vae(root: Path) -> None:
     """root/autoencoder_kl.pth (CompVis names) + root/vae.json (its architecture)."""
     torch.manual_seed(0)
-    vae = build_autoencoder(TINY_VAE)
+    vae = FrozenAutoencoderKL(TINY_VAE)
     atomic_save(diffusers_to_compvis(vae.state_dict()), root / "autoencoder_kl.pth")
     (root / "vae.json").write_text(json.dumps(TINY_VAE))
 

@@ -11,14 +11,14 @@ from libs.models.autoencoder import (
     SD_VAE_CONFIG,
     AutoencoderNotFoundError,
     AutoencoderWeightsError,
-    build_autoencoder,
+    FrozenAutoencoderKL,
     compvis_to_diffusers,
     detect_key_format,
     diffusers_to_compvis,
     load_autoencoder,
     load_autoencoder_weights,
 )
-from libs.models.autoencoder import _c2d_name, _d2c_name
+from libs.models.autoencoder import _rename
 from libs.run.checkpoint import atomic_save
 
 TINY = dict(block_out_channels=[8, 16], norm_num_groups=4)  # downsample factor 2
@@ -112,8 +112,8 @@ def test_full_size_compvis_state_dict_loads_strictly_into_sd_vae():
     assert sum(v.numel() for v in sd.values()) == 83_653_863
     assert detect_key_format(sd) == "compvis"
 
-    vae = build_autoencoder()  # the default config is the SD v1 VAE
-    assert vae.config["block_out_channels"] == [128, 256, 512, 512] and vae.downsample_factor == 8
+    vae = FrozenAutoencoderKL()  # the default config is the SD v1 VAE
+    assert vae.config["block_out_channels"] == [128, 256, 512, 512]
     own = vae.state_dict()
     assert sorted(own) == sorted(d for _, d, _ in params)  # no missing / unexpected keys
 
@@ -126,7 +126,7 @@ def test_full_size_compvis_state_dict_loads_strictly_into_sd_vae():
 
 
 def test_compvis_diffusers_round_trip():
-    vae = build_autoencoder(TINY)
+    vae = FrozenAutoencoderKL(TINY)
     sd = vae.state_dict()
     ldm = diffusers_to_compvis(sd)
     params, _ = tiny_ldm()
@@ -144,20 +144,20 @@ def test_every_key_name_maps_there_and_back(ldm):
     params = ldm_vae_params(**ldm)
     ch, ch_mult = ldm.get("ch", 128), ldm.get("ch_mult", (1, 2, 4, 4))
     n = len(ch_mult)
-    own = sorted(build_autoencoder(dict(block_out_channels=[ch * m for m in ch_mult], norm_num_groups=4)).state_dict())
+    own = sorted(FrozenAutoencoderKL(dict(block_out_channels=[ch * m for m in ch_mult], norm_num_groups=4)).state_dict())
     assert own == sorted(d for _, d, _ in params)
     for c, d, _ in params:
-        assert _c2d_name(c, n) == d and _d2c_name(d, n) == c, (c, d)
-    assert sorted(_c2d_name(_d2c_name(k, n), n) for k in own) == own
-    assert len({_d2c_name(k, n) for k in own}) == len(own)
+        assert _rename(c, n, 0) == d and _rename(d, n, 1) == c, (c, d)
+    assert sorted(_rename(_rename(k, n, 1), n, 0) for k in own) == own
+    assert len({_rename(k, n, 1) for k in own}) == len(own)
     # Names outside the table are kept as they are, both ways.
     for key in ("quant_conv.weight", "encoder.conv_in.bias", "encoder.mid.attn_2.q.weight", "loss.logvar"):
-        assert _c2d_name(key, n) == key and _d2c_name(key, n) == key
+        assert _rename(key, n, 0) == key and _rename(key, n, 1) == key
 
 
 def test_strict_loading_lists_missing_unexpected_and_mismatched_keys():
     _, sd = tiny_ldm()
-    vae = build_autoencoder(TINY)
+    vae = FrozenAutoencoderKL(TINY)
     broken = dict(sd)
     del broken["decoder.up.0.block.2.conv1.weight"]
     broken["encoder.mid.attn_2.q.weight"] = torch.zeros(16, 16, 1, 1)
@@ -170,7 +170,7 @@ def test_strict_loading_lists_missing_unexpected_and_mismatched_keys():
     assert "shape mismatch quant_conv.bias" in msg
     # The SD-sized model refuses the tiny weights.
     with pytest.raises(AutoencoderWeightsError, match="block_out_channels"):
-        load_autoencoder_weights(build_autoencoder(dict(TINY, block_out_channels=[8, 16, 16])), sd)
+        load_autoencoder_weights(FrozenAutoencoderKL(dict(TINY, block_out_channels=[8, 16, 16])), sd)
 
 
 def test_loads_full_sd_checkpoint_and_ldm_training_checkpoint_keys(tmp_path):
@@ -178,7 +178,7 @@ def test_loads_full_sd_checkpoint_and_ldm_training_checkpoint_keys(tmp_path):
     full = {f"first_stage_model.{k}": v for k, v in sd.items()}
     full["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(3)
     full["cond_stage_model.transformer.x"] = torch.zeros(3)
-    vae = build_autoencoder(TINY)
+    vae = FrozenAutoencoderKL(TINY)
     assert load_autoencoder_weights(vae, full) == "compvis"
     ldm_ckpt = dict(sd, **{"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.zeros(2)})
     atomic_save({"state_dict": ldm_ckpt, "global_step": 3}, tmp_path / "kl-f8.ckpt")
@@ -232,7 +232,7 @@ def ldm_attention(x, w, prefix):
 
 def test_converted_weights_compute_the_ldm_blocks():
     _, sd = tiny_ldm()
-    vae = build_autoencoder(TINY)
+    vae = FrozenAutoencoderKL(TINY)
     load_autoencoder_weights(vae, sd)
     x = torch.randn(2, 16, 5, 6)
     got = vae.encoder.mid_block.attentions[0](x)
@@ -248,7 +248,7 @@ def test_converted_weights_compute_the_ldm_blocks():
 
 def test_matches_diffusers_autoencoder_kl():
     torch.manual_seed(0)
-    vae = build_autoencoder(TINY, scale_factor=0.23010)
+    vae = FrozenAutoencoderKL(TINY, scale_factor=0.23010)
     from diffusers import AutoencoderKL
 
     ref = AutoencoderKL(**vae.config).eval()
@@ -265,7 +265,7 @@ def test_matches_diffusers_autoencoder_kl():
 
 
 def test_sample_scale_and_clamp_semantics():
-    vae = build_autoencoder(TINY, scale_factor=0.18215)
+    vae = FrozenAutoencoderKL(TINY, scale_factor=0.18215)
     mean = torch.randn(2, 4, 3, 3)
     logvar = torch.randn(2, 4, 3, 3)
     logvar[0, 0, 0, 0], logvar[0, 0, 0, 1] = 100.0, -100.0  # clamped to 20 and -30
@@ -282,8 +282,8 @@ def test_sample_scale_and_clamp_semantics():
 
 def test_round_trip_shapes_scale_factor_and_chunked_decode():
     torch.manual_seed(0)
-    a = build_autoencoder(TINY, scale_factor=0.18215)
-    b = build_autoencoder(TINY, scale_factor=0.5)
+    a = FrozenAutoencoderKL(TINY, scale_factor=0.18215)
+    b = FrozenAutoencoderKL(TINY, scale_factor=0.5)
     b.load_state_dict(a.state_dict())
     x = torch.rand(5, 3, 12, 16) * 2 - 1
     moments = a.encode_moments(x)
@@ -303,7 +303,7 @@ def test_round_trip_shapes_scale_factor_and_chunked_decode():
 
 
 def test_frozen_and_eval():
-    vae = build_autoencoder(TINY)
+    vae = FrozenAutoencoderKL(TINY)
     parent = torch.nn.Sequential(vae).train()
     assert not vae.training and not any(m.training for m in vae.modules())
     assert not any(p.requires_grad for p in vae.parameters())
