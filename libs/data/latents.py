@@ -167,23 +167,6 @@ class MSCOCOFeatureFolder(Dataset):
         k = int(torch.randint(self.num_captions[index], ()).item())
         return self.moments(index), self.context(index, k)
 
-    def moments_only(self) -> Dataset:
-        """A view whose items are the moments alone (e.g. FID reference images by decoding)."""
-        return _MomentsView(self)
-
-
-class _MomentsView(Dataset):
-    def __init__(self, base: MSCOCOFeatureFolder):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not 0 <= index < len(self.base):
-            raise IndexError(index)
-        return self.base.moments(index)
-
 
 _MSCOCO_LAYOUT = """\
   <path>/                      (default assets/datasets/coco256_features)
@@ -257,10 +240,6 @@ class MSCOCO256Features(_LatentDataset):
                              f"empty_context.npy has {self.context_shape}")
         self._val = None
         self._vis = None
-
-    @property
-    def has_context(self) -> bool:
-        return True
 
     @property
     def val(self) -> MSCOCOFeatureFolder:

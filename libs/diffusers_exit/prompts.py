@@ -42,10 +42,6 @@ class PromptTable:
         t = load_file(str(path))
         self.context, self.mask = t["context"].to(dtype), t["mask"]
 
-    @property
-    def num_prompts(self) -> int:
-        return self.context.shape[0] - 1
-
     def __call__(self, labels: torch.Tensor) -> PixArtCondition:
         rows = labels.long().cpu()
         return PixArtCondition(self.context[rows].to(labels.device), self.mask[rows].to(labels.device))

@@ -49,9 +49,3 @@ def bootstrap_fid(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarra
                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """(resamples,) FIDs of bootstrap resamples of the (N, D) ``features`` against (mu_ref, sigma_ref)."""
     return resampled_fids(features, mu_ref, sigma_ref, bootstrap_indices(len(features), resamples, seed))
-
-
-def fid_standard_error(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
-                       resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-    """The bootstrap standard error of the FID of ``features`` (module docstring)."""
-    return float(np.std(bootstrap_fid(features, mu_ref, sigma_ref, resamples), ddof=1))

@@ -153,7 +153,7 @@ def test_mscoco256_features(tmp_path):
     data, empty, vis = make_mscoco_features(tmp_path / "coco")
     ds = get_dataset("mscoco256_features", path=str(tmp_path / "coco"))
     assert len(ds.train) == 3 and ds.data_shape == (4, 32, 32) and ds.moments_shape == (8, 32, 32)
-    assert not ds.has_labels and ds.num_classes == 0 and ds.has_context
+    assert not ds.has_labels and ds.num_classes == 0
     assert ds.context_shape == (77, 16)
     assert ds.fid_stat == "assets/fid_stats/fid_stats_mscoco256_val.npz"
     assert ds.train.num_captions == [2, 3, 1]
@@ -163,10 +163,9 @@ def test_mscoco256_features(tmp_path):
     assert np.array_equal(ds.empty_context.numpy(), empty)
     assert ds.vis_prompts == ["a cat", "two dogs"]
     assert ds.vis_contexts.shape == (2, 77, 16) and np.array_equal(ds.vis_contexts[1].numpy(), vis[1])
-    # val: the same format; a moments-only view.
+    # val: the same format.
     assert len(ds.val) == 2 and ds.val.num_captions == [1, 2]
-    view = ds.val.moments_only()
-    assert len(view) == 2 and np.array_equal(view[1].numpy(), data["val"][1][0])
+    assert np.array_equal(ds.val.moments(1).numpy(), data["val"][1][0])
     mb, cb = next(iter(DataLoader(ds.train, batch_size=3)))
     assert mb.shape == (3, 8, 32, 32) and cb.shape == (3, 77, 16)
 
