@@ -15,8 +15,7 @@ from ml_collections import config_flags
 from libs.exits.policy import parse_thresholds_only
 from libs.exits.registry import spelling_help
 from libs.run.config_io import default_workdir, resolve_input_links, set_from_flags
-from libs.run.errors import (EXIT_USER_ERROR, debug_enabled, guarded, one_line, report_interrupt,
-                             stop_signals)
+from libs.run.errors import EXIT_USER_ERROR, debug_enabled, guarded, one_line, report_interrupt, stop_signals
 
 # The help lists every rule the spelling registry holds (libs/exits/registry.py), one per line.
 EXIT_POLICY_HELP = ("Exit policy or comma-separated sweep (config.sample.exit_policy), each item one of:\n"

@@ -33,8 +33,7 @@ def imagenet_feature_indices(start: int, length: int, n: int, layout: str = "glo
     if layout == "global":
         return list(range(start, start + length)), list(range(n + start, n + start + length))
     if layout == "per_batch":
-        return (list(range(2 * start, 2 * start + length)),
-                list(range(2 * start + length, 2 * start + 2 * length)))
+        return (list(range(2 * start, 2 * start + length)), list(range(2 * start + length, 2 * start + 2 * length)))
     raise ValueError(f"unknown layout {layout!r}; use 'global' or 'per_batch'")
 
 

@@ -38,8 +38,7 @@ class CIFAR10Train(ImageDataset):
 class CelebAImages(ImageDataset):
     """Aligned CelebA JPEGs, cropped to the face and resized (DDIM / U-ViT preprocessing)."""
 
-    def __init__(self, files: list[Path], crop_box: tuple[int, int, int, int],
-                 resolution: int, random_flip: bool):
+    def __init__(self, files: list[Path], crop_box: tuple[int, int, int, int], resolution: int, random_flip: bool):
         self.files = files
         self.crop_box = crop_box  # PIL box (left, upper, right, lower)
         self.resolution = resolution
@@ -101,8 +100,7 @@ class CIFAR10(PixelDataset):
     batch_folder = "cifar-10-batches-py"
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
 
-    def __init__(self, path: str = "assets/datasets/cifar10", random_flip: bool = True,
-                 class_cond: bool = False):
+    def __init__(self, path: str = "assets/datasets/cifar10", random_flip: bool = True, class_cond: bool = False):
         self.name = "cifar10"
         folder = self._find(path)
         images, labels = [], []

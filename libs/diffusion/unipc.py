@@ -29,8 +29,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from libs.diffusion.schedules import VPSchedule
-from libs.diffusion.solver_toolkit import (PREDICTIONS, Step, check_arguments, model_output, points,
-                                           time_grid)
+from libs.diffusion.solver_toolkit import PREDICTIONS, Step, check_arguments, model_output, points, time_grid
 from libs.diffusion.wrappers import ModelFn
 
 VARIANTS = ("bh1", "bh2")

@@ -110,8 +110,7 @@ def calibrate_budget(policy: BudgetExit, run, tolerance: float = 0.01, max_iter:
 def calibrate_phase(policy: PhaseSplit, run) -> PhaseSplit:
     """Counts the network calls of a run (a static:0 run: one block a call)."""
     calls = len(run(StaticExit(0))["exit_block_per_step"])
-    return PhaseSplit(policy.fraction, policy.first, policy.then, int(math.floor(policy.fraction * calls + 0.5)),
-                      calls)
+    return PhaseSplit(policy.fraction, policy.first, policy.then, int(math.floor(policy.fraction * calls + 0.5)), calls)
 
 
 def proxy_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:

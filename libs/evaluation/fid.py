@@ -223,8 +223,7 @@ class FIDAccumulator:
         device = accelerator.device
         self.sum = accelerator.reduce(self.sum.to(device), reduction="sum")
         self.sum_outer = accelerator.reduce(self.sum_outer.to(device), reduction="sum")
-        self.num_images = int(accelerator.reduce(torch.tensor([self.num_images], device=device),
-                                                 reduction="sum")[0])
+        self.num_images = int(accelerator.reduce(torch.tensor([self.num_images], device=device), reduction="sum")[0])
         if self.kept is not None:
             from accelerate.utils import gather_object
             self.kept = [np.concatenate(self.kept) if self.kept else np.zeros((0, self.sum.shape[0]))]
@@ -308,8 +307,7 @@ def statistics_from_folder(folder: str, model: nn.Module, batch_size: int = 50,
     files = list_images(folder, recursive=recursive)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in '{folder}'")
-    loader = DataLoader(ImageFiles(files), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=list)
+    loader = DataLoader(ImageFiles(files), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     acc = FIDAccumulator(model, batch_size=batch_size)
     for batch in tqdm(loader, desc=f"Inception features {folder}", unit="batch", disable=not progress):
         for _, same_size in itertools.groupby(batch, key=lambda im: im.shape):
@@ -331,12 +329,10 @@ def load_image_array(path: str) -> np.ndarray:
     return images
 
 
-def statistics_from_array(images: np.ndarray, model: nn.Module, batch_size: int = 50,
-                          progress: bool = True) -> Stats:
+def statistics_from_array(images: np.ndarray, model: nn.Module, batch_size: int = 50, progress: bool = True) -> Stats:
     """Statistics of (N, H, W, C) uint8 images."""
     acc = FIDAccumulator(model, batch_size=batch_size)
-    for start in tqdm(range(0, len(images), batch_size), desc="Inception features", unit="batch",
-                      disable=not progress):
+    for start in tqdm(range(0, len(images), batch_size), desc="Inception features", unit="batch", disable=not progress):
         batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # NHWC -> NCHW
         acc.update(batch)
     return acc.compute()

@@ -24,8 +24,7 @@ def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 
     return np.stack([rng.integers(0, n, n) for _ in range(resamples)]) if resamples else np.zeros((0, n), int)
 
 
-def resampled_fids(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
-                   indices: np.ndarray) -> np.ndarray:
+def resampled_fids(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """(R,) exact FIDs of the resamples ``features[indices[b]]`` of the (N, D) ``features``
     against (mu_ref, sigma_ref), one per row of the (R, N) ``indices`` (module docstring)."""
     X = np.asarray(features, dtype=np.float64)

@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from pytorch_fid.inception import (FID_WEIGHTS_URL, FIDInceptionA, FIDInceptionC,
-                                   FIDInceptionE_1, FIDInceptionE_2)
+from pytorch_fid.inception import FID_WEIGHTS_URL, FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -41,8 +40,7 @@ class WeightsSource(NamedTuple):
 
 def build_fid_inception_v3() -> nn.Module:
     """pytorch-fid's `fid_inception_v3()` with random init and no weight download."""
-    inception = torchvision.models.inception_v3(
-        weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    inception = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
     inception.Mixed_5b = FIDInceptionA(192, pool_features=32)
     inception.Mixed_5c = FIDInceptionA(256, pool_features=64)
     inception.Mixed_5d = FIDInceptionA(288, pool_features=64)

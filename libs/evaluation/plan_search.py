@@ -96,8 +96,7 @@ def plan_key(plan: ExitPolicy, calls: int) -> tuple:
 def gated(plan: ExitPolicy) -> List[ExitPolicy]:
     """``plan`` with its reuse rule gated at each of ``GATES`` ([] when it does not reuse)."""
     if isinstance(plan, PhaseSplit) and plan.then.reuses:
-        return [PhaseSplit(plan.fraction, plan.first, GatedReuse(g, plan.then), plan.switch, plan.calls)
-                for g in GATES]
+        return [PhaseSplit(plan.fraction, plan.first, GatedReuse(g, plan.then), plan.switch, plan.calls) for g in GATES]
     if isinstance(plan, Forecast):
         return [GatedReuse(g, plan) for g in GATES]
     return []

@@ -213,8 +213,7 @@ def _curves(ax, results, key):
         xs, ys = [getattr(r, key) for r in rows], [r.fid for r in rows]
         ax.plot(xs, ys, style, color=color, label=spec, markersize=9 if rows[0].family == "full" else 5)
         for r, x, y in zip(rows, xs, ys):
-            ax.annotate(str(r.sample_steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=color)
+            ax.annotate(str(r.sample_steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
 
 
 def plot_report(results: Sequence[PolicyResult], path: Path) -> None:

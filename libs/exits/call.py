@@ -70,8 +70,7 @@ class Rule:
     def decide_one(self, block: int, patience: int, certainty: Callable[..., float], state):
         if state is None:
             state = self.init_state(1, "cpu")
-        exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32),
-                                   state)
+        exits, state = self.decide(block, patience, lambda: torch.tensor([certainty()], dtype=torch.float32), state)
         return (None if exits is None else bool(exits[0])), state
 
 

@@ -209,8 +209,7 @@ class ComputePlan(PerCallTable):
         ratio = float(ratio)
         self.refuse(ratio)
         self.ratio = ratio
-        self.table = None if actions is None else tuple(parse_action(a) if isinstance(a, str) else a
-                                                        for a in actions)
+        self.table = None if actions is None else tuple(parse_action(a) if isinstance(a, str) else a for a in actions)
         self.proxy, self.achieved = proxy, achieved
         self.uses_heads = any(a.uses_heads for a in self.actions or ())
 

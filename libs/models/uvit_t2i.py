@@ -26,8 +26,7 @@ class UViT(UViTBackbone):
         return problems
 
     def __init__(self, clip_dim=768, num_clip_token=77, **backbone_kw):
-        NetworkConfigError.raise_for(UViT.check_args(clip_dim=clip_dim, num_clip_token=num_clip_token,
-                                                     **backbone_kw))
+        NetworkConfigError.raise_for(UViT.check_args(clip_dim=clip_dim, num_clip_token=num_clip_token, **backbone_kw))
         super().__init__(**backbone_kw)
         self.clip_dim = clip_dim
         self.num_clip_token = num_clip_token

@@ -204,8 +204,7 @@ def _setup(config, task, lock: RunLock) -> Tuple[Run, bool]:
     logger = setup_logger("adadiff.train", workdir, is_main)
     if is_main:
         hooks.prepare_workdir(config, lock, resuming, logger)
-    logger.info("workdir %s, %d process(es) on %s, precision %s", workdir, world, device,
-                precision_used(accelerator))
+    logger.info("workdir %s, %d process(es) on %s, precision %s", workdir, world, device, precision_used(accelerator))
     note = precision_note(accelerator)
     if note:
         logger.warning("%s", note)
