@@ -7,11 +7,13 @@ refused; a file in a checkpoint directory is checked against its ``manifest.json
 ``save_weights`` writes atomically."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -216,15 +218,15 @@ def save_checkpoint(root: Union[str, os.PathLike], step: int, objects: Mapping[s
             old = Path(tempfile.mkdtemp(prefix=f".{step}.ckpt.", suffix=".old", dir=root))
             os.replace(final, old / "ckpt")
             os.replace(tmp, final)
-            _rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
         if old is not None and (old / "ckpt").is_dir() and not final.exists():
             os.replace(old / "ckpt", final)  # put the previous checkpoint of this step back
-            _rmtree(old)
-        _rmtree(tmp)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(sys.exc_info()[1], OSError) and sys.exc_info()[1].errno and name:
             e = sys.exc_info()[1]
             raise OSError(e.errno, e.strerror, f"{final / name} (not saved; the previous checkpoints are intact)") from e
@@ -262,7 +264,7 @@ def clean_stale_temporaries(root: Union[str, os.PathLike]) -> list:
         else:
             done.append(f"removed {root / p.name}, left by a save that was interrupted")
         if p.is_dir():
-            _rmtree(p)
+            shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
     return done
@@ -281,8 +283,8 @@ def read_checkpoint(ckpt_dir: Union[str, os.PathLike]) -> dict:
         if not path.is_file():
             raise CorruptCheckpointError(f"{path} is missing: the checkpoint is incomplete")
         try:
-            out[name] = read_state_dict(path, verify=False) if name.startswith("nnet") \
-                else load_checkpoint_file(ckpt_dir, name)
+            out[name] = read_state_dict(path, verify=False) if name.startswith("nnet") else \
+                torch.load(io.BytesIO(read_bytes_stable(path)), map_location="cpu", weights_only=True)
         except Exception as e:  # OSError, UnpicklingError, ValueError, RuntimeError, EOFError, ...
             raise CorruptCheckpointError(f"{path} is unreadable ({type(e).__name__})") from e
         if name.startswith("nnet"):
@@ -349,27 +351,10 @@ def newest_intact_checkpoint(root: Union[str, os.PathLike]):
     return None, None
 
 
-def load_checkpoint_file(ckpt_dir: Union[str, os.PathLike], name: str):
-    """``torch.load(weights_only=True)`` of one file of a checkpoint directory."""
-    path = Path(ckpt_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {name}")
-    return torch.load(io.BytesIO(read_bytes_stable(path)), map_location="cpu", weights_only=True)
-
-
-def _rmtree(path: Path):
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _fsync_dir(path: Path):
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
