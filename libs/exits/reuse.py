@@ -211,7 +211,7 @@ class ComputePlan(PerCallTable):
         self.ratio = ratio
         self.table = None if actions is None else tuple(parse_action(a) if isinstance(a, str) else a for a in actions)
         self.proxy, self.achieved = proxy, achieved
-        self.uses_heads = any(a.uses_heads for a in self.actions or ())
+        self.uses_heads = any(a.uses_heads for a in self.table or ())
 
     @classmethod
     def argument_problem(cls, ratio):
@@ -223,20 +223,16 @@ class ComputePlan(PerCallTable):
     def spec(self) -> str:
         return f"plan:{fmt(self.ratio)}"
 
-    @property
-    def actions(self) -> Optional[tuple]:
-        return self.table
-
     def calibration(self) -> str:
-        if self.actions is None:
+        if self.table is None:
             return ""
         return (f"compute ratio {self.achieved:.3f}, proxy {self.proxy:.4g}; per call: "
-                + " ".join(a.spec for a in self.actions))
+                + " ".join(a.spec for a in self.table))
 
     def check(self, num_blocks, has_heads=True):
-        for a in self.actions or ():
+        for a in self.table or ():
             a.check(num_blocks, has_heads)
 
     def cache_spans(self, num_blocks):
-        return tuple(sorted({a.reuse_span(num_blocks) for a in self.actions or () if a.reuse is not None}))
+        return tuple(sorted({a.reuse_span(num_blocks) for a in self.table or () if a.reuse is not None}))
 

@@ -46,11 +46,9 @@ def _holder_text(info: dict) -> str:
 def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:
         return True
-    except (TypeError, ValueError, OSError):
+    except (TypeError, ValueError, OSError):  # ProcessLookupError among them
         return False
     return True
 

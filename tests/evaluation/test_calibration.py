@@ -97,7 +97,7 @@ def test_greedy_plan_picks_the_cheapest_harm_per_flop_under_the_ratio():
     plan = greedy_plan(0.65, run)  # 28 blocks in all; at most 18.2
     # by harm per block saved: static:5 at call 2 (0.01 for 1), reuse:1 at call 1 (0.1 for 5), then at
     # call 3 (0.2 for 5; static:5 computes the span it reuses); call 0 never reuses
-    assert [a.spec for a in plan.actions] == ["full", "reuse:1", "static:5", "reuse:1"]
+    assert [a.spec for a in plan.table] == ["full", "reuse:1", "static:5", "reuse:1"]
     assert plan.achieved == pytest.approx(17 / 28) and plan.proxy == pytest.approx(0.31)
     assert all(r[0] != "reuse:1" for r in runs)  # no reuse before any call computed the span
     assert plan.calibration().startswith("compute ratio 0.607, proxy 0.31")
@@ -107,7 +107,7 @@ def test_greedy_plan_picks_the_cheapest_harm_per_flop_under_the_ratio():
 def test_greedy_plan_reuses_only_one_call_old_values():
     run, _ = _fake_plan_run(calls=6, harm={(c, "reuse:1"): 0.01 for c in range(6)})
     plan = greedy_plan(0.7, run)  # 42 blocks, at most 29.4: three reuses at least
-    specs = [a.spec for a in plan.actions]
+    specs = [a.spec for a in plan.table]
     assert specs[0] != "reuse:1" and all(not (a == b == "reuse:1") for a, b in zip(specs, specs[1:])), specs
 
 
@@ -115,7 +115,7 @@ def test_greedy_plan_that_cannot_reach_the_ratio_says_so():
     run, _ = _fake_plan_run(calls=1)  # one call: nothing to reuse from, the cheapest is static:3 (4 of 7 blocks)
     with pytest.raises(ExitPolicyError, match="cannot be reached"):
         greedy_plan(0.3, run)
-    assert [a.spec for a in greedy_plan(0.6, run).actions] == ["static:3"]
+    assert [a.spec for a in greedy_plan(0.6, run).table] == ["static:3"]
 
 
 def test_proxy_distance():
