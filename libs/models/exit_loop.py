@@ -31,14 +31,14 @@ class EarlyExitOutput:
     0-based block each row exited after (``num_blocks - 1`` = full depth); uem_evals: (B,)
     int64 heads evaluated; reused: None (no cache), a (B,) bool of rows that took the reused
     span, or a Python bool for a batch of one. A batch of one may hold Python ints, readable
-    as ``one_row``; they become tensors on first access."""
+    as ``one_row`` = (exit block, heads evaluated), else None; they become tensors on first access."""
 
-    __slots__ = ("sample", "_exit_block", "_uem_evals", "_one_row", "reused")
+    __slots__ = ("sample", "_exit_block", "_uem_evals", "one_row", "reused")
 
     def __init__(self, sample: torch.Tensor, exit_block, uem_evals, reused=None):
         self.sample, self.reused = sample, reused
         one = isinstance(exit_block, int) and isinstance(uem_evals, int)
-        self._one_row = (exit_block, uem_evals) if one else None
+        self.one_row = (exit_block, uem_evals) if one else None
         self._exit_block, self._uem_evals = (None, None) if one else (exit_block, uem_evals)
 
     def _as_tensor(self, v: int) -> torch.Tensor:
@@ -47,19 +47,14 @@ class EarlyExitOutput:
     @property
     def exit_block(self) -> torch.Tensor:
         if self._exit_block is None:
-            self._exit_block = self._as_tensor(self._one_row[0])
+            self._exit_block = self._as_tensor(self.one_row[0])
         return self._exit_block
 
     @property
     def uem_evals(self) -> torch.Tensor:
         if self._uem_evals is None:
-            self._uem_evals = self._as_tensor(self._one_row[1])
+            self._uem_evals = self._as_tensor(self.one_row[1])
         return self._uem_evals
-
-    @property
-    def one_row(self) -> Optional[Tuple[int, int]]:
-        """``(exit block, heads evaluated)`` of a batch of one given as Python ints, else None."""
-        return self._one_row
 
     @property
     def blocks_run(self) -> torch.Tensor:
