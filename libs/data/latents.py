@@ -12,7 +12,6 @@ mscoco256_features     (moments (8, 32, 32), context (77, 768))     (4, 32, 32)
 The training task draws the latent from the moments (``FrozenAutoencoderKL.sample``)."""
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from pathlib import Path
@@ -31,10 +30,6 @@ _NUMBERED = re.compile(r"^(\d+)\.npy$")
 _CAPTION = re.compile(r"^(\d+)_(\d+)\.npy$")
 
 
-def _missing_indices(indices: set, n: int, limit: int = 5) -> list[int]:
-    return list(itertools.islice((i for i in range(n) if i not in indices), limit))
-
-
 def _scan_numbered(folder: Path) -> tuple[int, dict[int, int]]:
     """Count ``{i}.npy`` (must be 0..n-1) and the contexts ``{i}_{k}.npy`` of each i."""
     items, captions = set(), {}
@@ -47,7 +42,7 @@ def _scan_numbered(folder: Path) -> tuple[int, dict[int, int]]:
     n = len(items)
     if items and max(items) != n - 1:
         raise ValueError(f"{folder}: {n} numbered files but the largest index is {max(items)}; missing e.g. "
-                         f"{_missing_indices(items, max(items) + 1)} (an interrupted extraction? rerun it)")
+                         f"{sorted(set(range(max(items))) - items)[:5]} (an interrupted extraction? rerun it)")
     counts = {}
     for i, ks in captions.items():
         if max(ks) != len(ks) - 1:

@@ -20,16 +20,11 @@ class _ReferenceView(Dataset):
         return self.base.image_uint8(index)
 
 
-def _stack(batch: list[np.ndarray]) -> np.ndarray:
-    return np.stack(batch)
-
-
 def reference_images(dataset: PixelDataset | ImageDataset, limit: int | None = None,
                      batch_size: int = 250, num_workers: int = 0) -> Iterator[np.ndarray]:
     """The training images in index order, unflipped, as uint8 (B, H, W, C) (C of the dataset), the first
     ``limit`` only when given; ``num_workers`` decode in parallel."""
     base = dataset.train if isinstance(dataset, PixelDataset) else dataset
     n = len(base) if limit is None else min(limit, len(base))
-    loader = DataLoader(_ReferenceView(base, n), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_stack)
-    yield from loader
+    yield from DataLoader(_ReferenceView(base, n), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=np.stack)
