@@ -218,19 +218,12 @@ def _run(ctx: _Context, steps: int, policy: ExitPolicy) -> PolicyResult:
         grid = gather_object(grid)
     fid, fid_se = _fid(ctx, fid_acc, slug)
     summary = recorder.summary(ctx.net.flops(), n)
+    measured = {k: v for k, v in summary.items() if k in PolicyResult.__dataclass_fields__}  # the same names
     res = PolicyResult(policy=policy.spec, family=policy.family, threshold=policy.effective_threshold(),
                        n_images=n, fid=fid, fid_se=fid_se, sample_steps=steps, algorithm=str(sc.algorithm),
-                       mean_blocks=summary["mean_blocks"], layer_ratio=summary["layer_ratio"],
-                       gflops_per_image=summary["gflops_per_image"], seconds=seconds,
-                       images_per_s=n / seconds if seconds > 0 else float("nan"), calibration=policy.calibration(),
-                       exit_block_per_step=summary["exit_block_per_step"], slug=slug,
-                       blocks_reused=summary["blocks_reused"],
-                       cache_kib_per_image=summary["cache_bytes_per_image"] / 1024,
-                       blocks_computed_per_step=summary["blocks_computed_per_step"],
-                       blocks_reused_per_step=summary["blocks_reused_per_step"],
-                       blocks_forecast=summary["blocks_forecast"],
-                       blocks_forecast_per_step=summary["blocks_forecast_per_step"],
-                       compile_seconds=compile_s, **run_record(acc_))
+                       seconds=seconds, images_per_s=n / seconds if seconds > 0 else float("nan"),
+                       calibration=policy.calibration(), slug=slug, compile_seconds=compile_s,
+                       cache_kib_per_image=summary["cache_bytes_per_image"] / 1024, **measured, **run_record(acc_))
     if acc_.is_main_process:
         save_grid([im for _, im in sorted(grid, key=lambda p: p[0])], ctx.output_dir / f"grid_{slug}.png")
         if ctx.logger:
