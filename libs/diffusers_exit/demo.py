@@ -9,11 +9,12 @@ methods (``<workdir>/sweep/sweep.txt``). Driven by ``scripts/diffusers_demo.sh``
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import copy
 import importlib.util
 import time
 from pathlib import Path
-
 
 from libs.diffusers_exit.adapter import attach_exits
 from libs.diffusers_exit.sweep import fid_function, parse_methods, run_sweep, write_report
@@ -128,13 +129,9 @@ def main(argv=None) -> None:
 
 
 def _override(config, item: str) -> None:
-    import ast
-
     key, _, value = item.partition("=")
-    try:
+    with contextlib.suppress(ValueError, SyntaxError):  # not a Python literal: the string itself
         value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass
     *path, last = key.split(".")
     node = config
     for k in path:
