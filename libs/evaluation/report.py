@@ -172,10 +172,9 @@ def write_report(results: Sequence[PolicyResult], output_dir, choice: Optional[d
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "report.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        for r in results:
-            w.writerow({k: r.row()[k] for k in COLUMNS})
+        w.writerows(r.row() for r in results)
     (output_dir / "report.json").write_text(json.dumps(_json_safe([asdict(r) for r in results]), indent=2,
                                                        allow_nan=False))
     if choice is not None:
