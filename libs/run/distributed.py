@@ -1,11 +1,10 @@
 """Collectives for any number of processes holding shards of any size (empty included), and
 what a process says when another one stops answering.
 
-``sum_rows`` / ``gather_rows`` first agree on the row count, pad every shard with zero rows,
-run the collective and drop the padding (a plain ``all_reduce`` of mismatched shapes waits
-forever). Every collective waits at most ``collective_timeout()`` seconds
-(``ADADIFF_COLLECTIVE_TIMEOUT``, default 600); ``collective_failure`` describes a dead or
-stalled peer in one line. ``run_record`` (precision really used, process count) goes into the
+``sum_rows`` first agrees on the row count, pads every shard with zero rows and runs the
+collective (a plain ``all_reduce`` of mismatched shapes waits forever). Every collective waits
+at most ``collective_timeout()`` seconds (``ADADIFF_COLLECTIVE_TIMEOUT``, default 600);
+``collective_failure`` describes a dead or stalled peer in one line. ``run_record`` (precision really used, process count) goes into the
 log, ``run.json`` and the report; ``record_change`` warns when a resume changes it;
 ``check_launch`` refuses processes that did not join into one run."""
 from __future__ import annotations
@@ -78,25 +77,6 @@ def sum_rows(tensor: torch.Tensor, accelerator) -> torch.Tensor:
     out = _padded(tensor, _max_count(tensor.shape[0], accelerator))
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def gather_rows(tensor: torch.Tensor, accelerator) -> torch.Tensor:
-    """The (rows, ...) tensors of every process concatenated in process order, whatever each
-    one's row count (0 included); every process gets the whole."""
-    world = _world(accelerator)
-    if world <= 1:
-        return tensor
-    tensor = tensor.to(accelerator.device)
-    if not _in_group():  # a stand-in for accelerate (tests) holds no process group: its own gather
-        return accelerator.gather(tensor)
-    counts = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
-    all_counts = [torch.zeros_like(counts) for _ in range(world)]
-    dist.all_gather(all_counts, counts)
-    sizes = [int(c[0]) for c in all_counts]
-    parts = [torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-             for _ in range(world)]
-    dist.all_gather(parts, _padded(tensor, max(sizes)))
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
 def collective_failure(exc: BaseException) -> Optional[str]:
