@@ -129,9 +129,8 @@ def fid_function(fid_stat: str, device):
 
 def format_table(rows: List[SweepRow]) -> str:
     """The frontier table (``*``: on the frontier)."""
-    head = f"{'steps':>5} {'method':>16} {'kind':>9} {'GFLOPs/img':>10} {'ratio':>6} {'layers':>6} " \
-           f"{'distance':>9} {'FID':>8} {'time(s)':>7} pareto"
-    lines = [head]
+    lines = [f"{'steps':>5} {'method':>16} {'kind':>9} {'GFLOPs/img':>10} {'ratio':>6} {'layers':>6} "
+             f"{'distance':>9} {'FID':>8} {'time(s)':>7} pareto"]
     for r in rows:
         lines.append(f"{r.steps:>5} {r.method:>16} {r.kind:>9} {r.gflops_per_image:>10.4g} {r.compute_ratio:>6.3f} "
                      f"{r.layer_ratio:>6.3f} {r.distance:>9.4g} {r.fid:>8.4g} {r.seconds:>7.1f} "

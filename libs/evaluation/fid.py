@@ -226,8 +226,7 @@ class FIDAccumulator:
         self.num_images = int(accelerator.reduce(torch.tensor([self.num_images], device=device), reduction="sum")[0])
         if self.kept is not None:
             from accelerate.utils import gather_object
-            self.kept = [np.concatenate(self.kept) if self.kept else np.zeros((0, self.sum.shape[0]))]
-            self.kept = gather_object(self.kept)
+            self.kept = gather_object([self.features()])  # one (n, D) array per process
 
     def features(self) -> np.ndarray:
         """(N, D) float64: every kept image's features (``keep_features=True``)."""
