@@ -5,7 +5,8 @@
 #   1. FID reference statistics of the 4,500 training digits (cached in assets/fid_stats/)
 #   2. the U-ViT backbone: the shipped one (pretrained/, made by the command in
 #      pretrained/README.md), or PRETRAIN_STEPS=N pre-trains one here first
-#   3. AdaDiff fine-tuning of the backbone (STEPS steps)
+#   3. AdaDiff fine-tuning of the backbone (STEPS steps at learning rate FINETUNE_LR; the
+#      pre-training rate 1e-3 cost the backbone 24-25 FID at full depth)
 #   4. the frontier with UniPC: SAMPLE_STEPS x (full depth and EXIT_POLICIES), N_SAMPLES
 #      images per pair on the same noise, with the paired differences (vs full depth at the
 #      same steps, vs step reduction at equal compute) and the verdicts; then full depth with
@@ -22,6 +23,7 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-}
 WORKDIR=${WORKDIR:-workdir/benchmark_mnist}
 FID_STAT=${FID_STAT:-assets/fid_stats/fid_stats_mnist5k_train.npz}
 STEPS=${STEPS:-1000}
+FINETUNE_LR=${FINETUNE_LR:-2e-4}
 EXIT_POLICIES=${EXIT_POLICIES:-0.8,0.9,profile:0.9,static:9,phase:0.3:threshold:0.9+forecast:4:1:1}
 SAMPLE_STEPS=${SAMPLE_STEPS:-6,8,12,20}
 BASELINE_ALGORITHMS=${BASELINE_ALGORITHMS:-dpm_solver}
@@ -48,9 +50,10 @@ else
   echo "== 2/4 backbone: $BACKBONE"
 fi
 
-echo "== 3/4 AdaDiff fine-tuning ($STEPS steps)"
+echo "== 3/4 AdaDiff fine-tuning ($STEPS steps, learning rate $FINETUNE_LR)"
 python train.py --config="$CONFIG" --pretrained_weight="$BACKBONE" --workdir="$WORKDIR/adadiff" \
-  --config.train.n_steps="$STEPS" --config.train.save_interval="$STEPS" --config.train.log_interval=100
+  --config.train.n_steps="$STEPS" --config.train.save_interval="$STEPS" --config.train.log_interval=100 \
+  --config.optimizer.lr="$FINETUNE_LR"
 
 if [ -n "$stats_pid" ]; then
   if ! wait "$stats_pid"; then cat "$WORKDIR/fid_stats.log"; echo "FID reference statistics failed" >&2; exit 1; fi
