@@ -4,7 +4,8 @@ what a process says when another one stops answering.
 ``sum_rows`` first agrees on the row count, pads every shard with zero rows and runs the
 collective (a plain ``all_reduce`` of mismatched shapes waits forever). Every collective waits
 at most ``collective_timeout()`` seconds (``ADADIFF_COLLECTIVE_TIMEOUT``, default 600);
-``collective_failure`` describes a dead or stalled peer in one line. ``run_record`` (precision really used, process count) goes into the
+``collective_failure`` describes a dead or stalled peer in one line. ``run_record`` (precision
+really used, process count) goes into the
 log, ``run.json`` and the report; ``record_change`` warns when a resume changes it;
 ``check_launch`` refuses processes that did not join into one run."""
 from __future__ import annotations
