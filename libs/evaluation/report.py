@@ -143,13 +143,13 @@ def format_paired(results: Sequence[PolicyResult]) -> list:
              f"{'steps':>5} {'policy':>{width}} {'vs full, same steps':>19} {'+-2se':>6}  {'step reduction':>14} "
              f"{'costs':>6} {'vs it':>7} {'+-2se':>6}  beats it"]
     for r in rows:
-        costs = ""
+        costs, vs_it = "", f"{'-':>7} {'-':>6}"  # no full-depth row costs as much: nothing to compare with
         if r.step_match:
             match = next(q for q in results if q.label == r.step_match)
             costs = f"{match.gflops_per_image / r.gflops_per_image:.2f}x"
+            vs_it = f"{r.vs_steps:>+7.2f} {2 * r.vs_steps_se:>6.2f}"
         lines.append(f"{r.sample_steps:>5} {r.policy:>{width}} {r.vs_full:>+19.2f} {2 * r.vs_full_se:>6.2f}  "
-                     f"{r.step_match or 'none':>14} {costs:>6} {r.vs_steps:>+7.2f} {2 * r.vs_steps_se:>6.2f}  "
-                     f"{'yes' if r.beats_steps else ''}")
+                     f"{r.step_match or 'none':>14} {costs:>6} {vs_it}  {'yes' if r.beats_steps else ''}")
     return lines + [""] + verdict_lines(results)
 
 

@@ -115,6 +115,8 @@ def test_verdict_without_a_match_or_bootstrap():
     assert math.isnan(rows[1].vs_full_se) and rows[1].step_match == "" and not rows[1].beats_steps
     (line,) = verdict_lines(rows)
     assert VERDICT_PATTERN.match(line)["outcome"] == "no step-reduction"
+    row = next(x for x in format_table(rows).splitlines() if x.split()[:2] == ["4", "static:2"] and "none" in x)
+    assert "nan" not in row.split("none")[1] and row.split("none")[1].split() == ["-", "-"]  # not "+nan nan"
 
 
 @pytest.mark.slow
