@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: AdaDiff end to end on the embedded default data set (scikit-learn's 8x8
 # handwritten digits), on a CPU, in a few minutes:
-#   1. FID reference statistics of the digits (cached in assets/fid_stats/)
+#   1. FID reference statistics of the digits (shipped in assets/fid_stats/; made here only if
+#      that file is missing)
 #   2. AdaDiff fine-tuning of the shipped U-ViT backbone (pretrained/, made by train.py: see
 #      pretrained/README.md for the exact command)
 #   3. the compute-quality frontier with UniPC (the strongest step reduction measured on this
@@ -35,19 +36,19 @@ N_SAMPLES=${N_SAMPLES:-250}
 EVAL_ARGS=${EVAL_ARGS:-}
 COMPUTE_BUDGET=${COMPUTE_BUDGET:-}
 
-# Steps 1 and 2 are independent: they run side by side, one CPU thread each (the Inception
-# network of step 1 and the tiny U-ViT of step 2 each gain little from a second thread, so
-# together they finish well before the two would one after the other).
+# Steps 1 and 2 are independent: when the statistics must be made, the two run side by side,
+# one CPU thread each; otherwise the fine-tuning takes every thread.
 echo "== 1/3 FID reference statistics ($FID_STAT), alongside 2/3"
-if [ -f "$FID_STAT" ]; then echo "cached"; stats_pid=""; else
+if [ -f "$FID_STAT" ]; then echo "cached"; stats_pid=""; TRAIN_THREADS=${TRAIN_THREADS:-2}; else
   mkdir -p "$WORKDIR"
   OMP_NUM_THREADS=1 python scripts/make_fid_stats.py --config="$CONFIG" --out="$FID_STAT" \
     > "$WORKDIR/fid_stats.log" 2>&1 &
   stats_pid=$!
+  TRAIN_THREADS=${TRAIN_THREADS:-1}
 fi
 
 echo "== 2/3 AdaDiff fine-tuning of $BACKBONE ($STEPS steps)"
-OMP_NUM_THREADS=${TRAIN_THREADS:-1} python train.py --config="$CONFIG" --pretrained_weight="$BACKBONE" \
+OMP_NUM_THREADS=$TRAIN_THREADS python train.py --config="$CONFIG" --pretrained_weight="$BACKBONE" \
   --workdir="$WORKDIR/adadiff" --config.train.n_steps="$STEPS" --config.train.save_interval="$STEPS" \
   --config.train.log_interval=100
 

@@ -2,6 +2,7 @@
 
     python scripts/make_fid_stats.py --config=configs/digits_uvit_tiny.py
     python scripts/make_fid_stats.py --config=configs/cifar10_uvit_small.py --out=assets/fid_stats/my.npz
+    python scripts/make_fid_stats.py --config=configs/digits_uvit_tiny.py --compact   # the shipped file
 
 For a folder or an .npz of images use ``python tools/fid_stats.py SOURCE OUT.npz``.
 """
@@ -17,10 +18,11 @@ flags.DEFINE_string("out", None, "Output .npz (default: config.sample.fid_stat).
 flags.DEFINE_integer("limit", None, "Use at most this many images (e.g. 50000 for CelebA).")
 flags.DEFINE_string("device", None, "cuda or cpu (default: cuda if available).")
 flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
+flags.DEFINE_bool("compact", False, "Store sigma's upper triangle in float32, compressed (a quarter of the size).")
 flags.mark_flags_as_required(["config"])
 
 
-def dataset_statistics(config, out, limit=None, device=None, batch_size=100, progress=True):
+def dataset_statistics(config, out, limit=None, device=None, batch_size=100, progress=True, compact=False):
     """Stream the dataset's reference images through Inception; save and return (mu, sigma)."""
     from tqdm.auto import tqdm
 
@@ -38,7 +40,7 @@ def dataset_statistics(config, out, limit=None, device=None, batch_size=100, pro
             acc.update(batch.transpose(0, 3, 1, 2))
             bar.update(len(batch))
     mu, sigma = acc.compute()
-    save_statistics(out, mu, sigma)
+    save_statistics(out, mu, sigma, compact=compact)
     return mu, sigma
 
 
@@ -49,7 +51,7 @@ def main(argv):
         raise ValueError("no output: pass --out or set config.sample.fid_stat")
     from libs.run.output_guard import check_output_file
     check_output_file(out, "--out")
-    dataset_statistics(config, out, FLAGS.limit, FLAGS.device, FLAGS.batch_size)
+    dataset_statistics(config, out, FLAGS.limit, FLAGS.device, FLAGS.batch_size, compact=FLAGS.compact)
     print(f"saved reference statistics of dataset {config.dataset.name!r} to {out}")
 
 

@@ -1,6 +1,6 @@
 """Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol). Statistics
 (mu, sigma) come from a folder of images, an ``.npz`` of statistics (``mu`` (2048,),
-``sigma`` (2048, 2048)) or of uint8 NHWC images (``images`` / ``arr_0``), a ``.npy`` of
+``sigma`` (2048, 2048), or its float32 upper triangle ``sigma_upper``) or of uint8 NHWC images (``images`` / ``arr_0``), a ``.npy`` of
 features (N, 2048), or batches streamed into a ``FIDAccumulator``."""
 
 import argparse
@@ -95,12 +95,28 @@ def check_statistics(mu, sigma, dims: Optional[int] = FEATURE_DIM, name: str = "
     return mu, sigma
 
 
-def save_statistics(path: str, mu, sigma) -> None:
-    """Write an .npz with keys mu (D,) and sigma (D, D), float64."""
+def save_statistics(path: str, mu, sigma, compact: bool = False) -> None:
+    """Write an .npz with keys mu (D,) and sigma (D, D), float64; ``compact`` stores sigma as
+    ``sigma_upper``, its upper triangle in float32, compressed (a quarter of the size; entries
+    within 3e-8 of their largest), which ``load_statistics`` reads back as the full matrix."""
     mu, sigma = check_statistics(mu, sigma, dims=None, name=path)
     # Atomic: a crash never leaves a truncated statistics file behind. A file object, since
     # np.savez would otherwise append '.npz' to the name.
-    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+    if compact:
+        upper = sigma[np.triu_indices(len(mu))].astype(np.float32)
+        atomic_write(path, lambda f: np.savez_compressed(f, mu=mu, sigma_upper=upper))
+    else:
+        atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+
+
+def _sigma_from_upper(upper: np.ndarray, d: int, path: str) -> np.ndarray:
+    """(D, D) float64 symmetric matrix from its row-major upper triangle (``sigma_upper``)."""
+    if upper.shape != (d * (d + 1) // 2,):
+        raise ValueError(f"FID statistics file '{path}': 'sigma_upper' has shape {upper.shape}, expected "
+                         f"({d * (d + 1) // 2},) (the upper triangle of a {d}x{d} covariance)")
+    sigma = np.zeros((d, d))
+    sigma[np.triu_indices(d)] = upper
+    return sigma + np.triu(sigma, 1).T
 
 
 def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
@@ -116,11 +132,15 @@ def load_statistics(path: str, dims: Optional[int] = FEATURE_DIM) -> Stats:
                                 f"config's dataset with `python scripts/make_fid_stats.py --config=CONFIG "
                                 f"--out={path}` (released statistics go in assets/fid_stats/)")
     keys = _npz_keys(path)
-    if "mu" not in keys or "sigma" not in keys:
+    if "mu" not in keys or not {"sigma", "sigma_upper"} & set(keys):
         hint = (f" (it holds images: make statistics with `python tools/fid_stats.py {path} OUT.npz`)"
                 if any(k in keys for k in IMAGE_ARRAY_KEYS) else "")
         raise ValueError(f"FID statistics file '{path}' has keys {keys}, expected 'mu' and 'sigma'{hint}")
-    mu, sigma = _read_npz(path, ("mu", "sigma"))
+    if "sigma" in keys:
+        mu, sigma = _read_npz(path, ("mu", "sigma"))
+    else:  # save_statistics(..., compact=True)
+        mu, upper = _read_npz(path, ("mu", "sigma_upper"))
+        sigma = _sigma_from_upper(upper, mu.shape[0] if mu.ndim == 1 else 0, path)
     return check_statistics(mu, sigma, dims, name=f"FID statistics file '{path}'")
 
 

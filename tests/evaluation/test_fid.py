@@ -142,6 +142,34 @@ def test_load_statistics_roundtrip(tmp_path):
     np.testing.assert_allclose(sigma2, sigma, rtol=1e-6)
 
 
+def test_compact_statistics_read_back_as_the_full_matrix(tmp_path):
+    mu, sigma = random_stats(64, np.random.default_rng(7), n=10)
+    path = str(tmp_path / "compact.npz")
+    fid_lib.save_statistics(path, mu, sigma, compact=True)
+    with np.load(path) as data:
+        assert sorted(data.keys()) == ["mu", "sigma_upper"] and data["sigma_upper"].dtype == np.float32
+        assert data["sigma_upper"].shape == (64 * 65 // 2,)
+    mu2, sigma2 = fid_lib.load_statistics(path, dims=64)
+    np.testing.assert_array_equal(mu2, mu)
+    np.testing.assert_array_equal(sigma2, sigma2.T)
+    np.testing.assert_allclose(sigma2, sigma, rtol=0, atol=1e-7 * np.abs(sigma).max())
+    assert abs(fid_lib.frechet_distance(mu, sigma, mu2 + 0.1, sigma2) - 64 * 0.01) < 1e-4
+
+    wrong = str(tmp_path / "wrong.npz")
+    np.savez(wrong, mu=mu, sigma_upper=np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match=r"wrong\.npz.*'sigma_upper' has shape \(10,\), expected \(2080,\)"):
+        fid_lib.load_statistics(wrong, dims=64)
+
+
+def test_the_shipped_digits_statistics_load():
+    # the main job's reference statistics ship with the repository (compact), so a fresh clone skips
+    # the Inception pass over the 1,797 digits
+    from configs.digits_uvit_tiny import get_config
+    mu, sigma = fid_lib.load_statistics(get_config().sample.fid_stat)
+    assert mu.shape == (inc.FEATURE_DIM,) and sigma.shape == (inc.FEATURE_DIM,) * 2
+    assert 0 < np.trace(sigma) < 1e3 and np.isfinite(mu).all()
+
+
 def test_load_statistics_errors(tmp_path):
     d = inc.FEATURE_DIM
     missing = str(tmp_path / "missing.npz")
