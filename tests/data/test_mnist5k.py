@@ -81,3 +81,28 @@ def test_config_passes_the_config_check_and_builds_13_blocks():
     assert config.dataset.name == "mnist5k" and config.sample.algorithm == "unipc"
     x = torch.randn(2, 1, 28, 28)
     assert net(x, torch.rand(2), y=torch.tensor([3, 10])).shape == x.shape
+
+
+@pytest.mark.slow
+def test_the_benchmark_script_runs_end_to_end(trained, tmp_path):
+    """scripts/benchmark_mnist.sh with the shipped backbone, 2 fine-tuning steps and 8 images per
+    pair (any 2048-d reference statistics do for the plumbing): both solvers' reports, the
+    verdict lines and the features come out."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    _, ref = trained
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "WORKDIR": str(tmp_path / "bm"), "FID_STAT": str(ref), "STEPS": "2", "N_SAMPLES": "8",
+           "SAMPLE_STEPS": "2,3", "EXIT_POLICIES": "0.9,static:9", "BASELINE_STEPS": "2",
+           "EVAL_ARGS": "--config.sample.mini_batch_size=8 --config.sample.grid_size=4"}
+    r = subprocess.run(["bash", "scripts/benchmark_mnist.sh"], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    verdicts = [x.split(":")[0] for x in r.stdout.splitlines() if x.startswith("verdict ")]
+    assert verdicts[-2:] == ["verdict threshold", "verdict static"]  # eval.py's, then the script's grep
+    report = (tmp_path / "bm/eval_dpm_solver/report.txt").read_text()
+    assert report.splitlines()[1].split()[:2] == ["2", "full"]
+    x = np.load(tmp_path / "bm/eval_unipc/features/3steps_static_9.npy")
+    assert x.dtype == np.float32 and x.shape == (8, 2048)
