@@ -4,9 +4,11 @@ All rows sample the same images from the same noise, so their FIDs err together.
 standard error of FID(A) - FID(B) is the standard deviation over shared bootstrap resamples
 (``bootstrap_indices``, ``resampled_fids``) of FID_b(A) - FID_b(B); independent resampling
 is about three times wider on this project's sweeps. Each row is compared with full depth at
-the same step count (``vs_full``) and with the cheapest full-depth row costing at least as
-much (``vs_steps``, ``step_reduction_match``; NaN where none does). ``beats_steps``: FID
-below the match's by more than 2 paired standard errors. ``verdict_lines``: one sentence per rule."""
+the same step count (``vs_full``) and with step reduction at equal compute (``vs_steps``,
+``step_reduction_match``; NaN where no full-depth row costs as much): the cheapest full-depth row
+costing at least as much, or the best full-depth row costing no more than that one where more
+steps give a worse FID (a user with that compute would run the better, cheaper count).
+``beats_steps``: FID below the match's by more than 2 paired standard errors. ``verdict_lines``: one sentence per rule."""
 from __future__ import annotations
 
 import math
@@ -43,11 +45,21 @@ def paired_se(boot_a: Optional[np.ndarray], boot_b: Optional[np.ndarray]) -> flo
     return float(np.std(np.asarray(boot_a) - np.asarray(boot_b), ddof=1))
 
 
-def step_reduction_match(cost: float, full_costs: Sequence[float]) -> Optional[int]:
+def step_reduction_match(cost: float, full_costs: Sequence[float],
+                         full_fids: Optional[Sequence[float]] = None) -> Optional[int]:
     """Index into ``full_costs`` of the cheapest full-depth row costing at least ``cost`` (equal
-    within COST_RTOL counts; among equal costs the first); None when every one costs less."""
+    within COST_RTOL counts; among equal costs the first); None when every one costs less. With
+    ``full_fids``: of the full-depth rows costing no more than that row, the one with the lowest
+    FID (the cheaper on ties), so a model that gets worse with more steps is matched with the
+    fewer steps it is better at."""
     eligible = [j for j, c in enumerate(full_costs) if c >= cost * (1 - COST_RTOL)]
-    return min(eligible, key=lambda j: (full_costs[j], j)) if eligible else None
+    if not eligible:
+        return None
+    k = min(eligible, key=lambda j: (full_costs[j], j))
+    if full_fids is None:
+        return k
+    affordable = [j for j, c in enumerate(full_costs) if c <= full_costs[k] * (1 + COST_RTOL)]
+    return min(affordable, key=lambda j: (full_fids[j], full_costs[j], j))
 
 
 def add_paired_columns(results: Sequence, boots: Sequence[Optional[np.ndarray]]) -> None:
@@ -61,7 +73,8 @@ def add_paired_columns(results: Sequence, boots: Sequence[Optional[np.ndarray]])
         same = next((j for j in full if results[j].sample_steps == r.sample_steps), None)
         if same is not None:
             r.vs_full, r.vs_full_se = r.fid - results[same].fid, paired_se(boots[i], boots[same])
-        k = step_reduction_match(r.gflops_per_image, [results[j].gflops_per_image for j in full])
+        k = step_reduction_match(r.gflops_per_image, [results[j].gflops_per_image for j in full],
+                                 [results[j].fid for j in full])
         if k is not None:
             m = results[full[k]]
             r.step_match = m.label
@@ -103,9 +116,10 @@ def verdict_lines(results: Sequence) -> List[str]:
         if r.step_match and math.isfinite(r.vs_steps):
             m = next(q for q in results if q.label == r.step_match)
             more = (m.gflops_per_image / r.gflops_per_image - 1) * 100
+            costs = f"{more:.0f}% more" if more >= 0 else f"{-more:.0f}% less"
             word = "better" if r.vs_steps < 0 else "worse"
             parts.append(f"{abs(r.vs_steps):.2f} +- {2 * r.vs_steps_se:.2f} FID {word} than full depth at "
-                         f"{m.sample_steps} steps, which costs {more:.0f}% more -> {_outcome(r.vs_steps, r.vs_steps_se)}")
+                         f"{m.sample_steps} steps, which costs {costs} -> {_outcome(r.vs_steps, r.vs_steps_se)}")
         else:
             parts.append("no full-depth row costs as much -> no step-reduction comparison")
         lines.append(f"{parts[0]}: {'; '.join(parts[1:])}")

@@ -16,8 +16,8 @@ memory per image, the largest a run held); report.txt prints the last three as `
 ``forecast`` and ``cacheKiB``, and blocks_per_step.csv the blocks computed, reused and forecast
 per sampling step of each row (columns ``<row> computed``, ``<row> reused``, ``<row> forecast``); the paired differences
 (``libs/evaluation/paired.py``): ``vs_full`` (FID minus full depth's at the same step count)
-and ``vs_steps`` (FID minus ``step_match``'s, the cheapest full-depth row costing at least as
-much), each with its paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the
+and ``vs_steps`` (FID minus ``step_match``'s: step reduction at equal compute, the cheapest
+full-depth row costing at least as much, or a cheaper one with a lower FID), each with its paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the
 match by more than 2 of them). report.txt prints them in a second table and ends with one
 verdict line per exit rule. report.json holds null where a value is missing (NaN).
 """
@@ -139,7 +139,7 @@ def format_paired(results: Sequence[PolicyResult]) -> list:
         return []
     width = max(len("policy"), *(len(r.policy) for r in rows))
     lines = ["", "paired FID differences (+-2se: paired bootstrap, the images resampled jointly; step reduction: the "
-             "cheapest full-depth row costing at least as much):",
+             "cheapest full-depth row costing at least as much, or a cheaper one with a lower FID):",
              f"{'steps':>5} {'policy':>{width}} {'vs full, same steps':>19} {'+-2se':>6}  {'step reduction':>14} "
              f"{'costs':>6} {'vs it':>7} {'+-2se':>6}  beats it"]
     for r in rows:

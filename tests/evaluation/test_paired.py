@@ -2,6 +2,7 @@
 step-reduction match at its edges, the report's columns and verdicts, and the main job's
 verdict line from a tiny run."""
 import csv
+import json
 import math
 import os
 import subprocess
@@ -76,6 +77,31 @@ def test_step_reduction_match(cost, full, expected):
     assert step_reduction_match(cost, full) == expected
 
 
+@pytest.mark.parametrize("cost,full,fids,expected", [
+    (0.5, [1.0, 0.6, 0.4], [10.0, 11.0, 12.0], 1),  # more steps, better FID: the match itself
+    (0.5, [1.0, 0.6, 0.4], [12.0, 11.0, 10.0], 2),  # fewer steps are better: the best affordable row
+    (0.45, [1.0, 0.6, 0.4], [9.0, 11.0, 10.0], 2),  # the costlier, better 1.0 is not affordable
+    (0.5, [1.0, 0.6, 0.4], [12.0, 10.0, 10.0], 2),  # equal FID: the cheaper
+    (1.2, [1.0, 0.6, 0.4], [12.0, 11.0, 10.0], None),
+])
+def test_step_reduction_match_on_a_model_that_gets_worse_with_more_steps(cost, full, fids, expected):
+    assert step_reduction_match(cost, full, fids) == expected
+
+
+def test_an_exit_rule_that_never_exits_does_not_beat_fewer_steps():
+    """mnist5k's case: full depth is better at 6 steps than at 10; a rule that never exits costs a
+    little more than full depth at 6 (its heads run) and has its FID. Matched with 10 full steps
+    it would 'beat' them; step reduction's best within that compute is 6 full steps: a tie."""
+    rows = [_row(10, "full", 0.79, 110.0), _row(6, "full", 0.474, 97.0), _row(6, "threshold:0.95", 0.482, 97.0)]
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=50)
+    add_paired_columns(rows, [r.fid + noise + 0.1 * rng.normal(size=50) for r in rows])
+    thr = rows[2]
+    assert thr.step_match == "full @6" and not thr.beats_steps and abs(thr.vs_steps) < 1e-9
+    (line,) = verdict_lines(rows)
+    assert VERDICT_PATTERN.match(line)["outcome"] == "ties with" and "which costs 2% less" in line
+
+
 def _row(steps, policy, gflops, fid):
     family = "full" if policy == "full" else policy.split(":")[0]
     return PolicyResult(policy=policy, family=family, threshold=1.0, n_images=4, fid=fid, mean_blocks=1.0,
@@ -143,3 +169,26 @@ def test_main_job_ends_with_a_verdict_line_per_exit_rule(trained, tmp_path):
     expected = frechet_distance(*statistics_from_features(x.astype(np.float64)), *load_statistics(ref))
     assert fid_cli.main([str(features), str(ref)]) == pytest.approx(expected, rel=1e-9)
     assert fid == pytest.approx(expected, rel=1e-4)
+
+    # tools/paired.py recomputes every row's FID and paired columns from the saved features
+    from tools import paired as paired_cli
+
+    with open(tmp_path / "job/eval/report.json") as f:
+        report = json.load(f)
+    again = paired_cli.main([str(tmp_path / "job/eval"), str(ref)])
+    assert [r.slug for r in again] == [row["slug"] for row in report]
+    for r, row in zip(again, report):
+        assert r.fid == pytest.approx(row["fid"], rel=1e-4)
+        if row["vs_full"] is not None:
+            assert r.vs_full == pytest.approx(row["vs_full"], abs=1e-3) and r.step_match == row["step_match"]
+            if row["vs_steps_se"] is None:  # no full-depth row costs as much
+                assert not math.isfinite(r.vs_steps_se)
+            else:
+                assert r.vs_steps_se == pytest.approx(row["vs_steps_se"], rel=1e-2, abs=1e-3)
+
+
+def test_the_paired_tool_names_what_is_missing(tmp_path, capsys):
+    from tools import paired as paired_cli
+
+    with pytest.raises(FileNotFoundError, match=r"report\.json' does not exist: give the --output_path"):
+        paired_cli.paired_report(str(tmp_path), "unused.npz")
