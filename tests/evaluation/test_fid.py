@@ -263,6 +263,16 @@ def test_network_matches_torchscript_oracle(inception, torchscript_oracle):
     assert max_diff < 1e-4
 
 
+@pytest.mark.slow
+def test_cpu_chunks_give_the_whole_batch_features_bitwise(inception):
+    images = torch.randint(0, 256, (inc.CPU_CHUNK * 2 + 1, 1, 8, 8), dtype=torch.uint8)  # two chunks and one image
+    with torch.no_grad():
+        chunked = inception(images)
+        whole = inception.forward_preprocessed(inception.preprocess(images))
+    assert chunked.shape == (len(images), inc.FEATURE_DIM)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
 def test_preprocessing():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 40, 48)
