@@ -96,8 +96,10 @@ def _verdict_row(rows: Sequence):
     if not matched:
         return max(rows, key=lambda r: r.sample_steps)
 
-    def z(r):
-        return r.vs_steps / r.vs_steps_se if r.vs_steps_se > 0 else math.copysign(math.inf, r.vs_steps)
+    def z(r):  # an exact tie (the same images: a rule that never exits) is 0, not +inf
+        if r.vs_steps_se > 0:
+            return r.vs_steps / r.vs_steps_se
+        return 0.0 if r.vs_steps == 0 else math.copysign(math.inf, r.vs_steps)
     return min(matched, key=lambda r: (z(r), -r.sample_steps))
 
 

@@ -101,6 +101,13 @@ def test_an_exit_rule_that_never_exits_does_not_beat_fewer_steps():
     (line,) = verdict_lines(rows)
     assert VERDICT_PATTERN.match(line)["outcome"] == "ties with" and "which costs 2% less" in line
 
+    # the same images as full depth (zero difference, zero error) is a tie the verdict prefers to a loss
+    rows.append(_row(10, "threshold:0.95", 0.78, 110.0))
+    add_paired_columns(rows, [np.full(50, r.fid) for r in rows])
+    assert rows[2].vs_steps == 0 and rows[2].vs_steps_se == 0 and rows[3].vs_steps > 0
+    (line,) = [x for x in verdict_lines(rows) if "0.95" in x]
+    assert VERDICT_PATTERN.match(line)["steps"] == "6" and VERDICT_PATTERN.match(line)["outcome"] == "ties with"
+
 
 def _row(steps, policy, gflops, fid):
     family = "full" if policy == "full" else policy.split(":")[0]
