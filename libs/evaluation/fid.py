@@ -1,7 +1,8 @@
 """Frechet Inception Distance (Heusel et al. 2017; pytorch-fid's protocol). Statistics
 (mu, sigma) come from a folder of images, an ``.npz`` of statistics (``mu`` (2048,),
-``sigma`` (2048, 2048), or its float32 upper triangle ``sigma_upper``) or of uint8 NHWC images (``images`` / ``arr_0``), a ``.npy`` of
-features (N, 2048), or batches streamed into a ``FIDAccumulator``."""
+``sigma`` (2048, 2048), or its float32 upper triangle ``sigma_upper``) or of uint8 NHWC
+images (``images`` / ``arr_0``), a ``.npy`` of features (N, 2048), or batches streamed into a
+``FIDAccumulator``."""
 
 import argparse
 import functools

@@ -8,7 +8,8 @@ the same step count (``vs_full``) and with step reduction at equal compute (``vs
 ``step_reduction_match``; NaN where no full-depth row costs as much): the cheapest full-depth row
 costing at least as much, or the best full-depth row costing no more than that one where more
 steps give a worse FID (a user with that compute would run the better, cheaper count).
-``beats_steps``: FID below the match's by more than 2 paired standard errors. ``verdict_lines``: one sentence per rule."""
+``beats_steps``: FID below the match's by more than 2 paired standard errors. ``verdict_lines``:
+one sentence per rule."""
 from __future__ import annotations
 
 import math
@@ -56,9 +57,9 @@ def step_reduction_match(cost: float, full_costs: Sequence[float],
     if not eligible:
         return None
     k = min(eligible, key=lambda j: (full_costs[j], j))
-    if full_fids is None:
-        return k
     affordable = [j for j, c in enumerate(full_costs) if c <= full_costs[k] * (1 + COST_RTOL)]
+    if full_fids is None or not all(math.isfinite(full_fids[j]) for j in affordable):  # no FID: cost alone
+        return k
     return min(affordable, key=lambda j: (full_fids[j], full_costs[j], j))
 
 

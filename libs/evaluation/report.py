@@ -17,8 +17,9 @@ memory per image, the largest a run held); report.txt prints the last three as `
 per sampling step of each row (columns ``<row> computed``, ``<row> reused``, ``<row> forecast``); the paired differences
 (``libs/evaluation/paired.py``): ``vs_full`` (FID minus full depth's at the same step count)
 and ``vs_steps`` (FID minus ``step_match``'s: step reduction at equal compute, the cheapest
-full-depth row costing at least as much, or a cheaper one with a lower FID), each with its paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the
-match by more than 2 of them). report.txt prints them in a second table and ends with one
+full-depth row costing at least as much, or a cheaper one with a lower FID), each with its
+paired bootstrap standard error (``*_se``), and ``beats_steps`` (below the match by more than 2
+of them). report.txt prints them in a second table and ends with one
 verdict line per exit rule. report.json holds null where a value is missing (NaN).
 """
 from __future__ import annotations

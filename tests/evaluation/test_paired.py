@@ -83,6 +83,7 @@ def test_step_reduction_match(cost, full, expected):
     (0.45, [1.0, 0.6, 0.4], [9.0, 11.0, 10.0], 2),  # the costlier, better 1.0 is not affordable
     (0.5, [1.0, 0.6, 0.4], [12.0, 10.0, 10.0], 2),  # equal FID: the cheaper
     (1.2, [1.0, 0.6, 0.4], [12.0, 11.0, 10.0], None),
+    (0.5, [1.0, 0.6, 0.4], [12.0, float("nan"), 10.0], 1),  # no FID (no reference statistics): cost alone
 ])
 def test_step_reduction_match_on_a_model_that_gets_worse_with_more_steps(cost, full, fids, expected):
     assert step_reduction_match(cost, full, fids) == expected
