@@ -2,7 +2,7 @@
 old file or the new, never a truncated one; a link in the target's place is replaced, not
 written through). Files written in place (log, stats, lock) are opened with ``open_own``,
 which refuses a link. A disk failure raises its ``OSError`` naming the target, also when the
-writer reported it otherwise; a wrapped Ctrl-C stays a ``KeyboardInterrupt``."""
+writer reported it otherwise; a wrapped Ctrl-C or stop signal stays what it was."""
 from __future__ import annotations
 
 import errno
@@ -58,8 +58,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
         os.replace(tmp, path)
     except Exception as e:
         _unlink_quietly(tmp)
-        if _os_error_behind(e, KeyboardInterrupt) is not None:  # Ctrl-C inside a writer that wrapped it
-            raise KeyboardInterrupt from e
+        interrupt = _os_error_behind(e, KeyboardInterrupt)
+        if interrupt is not None:  # Ctrl-C (or a stop signal) inside a writer that wrapped it: the same kind,
+            raise type(interrupt)(*interrupt.args) from e  # so a SIGTERM stays a SIGTERM (errors.Stopped)
         cause = _os_error_behind(e)
         if cause is not None and cause.errno is not None:
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e

@@ -103,6 +103,29 @@ def test_unreadable_files(tmp_path):
         load_weights(make(), tmp_path / "object.pth")
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), "stopped"])
+def test_an_interrupt_a_writer_wrapped_comes_out_as_itself(tmp_path, interrupt):
+    """torch.save and friends may wrap what a signal raised inside them; a SIGTERM must still end
+    the run as a SIGTERM (status 143), not as Ctrl-C (a race seen in test_real_signal_stops_cleanly)."""
+    import signal
+
+    from libs.run.atomic import atomic_write
+    from libs.run.errors import Stopped
+
+    interrupt = Stopped(signal.SIGTERM) if interrupt == "stopped" else interrupt
+
+    def writer(f):
+        try:
+            raise interrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("writer failed") from e
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        atomic_write(tmp_path / "x.bin", writer)
+    assert type(info.value) is type(interrupt) and getattr(info.value, "signum", None) == getattr(interrupt, "signum", None)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "x.pth"
     atomic_save({"a": torch.ones(2)}, path)
