@@ -16,8 +16,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-PAIRED_FIELDS = ("vs_full", "vs_full_se", "step_match", "vs_steps", "vs_steps_se", "beats_steps")
-
 
 def paired_report(output_path: str, fid_stat: str, resamples: int = 100) -> list:
     """The report's rows (``PolicyResult``) with FID and the paired columns recomputed from features/."""
@@ -30,7 +28,7 @@ def paired_report(output_path: str, fid_stat: str, resamples: int = 100) -> list
     if not os.path.isfile(report):
         raise FileNotFoundError(f"'{report}' does not exist: give the --output_path of an eval.py run")
     ref = load_statistics(fid_stat)
-    names = {f.name for f in dataclasses.fields(PolicyResult)} - set(PAIRED_FIELDS)
+    names = {f.name for f in dataclasses.fields(PolicyResult)}  # the paired columns are recomputed
     with open(report) as f:
         results = [PolicyResult(**{k: v for k, v in row.items() if k in names}) for row in json.load(f)]
     boots = []

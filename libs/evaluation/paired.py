@@ -66,9 +66,12 @@ def step_reduction_match(cost: float, full_costs: Sequence[float],
 def add_paired_columns(results: Sequence, boots: Sequence[Optional[np.ndarray]]) -> None:
     """Set ``vs_full``, ``vs_full_se``, ``step_match``, ``vs_steps``, ``vs_steps_se`` and
     ``beats_steps`` on every non-full row of ``results`` (``PolicyResult``s; ``boots[i]``: row
-    i's FIDs on the shared resamples, or None). Full-depth rows are the baselines: NaN."""
+    i's FIDs on the shared resamples, or None). Full-depth rows are the baselines: NaN. Earlier
+    values are cleared first, so rows read back from a report get the columns of this version."""
     full = [i for i, r in enumerate(results) if r.family == "full"]
     for i, r in enumerate(results):
+        r.vs_full = r.vs_full_se = r.vs_steps = r.vs_steps_se = math.nan
+        r.step_match, r.beats_steps = "", False
         if r.family == "full":
             continue
         same = next((j for j in full if results[j].sample_steps == r.sample_steps), None)
